@@ -1,0 +1,314 @@
+"""Tokenisation and collation of the instruction pool (TRL's SFT formats) and the preference pairs (TRL's formats).
+
+Both follow TRL's own preparation (`SFTTrainer._prepare_dataset`, `DPOTrainer._prepare_dataset`) through TRL's data
+utilities, with two differences that selection needs: rows are never dropped or reordered (every pool row gets a
+score, in pool order), and truncation is counted rather than silent.
+
+Supported pool formats (one per dataset):
+- prompt-completion: `prompt`, `completion` (strings, or lists of messages) -> loss on the completion only;
+- conversational: `messages` (or ShareGPT `conversations`) -> loss on the assistant turns when the chat template marks
+  them with `{% generation %}`, otherwise on every token (as `SFTTrainer` does);
+- language modeling: `text` -> loss on every token.
+
+Supported preference formats: explicit prompt (`prompt`, `chosen`, `rejected`), implicit prompt (`chosen`,
+`rejected` sharing a prefix), standard or conversational; an optional `subtask` column groups the pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from datasets import Dataset
+
+logger = get_logger(__name__)
+
+IGNORE_INDEX = -100
+SUBTASK_COLUMN = "subtask"
+DEFAULT_SUBTASK = "all"
+
+SFT_FORMATS = {
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "conversations": ("conversations",),
+    "text": ("text",),
+}
+
+
+def sft_format(dataset: Dataset, name: str = "train_dataset") -> str:
+    """Which of TRL's SFT formats `dataset` is in; a `ValueError` naming the columns when none or several fit."""
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: pass the instruction pool to select from (at least one row).")
+    columns = set(dataset.column_names)
+    found = [fmt for fmt, needed in SFT_FORMATS.items() if set(needed) <= columns]
+    if "input_ids" in columns and not found:
+        raise ValueError(
+            f"`{name}` is already tokenized (`input_ids`); rose_hf needs the raw text to build the completion mask: "
+            "pass the dataset before tokenization, with `prompt`/`completion`, `messages` or `text` columns."
+        )
+    if not found:
+        raise ValueError(
+            f"`{name}` has columns {sorted(columns)}, none of TRL's SFT formats: rename your columns to "
+            "`prompt` + `completion`, `messages`, or `text`."
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"`{name}` mixes formats: it has the columns of {found}. Keep the columns of exactly one format "
+            "(e.g. `dataset.remove_columns(...)`)."
+        )
+    return found[0]
+
+
+def _conversational(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
+
+
+def _check_row(value: Any, column: str, index: int, name: str, conversational: bool) -> None:
+    if conversational != _conversational(value):
+        kind = "a list of messages" if conversational else "a string"
+        raise ValueError(
+            f"`{name}` mixes formats: row {index} column `{column}` is not {kind} like row 0. Make every row of the "
+            "column the same kind (all strings, or all lists of {'role', 'content'} messages)."
+        )
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+        raise ValueError(
+            f"`{name}` row {index} has an empty `{column}`: drop that row (e.g. `dataset.filter(...)`) or fill it."
+        )
+
+
+def _tokenize(tokenizer, value: Any, **kwargs) -> dict[str, list[int]]:
+    from trl.data_utils import _tokenize as trl_tokenize
+
+    return trl_tokenize(tokenizer, value, **kwargs)
+
+
+def _prefix_length(ids: list[int], other: list[int]) -> int:
+    from trl.data_utils import common_prefix_length
+
+    return common_prefix_length(ids, other)
+
+
+def _chat_kwargs(example: dict[str, Any]) -> dict[str, Any]:
+    tools = example.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    return {"tools": tools, **(example.get("chat_template_kwargs") or {})}
+
+
+def tokenize_sft_example(example: dict[str, Any], tokenizer, fmt: str, max_length: int | None) -> dict[str, Any]:
+    """`input_ids` and `labels` (`-100` where no loss is taken) of one pool row, as `SFTTrainer` builds them.
+
+    Also returns `rose_num_tokens` (completion tokens left after truncation) and `rose_truncated`.
+    """
+    if fmt == "conversations":
+        from trl.data_utils import maybe_convert_to_chatml
+
+        example = maybe_convert_to_chatml(dict(example))
+        fmt = "messages"
+    eos = tokenizer.eos_token
+    if fmt == "prompt_completion":
+        prompt, completion = example["prompt"], example["completion"]
+        if _conversational(prompt):
+            kwargs = _chat_kwargs(example)
+            prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True, **kwargs)["input_ids"]
+            input_ids = _tokenize(tokenizer, prompt + completion, **kwargs)["input_ids"]
+        else:
+            if eos and not completion.endswith(eos):  # SFTTrainer appends EOS to standard completions
+                completion = completion + eos
+            prompt_ids = _tokenize(tokenizer, prompt)["input_ids"]
+            input_ids = _tokenize(tokenizer, prompt + completion)["input_ids"]
+        prompt_len = _prefix_length(prompt_ids, input_ids)
+        labels = [IGNORE_INDEX] * prompt_len + input_ids[prompt_len:]
+    elif fmt == "messages":
+        processed = _tokenize(tokenizer, example["messages"], return_assistant_tokens_mask=True, **_chat_kwargs(example))
+        input_ids = processed["input_ids"]
+        mask = processed.get("assistant_masks")
+        if mask is not None and any(mask):
+            labels = [tok if bit else IGNORE_INDEX for tok, bit in zip(input_ids, mask)]
+        else:  # the template does not mark assistant tokens: SFTTrainer then trains on every token
+            labels = list(input_ids)
+    else:
+        text = example["text"]
+        if eos and not text.endswith(eos):
+            text = text + eos
+        input_ids = _tokenize(tokenizer, text)["input_ids"]
+        labels = list(input_ids)
+
+    truncated = max_length is not None and len(input_ids) > max_length
+    if truncated:  # keep_start, SFTTrainer's default truncation mode
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    # The first token is never predicted, so it cannot carry loss.
+    num_tokens = sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+    return {"input_ids": input_ids, "labels": labels, "rose_num_tokens": num_tokens, "rose_truncated": truncated}
+
+
+def check_sft_dataset(dataset: Dataset, name: str = "train_dataset") -> str:
+    """Validate the pool before any work: one format, no empty or mixed rows. Returns the format."""
+    fmt = sft_format(dataset, name)
+    columns = SFT_FORMATS[fmt]
+    first = dataset[0]
+    conversational = {column: _conversational(first[column]) for column in columns}
+    if fmt in ("messages", "conversations"):
+        conversational = {column: True for column in columns}
+    for column in columns:
+        for index, value in enumerate(dataset[column]):
+            _check_row(value, column, index, name, conversational[column])
+    return fmt
+
+
+def prepare_sft_dataset(
+    dataset: Dataset, tokenizer, max_length: int | None, name: str = "train_dataset", num_proc: int | None = None
+) -> Dataset:
+    """Tokenise every pool row in order (none dropped). Columns: `input_ids`, `labels`, `rose_num_tokens`,
+    `rose_truncated`."""
+    fmt = check_sft_dataset(dataset, name)
+    return dataset.map(
+        tokenize_sft_example,
+        fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "max_length": max_length},
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc=f"rose_hf: tokenizing {name}",
+    )
+
+
+def check_preference_dataset(dataset: Dataset, name: str = "preference_dataset") -> None:
+    """Validate the preference pairs before any work: columns, no empty rows, no pair whose chosen == rejected."""
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: pass at least one (prompt, chosen, rejected) preference pair.")
+    columns = set(dataset.column_names)
+    missing = [column for column in ("chosen", "rejected") if column not in columns]
+    if missing:
+        raise ValueError(
+            f"`{name}` lacks column(s) {missing} (it has {sorted(columns)}): preference data needs `chosen` and "
+            "`rejected` (and optionally `prompt` and `subtask`), as in TRL's preference format."
+        )
+    used = [column for column in ("prompt", "chosen", "rejected") if column in columns]
+    first = dataset[0]
+    for column in used:
+        conversational = _conversational(first[column])
+        for index, value in enumerate(dataset[column]):
+            _check_row(value, column, index, name, conversational)
+    for index, (chosen, rejected) in enumerate(zip(dataset["chosen"], dataset["rejected"])):
+        if chosen == rejected:
+            raise ValueError(
+                f"`{name}` row {index}: `chosen` is identical to `rejected`, so the pair carries no preference: "
+                "fix or drop that row."
+            )
+    if SUBTASK_COLUMN in columns and any(value is None or str(value) == "" for value in dataset[SUBTASK_COLUMN]):
+        raise ValueError(f"`{name}` has rows with an empty `{SUBTASK_COLUMN}`: give every row a subtask name.")
+
+
+def tokenize_preference_example(example: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """`prompt_ids`, `chosen_ids`, `rejected_ids` of one pair, exactly as `DPOTrainer` tokenizes it."""
+    from trl.data_utils import extract_prompt
+
+    if "prompt" not in example or example["prompt"] is None:
+        example = {**example, **extract_prompt(example)}
+    prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
+    if _conversational(prompt) or _conversational(chosen):
+        kwargs = _chat_kwargs(example)
+        prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True, **kwargs)["input_ids"]
+        prompt_chosen = _tokenize(tokenizer, prompt + chosen, **kwargs)["input_ids"]
+        prompt_rejected = _tokenize(tokenizer, prompt + rejected, **kwargs)["input_ids"]
+    else:
+        eos = tokenizer.eos_token
+        chosen = chosen if not eos or chosen.endswith(eos) else chosen + eos
+        rejected = rejected if not eos or rejected.endswith(eos) else rejected + eos
+        prompt_ids = _tokenize(tokenizer, prompt)["input_ids"]
+        prompt_chosen = _tokenize(tokenizer, prompt + chosen)["input_ids"]
+        prompt_rejected = _tokenize(tokenizer, prompt + rejected)["input_ids"]
+    prompt_len = min(_prefix_length(prompt_ids, prompt_chosen), _prefix_length(prompt_ids, prompt_rejected))
+    return {
+        "prompt_ids": prompt_ids[:prompt_len],
+        "chosen_ids": prompt_chosen[prompt_len:],
+        "rejected_ids": prompt_rejected[prompt_len:],
+        SUBTASK_COLUMN: str(example.get(SUBTASK_COLUMN) or DEFAULT_SUBTASK),
+    }
+
+
+def prepare_preference_dataset(
+    dataset: Dataset, tokenizer, max_length: int | None, name: str = "preference_dataset"
+) -> Dataset:
+    """Tokenise the preference pairs in order. Columns: `prompt_ids`, `chosen_ids`, `rejected_ids`, `subtask`,
+    `rose_truncated`. A pair whose prompt alone fills `max_length` is an error (it would have no completion)."""
+    check_preference_dataset(dataset, name)
+    tokenized = dataset.map(
+        tokenize_preference_example,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=dataset.column_names,
+        desc=f"rose_hf: tokenizing {name}",
+    )
+    truncated = []
+    for index, row in enumerate(tokenized):
+        longest = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+        if max_length is not None and len(row["prompt_ids"]) >= max_length:
+            raise ValueError(
+                f"`{name}` row {index}: the prompt alone is {len(row['prompt_ids'])} tokens, at least `max_length` "
+                f"({max_length}), so no completion token would remain: raise `max_length` or shorten that prompt."
+            )
+        truncated.append(max_length is not None and longest > max_length)
+    return tokenized.add_column("rose_truncated", truncated)
+
+
+def preference_to_sft(tokenized_pairs: Dataset, max_length: int | None) -> Dataset:
+    """LESS's validation examples: (prompt, chosen) as SFT rows with the loss on `chosen`."""
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        input_ids = row["prompt_ids"] + row["chosen_ids"]
+        labels = [IGNORE_INDEX] * len(row["prompt_ids"]) + row["chosen_ids"]
+        if max_length is not None:
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        return {"input_ids": input_ids, "labels": labels}
+
+    return tokenized_pairs.map(convert, remove_columns=["prompt_ids", "chosen_ids", "rejected_ids"])
+
+
+@dataclass
+class SFTCollator:
+    """Right-pads `input_ids` (with `pad_token_id`) and `labels` (with -100); builds `attention_mask`.
+
+    Right padding matters: with a causal mask, right-padded positions influence no real token, so their output
+    gradients are exactly zero and per-example gradients need no extra masking.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.tensor(row["input_ids"])
+            labels[i, :n] = torch.tensor(row["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def preference_collator(pad_token_id: int, max_length: int | None):
+    """TRL's own `DataCollatorForPreference`: batch = [chosen rows..., rejected rows...], right-padded."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    collator = DataCollatorForPreference(pad_token_id=pad_token_id, max_length=max_length)
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        keep = ("prompt_ids", "chosen_ids", "rejected_ids")
+        return collator([{key: row[key] for key in keep} for row in rows])
+
+    return collate
+
+
+def pad_token_id(tokenizer) -> int:
+    """The pad id TRL would use: the tokenizer's pad token, else its EOS token."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        logger.warning("The tokenizer has no pad token; padding with the EOS token, as TRL does.")
+        return tokenizer.eos_token_id
+    raise ValueError(
+        "The tokenizer has neither a pad token nor an EOS token: set one, e.g. `tokenizer.pad_token = "
+        "tokenizer.eos_token` or `tokenizer.add_special_tokens({'pad_token': '<pad>'})`."
+    )

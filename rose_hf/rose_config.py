@@ -1,0 +1,148 @@
+"""Configuration of ROSE data selection, with the paper's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .dpo import check_loss_type
+
+VALIDATION_OBJECTIVES = ("dpo", "sft")
+PROJECTIONS = ("rademacher", "sjlt", "none")
+PRECONDITIONERS = ("adam", "sgd")
+AGGREGATIONS = ("max", "mean")
+FEATURE_DTYPES = ("float16", "float32", "int8")
+
+
+@dataclass
+class RoseConfig:
+    r"""
+    Configuration for [`RoseDataSelector`] and [`RoseTrainer`].
+
+    Defaults follow the ROSE paper (Wu et al., 2025): DPO sigmoid loss with beta 0.1 on the validation pairs, Adam
+    preconditioning, 8192-dimensional Rademacher projection with seed 0, max over subtasks, top 5% of the pool,
+    5% warmup slice.
+
+    Parsed next to `SFTConfig` and `ModelConfig` (e.g. `rose-hf train --config recipe.yaml`), the fields that
+    `SFTConfig` also has are spelled `rose_output_dir`, `rose_max_length` and `rose_seed`.
+
+    Example:
+    ```python
+    >>> config = RoseConfig(output_dir="rose", selection_fraction=0.1)
+    ```
+    """
+
+    output_dir: str = field(
+        default="rose_output",
+        metadata={"help": "Folder for the feature cache, scores, selection and report (one run per folder)."},
+    )
+    validation_objective: str = field(
+        default="dpo",
+        metadata={
+            "help": "Loss whose gradient on the validation set defines the target: 'dpo' (ROSE: preference loss on "
+            "(prompt, chosen, rejected)) or 'sft' (LESS: cross-entropy on (prompt, chosen))."
+        },
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO beta, as in `trl.DPOConfig`."})
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": "DPO loss type, as in `trl.DPOConfig` (those with a per-pair form: sigmoid, hinge, ipo...)."},
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "DPO label smoothing (robust/exo_pair losses), as in `trl.DPOConfig`."}
+    )
+    projection: str = field(
+        default="rademacher",
+        metadata={
+            "help": "Random projection of gradients: 'rademacher' (dense +-1, as TRAK/LESS), 'sjlt' (sparse "
+            "count-sketch, far cheaper), or 'none' (exact gradients)."
+        },
+    )
+    projection_dim: int = field(
+        default=8192,
+        metadata={"help": "Projected dimension. When the LoRA has at most this many parameters, exact gradients are "
+                  "stored instead."},
+    )
+    projection_seed: int = field(default=0, metadata={"help": "Seed of the random projection (same on every process)."})
+    preconditioner: str = field(
+        default="adam",
+        metadata={"help": "'adam': Adam-preconditioned gradients from the warmup optimizer state (ROSE/LESS); "
+                  "'sgd': raw gradients."},
+    )
+    subtask_aggregation: str = field(
+        default="max",
+        metadata={"help": "How per-subtask mean similarities combine into one score: 'max' (paper) or 'mean'."},
+    )
+    selection_fraction: float | None = field(
+        default=0.05, metadata={"help": "Fraction of the pool to select, in (0, 1]. Ignored if selection_size is set."}
+    )
+    selection_size: int | None = field(
+        default=None, metadata={"help": "Number of pool examples to select (overrides selection_fraction)."}
+    )
+    warmup_fraction: float = field(
+        default=0.05, metadata={"help": "Fraction of the pool used for the warmup LoRA training (RoseTrainer)."}
+    )
+    feature_batch_size: int = field(
+        default=16, metadata={"help": "Examples per forward/backward pass when computing gradient features."}
+    )
+    feature_dtype: str = field(
+        default="float16",
+        metadata={"help": "Storage of pool features: 'float16' (paper), 'float32', or 'int8' (per-row scale, 2x "
+                  "smaller than float16)."},
+    )
+    chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Pool rows per resumable chunk: a killed run redoes at most one chunk per process."},
+    )
+    max_length: int | None = field(
+        default=2048, metadata={"help": "Truncate pool and validation sequences to this many tokens (paper: 2048)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the warmup slice (RoseTrainer)."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Discard a cache in output_dir written for another run, instead of refusing to mix."},
+    )
+    source_column: str | None = field(
+        default="source",
+        metadata={"help": "Pool column naming each example's data source, for the report (ignored if absent)."},
+    )
+    report: bool = field(default=True, metadata={"help": "Write report.md with plots after selection."})
+
+    def __post_init__(self):
+        _choice("validation_objective", self.validation_objective, VALIDATION_OBJECTIVES)
+        _choice("projection", self.projection, PROJECTIONS)
+        _choice("preconditioner", self.preconditioner, PRECONDITIONERS)
+        _choice("subtask_aggregation", self.subtask_aggregation, AGGREGATIONS)
+        _choice("feature_dtype", self.feature_dtype, FEATURE_DTYPES)
+        check_loss_type(self.loss_type)
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta} must be > 0 (TRL's and the paper's default is 0.1).")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 0.5).")
+        if self.projection_dim <= 0:
+            raise ValueError(f"projection_dim={self.projection_dim} must be a positive integer (paper: 8192).")
+        if self.selection_size is not None:
+            if self.selection_size < 1:
+                raise ValueError(f"selection_size={self.selection_size} must be >= 1, or None to use a fraction.")
+        elif self.selection_fraction is None or not 0 < self.selection_fraction <= 1:
+            raise ValueError(
+                f"selection_fraction={self.selection_fraction} must be in (0, 1] (paper: 0.05), or set "
+                "selection_size to a number of examples."
+            )
+        if not 0 < self.warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in (0, 1] (paper: 0.05).")
+        for name in ("feature_batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length} must be >= 2 tokens, or None for no truncation.")
+        if not self.output_dir:
+            raise ValueError("output_dir is empty: name a folder for the cache and the selection.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not valid: use one of {list(allowed)}.")

@@ -1,0 +1,279 @@
+"""On-disk feature cache: named, resumable, refusing to mix runs.
+
+Layout under `<output_dir>/`:
+```
+run.json                          arguments every cached artifact depends on (checked on every start)
+features/checkpoint-<step>/
+    pool.npy                      (N, d) pool features, memory-mapped, written chunk by chunk
+    pool_scales.npy               (N,) float32 row scales (int8 storage only)
+    pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no completion token, 3 non-finite gradient
+    chunks/<id>.done              completion record of one chunk, written after its rows are flushed
+    validation.npy                (V, d) float32 validation features
+    meta.json                     checkpoint step, learning rates, counts; written last, marks the checkpoint done
+```
+A chunk is complete only when its record exists, and the record is written (atomically: temp file + rename) after the
+rows are flushed, so a kill at any point leaves at worst a chunk that is recomputed. Every process writes disjoint rows
+of the same memory-mapped files; only the main process creates files and writes `meta.json`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
+FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+
+
+def atomic_write_json(path: str, payload: Any) -> None:
+    """Write JSON so that a reader sees the old file or the whole new one, never a partial one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with disk_errors(path):
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+class disk_errors:
+    """Turn a full disk or a read-only folder into an error that says what to do; completed work stays valid."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, OSError) and not isinstance(exc, StoreError):
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(
+                    f"Disk full while writing {self.path}. Every chunk finished before this one is kept: free space "
+                    "(or point `output_dir` elsewhere) and run again to resume where it stopped."
+                ) from exc
+            if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise StoreError(
+                    f"Cannot write {self.path} ({os.strerror(exc.errno)}): choose a writable `output_dir`."
+                ) from exc
+        return False
+
+
+class StoreError(OSError):
+    """A feature-cache write failed in a way the user can fix; the cache is left consistent."""
+
+
+def check_writable(output_dir: str) -> None:
+    """Fail before any work if `output_dir` cannot be created or written."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".rose_write_probe.{os.getpid()}")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise StoreError(
+            f"output_dir={output_dir!r} is not writable ({error.strerror}): choose a folder you can write to."
+        ) from error
+
+
+def diff_run_args(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of the fields whose values differ between two run descriptions."""
+    keys = sorted(set(saved) | set(current))
+    return [key for key in keys if saved.get(key) != current.get(key)]
+
+
+class FeatureStore:
+    """The cache of one selection run.
+
+    Args:
+        root: the run's `output_dir`.
+        run_args: everything the cached features depend on (model, adapter, data fingerprints, objective,
+            projection...). A cache written with other values is never reused.
+        overwrite: delete a cache written with other values instead of refusing.
+    """
+
+    def __init__(self, root: str, run_args: dict[str, Any] | None = None, overwrite: bool = False):
+        self.root = root
+        self.run_args = run_args
+        self.overwrite = overwrite
+
+    @property
+    def run_file(self) -> str:
+        return os.path.join(self.root, "run.json")
+
+    @property
+    def features_dir(self) -> str:
+        return os.path.join(self.root, "features")
+
+    def prepare(self) -> None:
+        """Main process: check or record `run.json`. Raises on a cache of another run unless `overwrite`."""
+        check_writable(self.root)
+        if os.path.exists(self.run_file):
+            saved = read_json(self.run_file)
+            differing = diff_run_args(saved, _jsonable(self.run_args))
+            if differing and not self.overwrite:
+                details = "; ".join(f"{k}: cached={saved.get(k)!r}, now={_jsonable(self.run_args).get(k)!r}" for k in differing)
+                raise ValueError(
+                    f"{self.root} holds a cache written for another run ({details}). Set `overwrite=True` to discard "
+                    "it, or choose another `output_dir`."
+                )
+            if differing:
+                self.clear()
+        os.makedirs(self.features_dir, exist_ok=True)
+        atomic_write_json(self.run_file, _jsonable(self.run_args))
+
+    def clear(self) -> None:
+        """Delete every cached artifact of this run (features, scores, selection)."""
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            if name in ("features", "run.json", "scores.npy", "selected_indices.json", "selected", "selected.jsonl"):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+    def checkpoint(self, step: int) -> CheckpointFeatures:
+        return CheckpointFeatures(os.path.join(self.features_dir, f"checkpoint-{step}"), step)
+
+    def completed_checkpoints(self) -> list[CheckpointFeatures]:
+        """Finished checkpoints, in step order."""
+        if not os.path.isdir(self.features_dir):
+            return []
+        steps = sorted(
+            int(name.split("-")[1]) for name in os.listdir(self.features_dir) if name.startswith("checkpoint-")
+        )
+        return [c for c in (self.checkpoint(step) for step in steps) if c.is_complete()]
+
+
+class CheckpointFeatures:
+    """Features of the pool and the validation set at one warmup checkpoint."""
+
+    def __init__(self, path: str, step: int):
+        self.path = path
+        self.step = step
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def is_complete(self) -> bool:
+        return os.path.exists(self._file("meta.json"))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return read_json(self._file("meta.json"))
+
+    # --- creation (main process) -------------------------------------------------------------------------------
+    def create(self, num_rows: int, dim: int, dtype: str, chunk_size: int) -> None:
+        """Allocate the memory-mapped files once; an existing allocation of the same shape is kept (resume)."""
+        os.makedirs(self._file("chunks"), exist_ok=True)
+        layout = {"num_rows": num_rows, "dim": dim, "dtype": dtype, "chunk_size": chunk_size}
+        if os.path.exists(self._file("layout.json")) and read_json(self._file("layout.json")) == layout:
+            return
+        for name in os.listdir(self._file("chunks")):  # a different layout: nothing cached is usable
+            os.remove(os.path.join(self._file("chunks"), name))
+        with disk_errors(self.path):
+            np.lib.format.open_memmap(self._file("pool.npy"), "w+", FEATURE_DTYPES[dtype], (num_rows, dim)).flush()
+            np.lib.format.open_memmap(self._file("pool_status.npy"), "w+", np.int8, (num_rows,)).flush()
+            if dtype == "int8":
+                np.lib.format.open_memmap(self._file("pool_scales.npy"), "w+", np.float32, (num_rows,)).flush()
+        atomic_write_json(self._file("layout.json"), layout)
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        return read_json(self._file("layout.json"))
+
+    # --- chunks (every process, disjoint rows) -----------------------------------------------------------------
+    def num_chunks(self) -> int:
+        layout = self.layout
+        return -(-layout["num_rows"] // layout["chunk_size"])
+
+    def chunk_rows(self, chunk: int) -> range:
+        layout = self.layout
+        start = chunk * layout["chunk_size"]
+        return range(start, min(start + layout["chunk_size"], layout["num_rows"]))
+
+    def chunk_done(self, chunk: int) -> bool:
+        return os.path.exists(self._file(f"chunks/{chunk:06d}.done"))
+
+    def pending_chunks(self) -> list[int]:
+        return [chunk for chunk in range(self.num_chunks()) if not self.chunk_done(chunk)]
+
+    def write_chunk(
+        self, chunk: int, features: np.ndarray, status: np.ndarray, scales: np.ndarray | None = None
+    ) -> None:
+        """Write one chunk's rows, flush them, then record the chunk as done."""
+        rows = self.chunk_rows(chunk)
+        if features.shape[0] != len(rows) or status.shape[0] != len(rows):
+            raise ValueError(f"chunk {chunk} covers {len(rows)} rows, got {features.shape[0]} features.")
+        with disk_errors(self.path):
+            pool = np.load(self._file("pool.npy"), mmap_mode="r+")
+            pool[rows.start : rows.stop] = features
+            pool.flush()
+            status_map = np.load(self._file("pool_status.npy"), mmap_mode="r+")
+            status_map[rows.start : rows.stop] = status
+            status_map.flush()
+            if scales is not None:
+                scale_map = np.load(self._file("pool_scales.npy"), mmap_mode="r+")
+                scale_map[rows.start : rows.stop] = scales
+                scale_map.flush()
+            del pool, status_map
+        atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), {"rows": [rows.start, rows.stop]})
+
+    # --- validation and completion (main process) ----------------------------------------------------------------
+    def write_validation(self, features: np.ndarray) -> None:
+        tmp = self._file("validation.tmp.npy")
+        with disk_errors(self.path):
+            np.save(tmp, features.astype(np.float32))
+            os.replace(tmp, self._file("validation.npy"))
+
+    def has_validation(self) -> bool:
+        return os.path.exists(self._file("validation.npy"))
+
+    def finalize(self, meta: dict[str, Any]) -> None:
+        """Mark the checkpoint complete. Every chunk must be done."""
+        pending = self.pending_chunks()
+        if pending:
+            raise RuntimeError(f"{self.path}: {len(pending)} chunk(s) not written yet (e.g. chunk {pending[0]}).")
+        status = self.pool_status()
+        meta = {
+            **meta,
+            "step": self.step,
+            "num_ok": int((status == STATUS_OK).sum()),
+            "num_empty": int((status == STATUS_EMPTY).sum()),
+            "num_nonfinite": int((status == STATUS_NONFINITE).sum()),
+            **self.layout,
+        }
+        atomic_write_json(self._file("meta.json"), meta)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+    def pool_features(self) -> np.ndarray:
+        return np.load(self._file("pool.npy"), mmap_mode="r")
+
+    def pool_scales(self) -> np.ndarray | None:
+        path = self._file("pool_scales.npy")
+        return np.load(path, mmap_mode="r") if os.path.exists(path) else None
+
+    def pool_status(self) -> np.ndarray:
+        return np.load(self._file("pool_status.npy"))
+
+    def validation_features(self) -> np.ndarray:
+        return np.load(self._file("validation.npy"))
+
+    def nbytes(self) -> int:
+        total = 0
+        for base, _, files in os.walk(self.path):
+            total += sum(os.path.getsize(os.path.join(base, name)) for name in files)
+        return total
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so that saved and current run descriptions compare like for like."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
