@@ -17,6 +17,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .gradients import LoraGradientCollector, sequence_log_probs
 
 PER_PAIR_LOSS_TYPES = (
     "sigmoid",
@@ -122,3 +125,46 @@ def dpo_per_pair_loss(
             loss = -F.logsigmoid(beta * norm_delta)
         total = total + weight * loss
     return total
+
+
+def dpo_pair_gradients(
+    model: nn.Module,
+    collector: LoraGradientCollector,
+    batch: dict[str, torch.Tensor],
+    beta: float = 0.1,
+    loss_type: str | list[str] = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Each pair's gradient of its DPO loss w.r.t. the LoRA weights, `(pairs, num_lora_params)` float32.
+
+    Args:
+        model: the PEFT policy; the reference is the same model with its adapter disabled (or its frozen "ref"
+            adapter, if one is loaded), as `DPOTrainer` does for PEFT models.
+        collector: the model's `LoraGradientCollector`.
+        batch: a batch from TRL's `DataCollatorForPreference` (rows: [chosen..., rejected...]).
+    """
+    from trl.trainer.utils import use_adapter
+
+    peft_config = getattr(model, "peft_config", {})
+    with torch.no_grad(), use_adapter(model, adapter_name="ref" if "ref" in peft_config else None):
+        ref_chosen, ref_rejected = sequence_log_probs(model, batch).chunk(2)
+    lengths = batch["completion_mask"][:, 1:].sum(dim=1).float()
+    chosen_lengths, rejected_lengths = lengths.chunk(2)
+    with collector.capture():
+        chosen, rejected = sequence_log_probs(model, batch).chunk(2)
+        loss = dpo_per_pair_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            chosen_lengths,
+            rejected_lengths,
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+        )
+        collector.backward(loss.sum())
+        grads = collector.flat_gradients()
+    # A pair's gradient flows through both of its sequences.
+    chosen_grads, rejected_grads = grads.chunk(2)
+    return chosen_grads + rejected_grads

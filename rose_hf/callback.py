@@ -1,0 +1,153 @@
+"""`RoseDataSelector`: ROSE data selection as ONE line added to an existing `Trainer`/`SFTTrainer` warmup script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from accelerate.logging import get_logger
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .gradients import find_lora_parameters
+from .pipeline import SelectionPipeline
+from .preconditioner import adam_state_from_optimizer
+from .rose_config import RoseConfig
+from .selection import SelectionResult
+
+logger = get_logger(__name__)
+
+
+def _zero3_enabled() -> bool:
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover
+        return False
+    return is_deepspeed_zero3_enabled()
+
+
+class RoseDataSelector(TrainerCallback):
+    r"""
+    Turns every checkpoint of a LoRA warmup run into cached gradient features and, when training ends, into ROSE
+    scores and a selected subset of the pool.
+
+    At each save it computes, from the LIVE model and optimizer, the Adam-preconditioned per-example gradient
+    features of the whole pool and the DPO-loss gradients of the preference pairs; the warmup itself is left
+    unchanged (model mode, parameter gradients and RNG state are restored). At the end it weights checkpoints by
+    their mean learning rate, scores every pool row and keeps the top `selection_fraction`.
+
+    Args:
+        train_dataset: the instruction pool to select from (TRL SFT formats: prompt/completion, messages, text).
+        preference_dataset: preference pairs of the target task (TRL preference formats, optional `subtask`).
+        config: selection settings (paper defaults).
+        tokenizer: defaults to the trainer's `processing_class`.
+
+    Example:
+    ```python
+    >>> selector = RoseDataSelector(train_dataset=pool, preference_dataset=pairs, config=RoseConfig(output_dir="rose"))
+    >>> trainer = SFTTrainer(model=model, args=sft_args, train_dataset=warmup_slice, peft_config=lora,
+    ...                      processing_class=tokenizer, callbacks=[selector])
+    >>> trainer.train()
+    >>> selector.selected_dataset  # the selected pool rows, every column kept
+    ```
+    """
+
+    def __init__(
+        self,
+        train_dataset: Dataset,
+        preference_dataset: Dataset,
+        config: RoseConfig | None = None,
+        tokenizer: Any = None,
+    ):
+        self.config = config or RoseConfig()
+        # Validate the data now, before the user builds (and waits for) a trainer.
+        self.pipeline = SelectionPipeline(train_dataset, preference_dataset, self.config)
+        self.tokenizer = tokenizer
+        self.result: SelectionResult | None = None
+        self._learning_rates: list[float] = []
+        self._last_step = 0
+
+    # --- results -------------------------------------------------------------------------------------------------
+    @property
+    def scores(self) -> np.ndarray | None:
+        """One score per pool row, in pool order (rows without a usable gradient hold the float32 minimum)."""
+        return None if self.result is None else self.result.scores
+
+    @property
+    def selected_indices(self) -> list[int] | None:
+        """Selected pool rows, best first."""
+        return None if self.result is None else self.result.selected_indices
+
+    @property
+    def selected_dataset(self) -> Dataset | None:
+        """The selected pool rows with every original column, best first."""
+        return None if self.result is None else self.pipeline.pool.select(self.result.selected_indices)
+
+    # --- trainer events ------------------------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # Fail before the first training step on anything that would waste the warmup.
+        model = kwargs.get("model")
+        find_lora_parameters(model)  # raises with the fix when there is no usable LoRA adapter
+        self._check_saves(args, state)
+        optimizer = kwargs.get("optimizer")
+        if self.config.preconditioner == "adam" and optimizer is not None:
+            from .preconditioner import _group_hyperparameters, _unwrap_optimizer
+
+            _group_hyperparameters(_unwrap_optimizer(optimizer).param_groups, type(optimizer).__name__)
+        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"))
+        self._last_step = state.global_step
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # The learning rate the coming optimizer step uses (the scheduler steps after the optimizer).
+        scheduler, optimizer = kwargs.get("lr_scheduler"), kwargs.get("optimizer")
+        if scheduler is not None:
+            self._learning_rates.append(float(scheduler.get_last_lr()[0]))
+        elif optimizer is not None:
+            self._learning_rates.append(float(optimizer.param_groups[0]["lr"]))
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model, optimizer = kwargs["model"], kwargs.get("optimizer")
+        step = state.global_step
+        learning_rates = self._learning_rates or _logged_learning_rates(state, self._last_step, step)
+        adam = None
+        if self.config.preconditioner == "adam":
+            adam = adam_state_from_optimizer(optimizer, self.pipeline.featurizer.collector.parameters, model)
+        self.pipeline.featurize(model, step, adam, learning_rates, lockstep=_zero3_enabled())
+        self._learning_rates, self._last_step = [], step
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if not self.pipeline.store.completed_checkpoints():
+            logger.warning("rose_hf: training ended without any checkpoint, so there is nothing to select from.")
+            return
+        self.result = self.pipeline.select()
+
+    def select(self) -> SelectionResult:
+        """Score and select from the checkpoints cached so far (e.g. after an interrupted warmup)."""
+        self.result = self.pipeline.select()
+        return self.result
+
+    def _check_saves(self, args: TrainingArguments, state: TrainerState) -> None:
+        strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+        if strategy == "no":
+            raise ValueError(
+                "save_strategy='no' produces no checkpoint, and RoseDataSelector computes features at every save: "
+                "set `save_strategy='epoch'` (the paper: one checkpoint per epoch) or 'steps' with `save_steps`."
+            )
+        if strategy == "steps" and state.max_steps > 0:
+            save_steps = state.save_steps if state.save_steps else args.save_steps
+            if save_steps > state.max_steps:
+                raise ValueError(
+                    f"save_steps={args.save_steps} exceeds the {state.max_steps} training steps, so no checkpoint "
+                    "would be saved: lower `save_steps`, or use `save_strategy='epoch'`."
+                )
+
+
+def _logged_learning_rates(state: TrainerState, start: int, end: int) -> list[float]:
+    """Learning rates logged in (start, end], for a run resumed mid-way whose per-step record was lost."""
+    rates = [e["learning_rate"] for e in state.log_history if "learning_rate" in e and start < e.get("step", 0) <= end]
+    if not rates:
+        raise ValueError(
+            f"No learning rate was recorded for steps {start}-{end}: attach RoseDataSelector from the start of "
+            "training, or log every step (`logging_steps=1`) when resuming."
+        )
+    return rates

@@ -1,0 +1,203 @@
+"""One selection run, independent of how the checkpoints arrive (live Trainer callback or saved checkpoints).
+
+`SelectionPipeline` validates the inputs, tokenizes pool and pairs once, guards the cache against mixing runs, turns
+each checkpoint (model + Adam state + learning rates) into cached features, and finally scores and selects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from datasets import Dataset
+from torch import nn
+
+from .data import (
+    check_preference_dataset,
+    check_sft_dataset,
+    pad_token_id,
+    prepare_preference_dataset,
+    prepare_sft_dataset,
+)
+from .features import Featurizer, checkpoint_features
+from .preconditioner import AdamState
+from .rose_config import RoseConfig
+from .selection import SelectionResult, select_from_store
+from .store import FeatureStore, check_writable
+
+logger = get_logger(__name__)
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """What the features depend on in the model: the base model's identity and the adapter's configuration."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    peft_config = getattr(model, "peft_config", {})
+    adapters = {name: cfg.to_dict() for name, cfg in peft_config.items()}
+    for adapter in adapters.values():  # paths and runtime flags say nothing about the features
+        for key in ("base_model_name_or_path", "revision", "inference_mode", "runtime_config"):
+            adapter.pop(key, None)
+    return {
+        "base_model": getattr(base.config, "_name_or_path", ""),
+        "base_config_hash": _hash(base.config.to_dict() | {"_name_or_path": None, "transformers_version": None}),
+        "adapter_config_hash": _hash(adapters),
+    }
+
+
+@contextmanager
+def preserved_rng():
+    """Feature computation must not change the training run: restore every RNG afterwards."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class SelectionPipeline:
+    """The state of one ROSE selection run.
+
+    Args:
+        pool: the instruction pool to select from (TRL SFT format).
+        pairs: the preference pairs of the target task (TRL preference format, optional `subtask` column).
+        config: selection settings; `config.output_dir` holds the cache.
+    """
+
+    def __init__(self, pool: Dataset, pairs: Dataset, config: RoseConfig):
+        check_sft_dataset(pool, "train_dataset")
+        check_preference_dataset(pairs, "preference_dataset")
+        self.pool = pool
+        self.pairs = pairs
+        self.config = config
+        self.store: FeatureStore | None = None
+        self.featurizer: Featurizer | None = None
+        self.pool_tokens: Dataset | None = None
+        self.pair_tokens: Dataset | None = None
+        self.pad_token_id: int | None = None
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def subtasks(self) -> list[str]:
+        return list(self.pair_tokens["subtask"])
+
+    def prepare(self, model: nn.Module, tokenizer) -> None:
+        """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process."""
+        state = PartialState()
+        config = self.config
+        if state.is_main_process:
+            check_writable(config.output_dir)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                "No tokenizer: pass `processing_class=tokenizer` to the trainer, or `tokenizer=` to RoseDataSelector."
+            )
+        self.pad_token_id = pad_token_id(tokenizer)
+        self.featurizer = Featurizer(model, config)
+        start = time.perf_counter()
+        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.max_length)
+        self.pair_tokens = prepare_preference_dataset(self.pairs, tokenizer, config.max_length)
+        truncated = int(np.sum(self.pool_tokens["rose_truncated"]))
+        empty = int(np.sum(np.asarray(self.pool_tokens["rose_num_tokens"]) == 0))
+        self.stats = {
+            "pool_truncated": truncated,
+            "pool_without_completion": empty,
+            "pairs_truncated": int(np.sum(self.pair_tokens["rose_truncated"])),
+            "tokenize_seconds": time.perf_counter() - start,
+        }
+        logger.info(
+            f"rose_hf: {len(self.pool)} pool rows ({truncated} truncated to max_length={config.max_length}, {empty} "
+            f"with no completion token left: scored lowest), {len(self.pairs)} preference pairs in "
+            f"{len(set(self.subtasks))} subtask(s); {self.featurizer.collector.num_params} LoRA parameters -> "
+            f"{self.featurizer.projector.describe()['kind']} projection to {self.featurizer.dim} dims.",
+            main_process_only=True,
+        )
+        run_args = {
+            **describe_model(model),
+            "tokenizer_hash": _hash(sorted(tokenizer.get_vocab().items())),
+            "pool_fingerprint": self.pool._fingerprint,
+            "pool_size": len(self.pool),
+            "validation_fingerprint": self.pairs._fingerprint,
+            **{
+                key: getattr(config, key)
+                for key in (
+                    "validation_objective",
+                    "beta",
+                    "loss_type",
+                    "label_smoothing",
+                    "projection",
+                    "projection_dim",
+                    "projection_seed",
+                    "preconditioner",
+                    "max_length",
+                    "feature_dtype",
+                    "chunk_size",
+                )
+            },
+        }
+        self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
+        if state.is_main_process:
+            self.store.prepare()
+        state.wait_for_everyone()
+
+    def featurize(
+        self,
+        model: nn.Module,
+        step: int,
+        adam: AdamState | None,
+        learning_rates: list[float],
+        lockstep: bool = False,
+        on_chunk=None,
+    ) -> dict[str, Any]:
+        """Cache pool and validation features of the checkpoint at `step` (resumable; a finished one is skipped)."""
+        if self.store is None:
+            raise RuntimeError("Call `prepare(model, tokenizer)` first.")
+        if self.config.preconditioner == "sgd":
+            adam = None
+        with preserved_rng():
+            return checkpoint_features(
+                model,
+                self.config,
+                self.pool_tokens,
+                self.pair_tokens,
+                self.store.checkpoint(step),
+                adam,
+                self.pad_token_id,
+                meta={"learning_rates": [float(lr) for lr in learning_rates]},
+                featurizer=self.featurizer,
+                lockstep=lockstep,
+                on_chunk=on_chunk,
+            )
+
+    def select(self) -> SelectionResult:
+        """Scores and selection from every cached checkpoint; the main process writes them, then all load them."""
+        state = PartialState()
+        if state.is_main_process:
+            result = select_from_store(self.store, self.pool, self.subtasks, self.config)
+            result.info["tokenization"] = self.stats
+            if self.config.report:
+                from .report import write_report
+
+                write_report(self.config.output_dir, self.pool, result, self.config, self.store)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            from .selection import load_selection
+
+            result = load_selection(self.config.output_dir)
+        return result
+
