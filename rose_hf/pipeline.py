@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from datasets import Dataset
 from torch import nn
 
 from .data import (
+    DEFAULT_SUBTASK,
+    SUBTASK_COLUMN,
     check_preference_dataset,
     check_sft_dataset,
     pad_token_id,
@@ -31,7 +34,7 @@ from .features import Featurizer, checkpoint_features
 from .preconditioner import AdamState
 from .rose_config import RoseConfig
 from .selection import SelectionResult, select_from_store
-from .store import FeatureStore, check_writable
+from .store import FeatureStore, check_writable, read_json
 
 logger = get_logger(__name__)
 
@@ -85,7 +88,7 @@ class SelectionPipeline:
         self.pool = pool
         self.pairs = pairs
         self.config = config
-        self.store: FeatureStore | None = None
+        self.store = FeatureStore(config.output_dir)
         self.featurizer: Featurizer | None = None
         self.pool_tokens: Dataset | None = None
         self.pair_tokens: Dataset | None = None
@@ -94,7 +97,10 @@ class SelectionPipeline:
 
     @property
     def subtasks(self) -> list[str]:
-        return list(self.pair_tokens["subtask"])
+        """The subtask of each preference pair, in pair order (one group, "all", without a `subtask` column)."""
+        if SUBTASK_COLUMN in self.pairs.column_names:
+            return [str(value) for value in self.pairs[SUBTASK_COLUMN]]
+        return [DEFAULT_SUBTASK] * len(self.pairs)
 
     def prepare(self, model: nn.Module, tokenizer) -> None:
         """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process."""
@@ -165,7 +171,7 @@ class SelectionPipeline:
         on_chunk=None,
     ) -> dict[str, Any]:
         """Cache pool and validation features of the checkpoint at `step` (resumable; a finished one is skipped)."""
-        if self.store is None:
+        if self.featurizer is None:
             raise RuntimeError("Call `prepare(model, tokenizer)` first.")
         if self.config.preconditioner == "sgd":
             adam = None
@@ -184,13 +190,29 @@ class SelectionPipeline:
                 on_chunk=on_chunk,
             )
 
+    def _check_same_data(self) -> None:
+        if not os.path.exists(self.store.run_file):
+            raise ValueError(
+                f"{self.config.output_dir} holds no features (no run.json): run the warmup with RoseDataSelector "
+                "attached first, or point `output_dir` at the folder where it ran."
+            )
+        saved = read_json(self.store.run_file)
+        for key, value in (("pool_fingerprint", self.pool._fingerprint), ("validation_fingerprint", self.pairs._fingerprint)):
+            if saved.get(key) != value:
+                raise ValueError(
+                    f"The features in {self.config.output_dir} were computed for another "
+                    f"{'pool' if key.startswith('pool') else 'preference set'} ({key} differs): pass the same data, "
+                    "or recompute the features in a new `output_dir`."
+                )
+
     def select(self) -> SelectionResult:
         """Scores and selection from every cached checkpoint; the main process writes them, then all load them."""
         state = PartialState()
+        self._check_same_data()
         if state.is_main_process:
             result = select_from_store(self.store, self.pool, self.subtasks, self.config)
             result.info["tokenization"] = self.stats
-            if self.config.report:
+            if self.config.report and not result.loaded:
                 from .report import write_report
 
                 write_report(self.config.output_dir, self.pool, result, self.config, self.store)

@@ -98,6 +98,11 @@ class RoseConfig:
         default=2048, metadata={"help": "Truncate pool and validation sequences to this many tokens (paper: 2048)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the warmup slice (RoseTrainer)."})
+    final_training: str = field(
+        default="lora",
+        metadata={"help": "RoseTrainer's final stage on the selection: 'lora' (a fresh adapter, paper) or 'full' "
+                  "(full fine-tuning of the base model)."},
+    )
     overwrite: bool = field(
         default=False,
         metadata={"help": "Discard a cache in output_dir written for another run, instead of refusing to mix."},
@@ -114,6 +119,7 @@ class RoseConfig:
         _choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         _choice("subtask_aggregation", self.subtask_aggregation, AGGREGATIONS)
         _choice("feature_dtype", self.feature_dtype, FEATURE_DTYPES)
+        _choice("final_training", self.final_training, ("lora", "full"))
         check_loss_type(self.loss_type)
         if not self.beta > 0:
             raise ValueError(f"beta={self.beta} must be > 0 (TRL's and the paper's default is 0.1).")

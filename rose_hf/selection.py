@@ -35,6 +35,7 @@ class SelectionResult:
         weights: checkpoint weights (mean learning rate per checkpoint, normalised).
         steps: the warmup steps of the checkpoints used.
         info: counts, per-subtask contributions and timings (also in `selection.json`).
+        loaded: whether the result was read back from a finished run instead of computed.
     """
 
     scores: np.ndarray
@@ -43,6 +44,7 @@ class SelectionResult:
     weights: np.ndarray
     steps: list[int]
     info: dict[str, Any] = field(default_factory=dict)
+    loaded: bool = False  # read back from disk rather than computed now
 
 
 def _selection_args(config: RoseConfig, steps: list[int]) -> dict[str, Any]:
@@ -159,4 +161,5 @@ def load_selection(output_dir: str) -> SelectionResult:
         weights=np.asarray(info["weights"]),
         steps=info["steps"],
         info=info,
+        loaded=True,
     )
