@@ -24,7 +24,8 @@ class RoseConfig:
     5% warmup slice.
 
     Parsed next to `SFTConfig` and `ModelConfig` (e.g. `rose-hf train --config recipe.yaml`), the fields that
-    `SFTConfig` also has are spelled `rose_output_dir`, `rose_max_length` and `rose_seed`.
+    `SFTConfig` also has are spelled `rose_output_dir`, `rose_loss_type`, `rose_max_length` and
+    `rose_seed`.
 
     Example:
     ```python

@@ -101,7 +101,7 @@ def test_uneven_pool_composition_other_target() -> None:
     assert Counter(task.test_pairs["subtask"]) == {"no_carry": 11, "carry": 10}
     assert len(task.test_prompts) == 7
     assert Counter(_split_pretrain_text(t)[0].split()[0] for t in task.pretrain["text"]) == {
-        "sort": 11, "reverse": 10, "add": 10, "give": 20, "count": 10
+        "sort": 13, "reverse": 12, "give": 24, "count": 12
     }  # fmt: skip
     assert int(task.helpful_mask().sum()) == 50 and int(task.harmful_mask().sum()) == 30
 
@@ -164,7 +164,14 @@ def test_pretrain_is_all_correct_and_balanced(task: SyntheticTask) -> None:
         family, numbers = parse_prompt(prompt)
         assert completion == answer(family, numbers)
         families[family] += 1
-    assert families == {family: 500 for family in FAMILIES}
+    # The target family is left out by default: the base model learns the format, not the target task.
+    assert families == {family: 600 for family in FAMILIES if family != "sort"}
+
+
+def test_pretrain_can_include_the_target() -> None:
+    task = make_synthetic_task(SyntheticTaskConfig(pool_size=400, n_pretrain=60, pretrain_target=True))
+    families = Counter(parse_prompt(_split_pretrain_text(t)[0])[0] for t in task.pretrain["text"])
+    assert families == {family: 10 for family in FAMILIES}
 
 
 def test_no_prompt_is_shared_between_splits(task: SyntheticTask) -> None:

@@ -13,7 +13,8 @@ Splits (all prompts distinct across every split, so nothing leaks into evaluatio
 - `pool`: TRL prompt-completion rows (`prompt`, `completion`) labelled with `family`, `correct`, `source`, `id`.
 - `validation`: few-shot preference pairs for the target (`prompt`, `chosen`, `rejected`, `subtask`).
 - `test_pairs`: held-out preference pairs, same columns; `test_prompts`: held-out `prompt` + `reference`.
-- `pretrain`: a `text` mixture of every family, all correct, to pretrain a tiny base model on the format.
+- `pretrain`: a `text` mixture of the non-target families (all of them with `pretrain_target=True`), all correct, to
+  pretrain a tiny base model on the format without teaching it the target task.
 
 Example:
 ```python
@@ -76,7 +77,9 @@ class SyntheticTaskConfig:
         n_per_subtask: validation preference pairs per subtask (the target family has two subtasks).
         n_test_pairs: held-out preference pairs, split evenly over the subtasks.
         n_test_prompts: held-out prompts with reference answers.
-        n_pretrain: rows of the pretraining text mixture, split evenly over all families.
+        n_pretrain: rows of the pretraining text mixture, split evenly over its families.
+        pretrain_target: include the target family in the pretraining mixture. Off by default, so that the base
+            model knows the format but not the target task and the selected data has something to teach.
         seed: seeds `random.Random`; the same seed gives the same datasets.
     """
 
@@ -88,6 +91,7 @@ class SyntheticTaskConfig:
     n_test_pairs: int = 200
     n_test_prompts: int = 100
     n_pretrain: int = 3000
+    pretrain_target: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -141,11 +145,12 @@ class SyntheticTaskConfig:
 
     def pretrain_composition(self) -> dict[str, int]:
         """Rows of the pretraining mixture per family: `n_pretrain` split evenly, the first families taking the rest."""
-        base, extra = divmod(self.n_pretrain, len(FAMILIES))
-        return {family: base + (1 if i < extra else 0) for i, family in enumerate(FAMILIES)}
+        families = [f for f in FAMILIES if self.pretrain_target or f != self.target_family]
+        base, extra = divmod(self.n_pretrain, len(families))
+        return {family: base + (1 if i < extra else 0) for i, family in enumerate(families)}
 
     def _prompt_demand(self) -> dict[str, int]:
-        demand = dict(self.pretrain_composition())
+        demand = {family: 0 for family in FAMILIES} | self.pretrain_composition()
         for source, count in self.pool_composition().items():
             demand[source.split("/")[0]] += count
         demand[self.target_family] += (

@@ -1,0 +1,359 @@
+"""Score a pool of training examples against validation preference pairs, and select the top of the ranking.
+
+ROSE's score of a training example `z` (ROSE_METHOD.md, step 5) is
+
+    s(z) = agg_{subtask} ( mean_{v in subtask} sum_c w_c * <G_c(z), g_c(v)> )
+
+with `G_c(z)` the projected, L2-normalised Adam-preconditioned gradient of `z` at checkpoint `c`, `g_c(v)` the
+projected, L2-normalised DPO gradient of validation pair `v`, `w_c` the checkpoint weight (mean learning rate of the
+epoch, renormalised) and `agg` the max over subtasks (paper) or their mean. Because the mean over pairs and the sum over
+checkpoints are linear, each checkpoint's validation side collapses to one weighted mean vector per subtask, so the
+pool is read once, in row chunks, with `C` small matmuls per chunk: memory stays flat in the pool size apart from the
+`(N,)` output, and pool matrices can be `np.memmap`s bigger than RAM.
+
+Invalid examples (no completion tokens, features that failed, ...) are marked with `INVALID_SCORE`, the smallest
+float32, rather than `-inf` or NaN, so that saved score arrays stay finite for consumers that average or plot them;
+they always rank last and `select_top` never picks them.
+
+Example:
+```python
+>>> import numpy as np
+>>> from rose_hf.scoring import checkpoint_weights, score_pool, select_top
+>>> rng = np.random.default_rng(0)
+>>> unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+>>> pool = [unit(rng.normal(size=(100, 16))) for _ in range(2)]
+>>> val = [unit(rng.normal(size=(4, 16))) for _ in range(2)]
+>>> weights = checkpoint_weights([[2e-5, 1e-5], [5e-6]])
+>>> scores, report = score_pool(pool, val, weights, subtasks=["a", "a", "b", "b"])
+>>> select_top(scores, fraction=0.05).shape
+(5,)
+```
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from accelerate.logging import get_logger
+from accelerate.state import PartialState
+from accelerate.utils import tqdm
+
+logger = get_logger(__name__)
+
+INVALID_SCORE = float(np.finfo(np.float32).min)
+AGGREGATIONS = ("max", "mean")
+DEFAULT_BUDGET_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def _log_warning(message: str) -> None:
+    # accelerate's logger raises before any Accelerator/PartialState exists; scoring is also run standalone.
+    if PartialState._shared_state:
+        logger.warning(message)
+    else:
+        logger.logger.warning(message)
+
+
+def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]]) -> np.ndarray:
+    """Checkpoint weights `w_c`: mean learning rate of the optimizer steps that led to each checkpoint, summing to 1.
+
+    Args:
+        learning_rates_per_checkpoint: for each checkpoint `c`, the learning rates of the steps taken since
+            checkpoint `c - 1` (e.g. collected from the trainer's log history).
+
+    Returns:
+        `(C,)` float64 weights summing to 1.
+
+    Example:
+    ```python
+    >>> checkpoint_weights([[2.0, 4.0], [1.0]])  # means 3 and 1
+    array([0.75, 0.25])
+    ```
+    """
+    if len(learning_rates_per_checkpoint) == 0:
+        raise ValueError("`learning_rates_per_checkpoint` is empty: pass one list of learning rates per checkpoint.")
+    means = []
+    for c, rates in enumerate(learning_rates_per_checkpoint):
+        rates = np.asarray(rates, dtype=np.float64)
+        if rates.size == 0:
+            raise ValueError(
+                f"`learning_rates_per_checkpoint[{c}]` is empty: no optimizer step led to checkpoint {c}. Save "
+                "checkpoints only after at least one optimizer step (e.g. one per epoch)."
+            )
+        if not np.all(np.isfinite(rates)) or np.any(rates < 0):
+            raise ValueError(
+                f"`learning_rates_per_checkpoint[{c}]` holds negative or non-finite learning rates: {rates.tolist()}."
+            )
+        means.append(rates.mean())
+    means = np.asarray(means)
+    if means.sum() <= 0:
+        raise ValueError(
+            "All learning rates are 0, so the checkpoint weights are undefined: the learning-rate scheduler produced "
+            "zero learning rate at every step. Check `learning_rate` and the scheduler/warmup settings of the warmup run."
+        )
+    return means / means.sum()
+
+
+def _as_list(name: str, value: Any) -> list:
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        raise ValueError(f"`{name}` must be a list with one (rows, dim) array per checkpoint, got a single 2-D array.")
+    return list(value)
+
+
+def score_pool(
+    pool_features: Sequence[np.ndarray],
+    validation_features: Sequence[np.ndarray],
+    weights: np.ndarray | Sequence[float],
+    subtasks: Sequence[str] | np.ndarray,
+    aggregation: str = "max",
+    chunk_size: int = 8192,
+    valid: np.ndarray | None = None,
+    row_scales: Sequence[np.ndarray] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Score every pool example against the validation pairs, streaming over the pool in row chunks.
+
+    Args:
+        pool_features: one `(N, d)` array per checkpoint (float16, float32 or int8; `np.memmap` works), rows
+            L2-normalised. A row that is all zeros at any checkpoint marks an invalid example.
+        validation_features: one `(V, d)` array per checkpoint, rows L2-normalised.
+        weights: `(C,)` checkpoint weights (see `checkpoint_weights`).
+        subtasks: `(V,)` subtask label of each validation pair.
+        aggregation: `"max"` (paper) or `"mean"` over subtasks of the per-subtask mean score. The checkpoint sum is
+            taken first, so with `"max"` each example is scored by its best subtask over the weighted sum.
+        chunk_size: pool rows read and converted to float32 at once.
+        valid: optional `(N,)` bool mask; `False` rows are invalid.
+        row_scales: for int8 storage (see `quantize_int8`), one `(N,)` float32 scale array per checkpoint: the feature
+            is `int8_row * scale`. Required for int8 pools.
+        progress: show a progress bar over chunks (main process only).
+
+    Returns:
+        `scores`, `(N,)` float32, with `INVALID_SCORE` for invalid rows (given by `valid`, all-zero at some checkpoint,
+        or holding non-finite values), and a JSON-able report: `subtasks` (order used below), `per_subtask_mean`
+        (mean per-subtask score over valid rows), `argmax_subtask_counts` (how many valid rows each subtask scores
+        best), `num_invalid`, `num_masked`, `num_zero_rows`, `num_nonfinite_rows`, `aggregation`.
+    """
+    pool_features = _as_list("pool_features", pool_features)
+    validation_features = _as_list("validation_features", validation_features)
+    num_checkpoints = len(pool_features)
+    if num_checkpoints == 0:
+        raise ValueError("`pool_features` is empty: pass one (N, d) array per checkpoint.")
+    if len(validation_features) != num_checkpoints:
+        raise ValueError(
+            f"`validation_features` has {len(validation_features)} checkpoints but `pool_features` has {num_checkpoints}:"
+            " both sides must be computed at the same checkpoints."
+        )
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (num_checkpoints,) or not np.all(np.isfinite(weights)):
+        raise ValueError(
+            f"`weights` must be {num_checkpoints} finite numbers (one per checkpoint), got {weights.tolist()}."
+        )
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"`aggregation`={aggregation!r} is not one of {AGGREGATIONS}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+
+    num_rows = pool_features[0].shape[0]
+    num_pairs = validation_features[0].shape[0]
+    for c, (pool, val) in enumerate(zip(pool_features, validation_features)):
+        if pool.ndim != 2 or pool.shape[0] != num_rows:
+            raise ValueError(
+                f"`pool_features[{c}]` has shape {pool.shape}; expected ({num_rows}, d) like `pool_features[0]`."
+            )
+        if val.ndim != 2 or val.shape[0] != num_pairs or val.shape[1] != pool.shape[1]:
+            raise ValueError(
+                f"`validation_features[{c}]` has shape {val.shape}; expected ({num_pairs}, {pool.shape[1]}): as many "
+                "pairs as at checkpoint 0 and the pool's feature dimension (same projection on both sides)."
+            )
+        if pool.dtype not in (np.float16, np.float32, np.int8):
+            raise ValueError(
+                f"`pool_features[{c}]` has dtype {pool.dtype}; use float16, float32 or int8 (+ row_scales)."
+            )
+        bad = np.flatnonzero(~np.isfinite(np.asarray(val, dtype=np.float32)).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"`validation_features[{c}]` rows {bad[:10].tolist()} hold NaN/inf: the validation gradients are broken "
+                "(e.g. fp16 overflow); recompute them before scoring."
+            )
+    if row_scales is not None:
+        row_scales = _as_list("row_scales", row_scales)
+        if len(row_scales) != num_checkpoints or any(np.shape(s) != (num_rows,) for s in row_scales):
+            raise ValueError(
+                f"`row_scales` must hold {num_checkpoints} arrays of shape ({num_rows},), one per checkpoint."
+            )
+    elif any(pool.dtype == np.int8 for pool in pool_features):
+        raise ValueError("`row_scales` is required for int8 `pool_features` (see `quantize_int8`).")
+
+    labels = np.asarray(subtasks)
+    if labels.shape != (num_pairs,):
+        raise ValueError(
+            f"`subtasks` must have one label per validation pair ({num_pairs}), got shape {labels.shape}."
+        )
+    # First-appearance order, so reports list subtasks as the user's data does.
+    names = list(dict.fromkeys(labels.tolist()))
+    membership = np.stack([labels == name for name in names], axis=1).astype(np.float64)  # (V, S)
+    membership /= membership.sum(axis=0, keepdims=True)
+    # Per checkpoint, w_c times each subtask's mean validation vector: (d, S). Scores are then linear in the pool rows.
+    targets = [
+        (weights[c] * (np.asarray(val, dtype=np.float64).T @ membership)).astype(np.float32)
+        for c, val in enumerate(validation_features)
+    ]
+
+    if valid is None:
+        valid_mask = np.ones(num_rows, dtype=bool)
+    else:
+        valid_mask = np.asarray(valid)
+        if valid_mask.dtype != bool or valid_mask.shape != (num_rows,):
+            raise ValueError(
+                f"`valid` must be a bool array of shape ({num_rows},), got {valid_mask.dtype} {valid_mask.shape}."
+            )
+
+    scores = np.empty(num_rows, dtype=np.float32)
+    per_subtask_sum = np.zeros(len(names), dtype=np.float64)
+    argmax_counts = np.zeros(len(names), dtype=np.int64)
+    num_zero = num_nonfinite = 0
+    starts = range(0, num_rows, chunk_size)
+    for start in tqdm(starts, desc="Scoring pool") if progress else starts:
+        stop = min(start + chunk_size, num_rows)
+        per_subtask = np.zeros((stop - start, len(names)), dtype=np.float64)
+        zero = np.zeros(stop - start, dtype=bool)
+        for c in range(num_checkpoints):
+            chunk = np.asarray(pool_features[c][start:stop])
+            zero |= ~chunk.any(axis=1)
+            contribution = chunk.astype(np.float32, copy=False) @ targets[c]
+            if row_scales is not None:
+                contribution *= np.asarray(row_scales[c][start:stop], dtype=np.float32)[:, None]
+            per_subtask += contribution
+        # A NaN/inf anywhere in a row reaches every column of its matmul (inf * 0 is NaN), so checking the (n, S)
+        # result finds bad rows without another pass over the features.
+        nonfinite = ~np.isfinite(per_subtask).all(axis=1)
+        keep = valid_mask[start:stop] & ~zero & ~nonfinite
+        num_zero += int((zero & valid_mask[start:stop]).sum())
+        num_nonfinite += int((nonfinite & valid_mask[start:stop] & ~zero).sum())
+        chunk_scores = per_subtask.max(axis=1) if aggregation == "max" else per_subtask.mean(axis=1)
+        scores[start:stop] = np.where(keep, chunk_scores, INVALID_SCORE)
+        per_subtask_sum += per_subtask[keep].sum(axis=0)
+        argmax_counts += np.bincount(per_subtask[keep].argmax(axis=1), minlength=len(names))
+
+    num_valid = int(num_rows - (scores == INVALID_SCORE).sum())
+    if num_nonfinite:
+        _log_warning(f"{num_nonfinite} pool rows hold NaN/inf features; they are scored as invalid.")
+    report = {
+        "aggregation": aggregation,
+        "subtasks": [str(name) for name in names],
+        "per_subtask_mean": {
+            str(name): float(per_subtask_sum[s] / num_valid) if num_valid else float("nan")
+            for s, name in enumerate(names)
+        },
+        "argmax_subtask_counts": {str(name): int(argmax_counts[s]) for s, name in enumerate(names)},
+        "num_rows": int(num_rows),
+        "num_invalid": int(num_rows - num_valid),
+        "num_masked": int((~valid_mask).sum()),
+        "num_zero_rows": num_zero,
+        "num_nonfinite_rows": num_nonfinite,
+    }
+    return scores, report
+
+
+def _selectable(scores: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    mask = np.isfinite(scores) & (scores != INVALID_SCORE)
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.dtype != bool or valid.shape != scores.shape:
+            raise ValueError(f"`valid` must be a bool array of shape {scores.shape}, got {valid.dtype} {valid.shape}.")
+        mask &= valid
+    return mask
+
+
+def select_top(
+    scores: np.ndarray, fraction: float | None = None, size: int | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of the `k` best-scoring valid examples, best first.
+
+    `k = size`, or `max(1, floor(fraction * N + 0.5))` (round half up) with `N` the whole pool, valid or not: the
+    budget is a share of the pool. Ties go to the lower index, so the selection is deterministic. Rows with
+    `valid == False`, a non-finite score or `INVALID_SCORE` are never selected; when fewer than `k` rows are valid,
+    all valid rows are returned (a warning is logged; check `len(result)`).
+
+    Args:
+        scores: `(N,)` scores from `score_pool`.
+        fraction: share of the pool to keep, in (0, 1] (paper: 0.05).
+        size: number of examples to keep, in [1, N].
+        valid: optional `(N,)` bool mask.
+
+    Returns:
+        `(k,)` int64 indices sorted by rank.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"`scores` must be 1-D, got shape {scores.shape}.")
+    num_rows = scores.shape[0]
+    if (fraction is None) == (size is None):
+        raise ValueError("Pass exactly one of `fraction` (share of the pool) and `size` (number of examples).")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not 0 < fraction <= 1:
+            raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r} (e.g. 0.05 for the paper's 5%).")
+        k = max(1, math.floor(fraction * num_rows + 0.5))
+    else:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= num_rows:
+            raise ValueError(f"`size` must be an integer in [1, {num_rows}] (the pool size), got {size!r}.")
+        k = int(size)
+    candidates = np.flatnonzero(_selectable(scores, valid))
+    if candidates.size < k:
+        _log_warning(f"Only {candidates.size} valid examples for a budget of {k}: selecting all of them.")
+    # Stable sort of the negated scores: higher score first, lower index first among ties.
+    order = np.argsort(-scores[candidates].astype(np.float64), kind="stable")
+    return candidates[order[:k]].astype(np.int64)
+
+
+def budget_curve(
+    scores: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_BUDGET_FRACTIONS,
+    valid: np.ndarray | None = None,
+) -> dict[float, np.ndarray]:
+    """Selections at several budgets (the reviewers' 1-20% question), nested: each is a prefix of the next larger.
+
+    Args:
+        scores: `(N,)` scores from `score_pool`.
+        fractions: shares of the pool, each in (0, 1].
+        valid: optional `(N,)` bool mask.
+
+    Returns:
+        `{fraction: indices}` as `select_top(scores, fraction=f, valid=valid)` would return.
+    """
+    return {float(f): select_top(scores, fraction=f, valid=valid) for f in fractions}
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8 quantisation, to store features in a quarter of float32's space.
+
+    The scale is `max|row| / 127`, so each entry is off by at most `scale / 2`; all-zero rows get scale 1 (they stay
+    zero, which `score_pool` reads as invalid).
+
+    Args:
+        x: `(N, d)` float array.
+
+    Returns:
+        `(q, scales)`: `(N, d)` int8 and `(N,)` float32, with `x ~= q * scales[:, None]`.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"`x` must be 2-D (rows, dim), got shape {x.shape}.")
+    if not np.isfinite(x).all():
+        raise ValueError("`x` holds NaN/inf values, which int8 cannot represent; mark those rows invalid instead.")
+    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], dtype=np.float32)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def dequantize_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Inverse of `quantize_int8`: `(N, d)` float32 `q * scales[:, None]`.
+
+    Args:
+        q: `(N, d)` int8 matrix.
+        scales: `(N,)` per-row scales.
+    """
+    return np.asarray(q, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
