@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from accelerate import PartialState
 from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -16,6 +17,18 @@ from .rose_config import RoseConfig
 from .selection import SelectionResult
 
 logger = get_logger(__name__)
+
+
+def check_distributed_type(distributed_type: str) -> None:
+    """Refuse, before training, the settings whose features could be wrong. FSDP flattens and shards parameters
+    into DTensors/FlatParameters that hide the LoRA weights from the per-example hooks and the Adam-state lookup."""
+    if "FSDP" in str(distributed_type).upper():
+        raise ValueError(
+            "RoseDataSelector does not support FSDP: its sharded flat parameters hide the LoRA weights that the "
+            "per-example gradient hooks and the Adam-state lookup need. Launch the warmup with DDP "
+            "(recipes/accelerate_configs/multi_gpu.yaml) or DeepSpeed ZeRO-2/3 (deepspeed_zero2.yaml, "
+            "deepspeed_zero3.yaml): ZeRO-3 shards the frozen base weights as FSDP would."
+        )
 
 
 def _zero3_enabled() -> bool:
@@ -87,6 +100,7 @@ class RoseDataSelector(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # Fail before the first training step on anything that would waste the warmup.
         model = kwargs.get("model")
+        check_distributed_type(PartialState().distributed_type)
         find_lora_parameters(model)  # raises with the fix when there is no usable LoRA adapter
         self._check_saves(args, state)
         optimizer = kwargs.get("optimizer")

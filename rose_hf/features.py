@@ -189,6 +189,26 @@ def compute_validation_features(
     return out
 
 
+def _validation_agreement(validation: np.ndarray) -> float:
+    """Every process computes the validation features and the main one writes them: check they agree.
+
+    Returns the largest absolute difference from the main process's features (0.0 in one process).
+    """
+    state = PartialState()
+    if state.num_processes == 1:
+        return 0.0
+    from accelerate.utils import gather_object
+
+    everyone = gather_object([validation])
+    diff = max(float(np.abs(other - everyone[0]).max()) for other in everyone)
+    if diff > 1e-3:
+        raise RuntimeError(
+            f"The validation features differ across processes by up to {diff:.2e}: the processes do not hold the "
+            "same model. Check that every process loads the same checkpoint and adapter."
+        )
+    return diff
+
+
 def checkpoint_features(
     model: nn.Module,
     config: RoseConfig,
@@ -223,6 +243,7 @@ def checkpoint_features(
             featurizer, pairs, config.feature_batch_size, pad_token_id, config.max_length
         )
         timings["validation_seconds"] = time.perf_counter() - start
+    timings["validation_rank_max_diff"] = _validation_agreement(validation)
     if state.is_main_process:
         checkpoint.write_validation(validation)
         checkpoint.finalize({**meta, **timings, "projection": featurizer.projector.describe()})

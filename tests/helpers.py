@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
@@ -51,3 +53,57 @@ def tiny_pairs():
             "rejected": [" no", " world world", " yes"],
         }
     )
+
+
+DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, max_length=64, report=False)
+
+
+def distributed_setup(output_dir, zero_stage=0):
+    """The tiny warmup of the distributed tests, identical in every process count (data, seeds, LoRA)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from rose_hf import RoseConfig, RoseDataSelector
+
+    tokenizer = make_tokenizer()
+    pool, task = pool_dataset(45)  # 45 rows / chunks of 7 = 7 chunks: uneven across 2 processes
+    pairs = task.validation.select(range(6))
+    model = build_model("llama", tokenizer, hidden_size=32, seed=0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_target_modules("llama"),
+                      task_type="CAUSAL_LM")
+    selector = RoseDataSelector(pool, pairs, RoseConfig(output_dir=os.path.join(output_dir, "rose"), **DISTRIBUTED_ROSE))
+    deepspeed = None
+    # Under `accelerate launch` with a DeepSpeed config, the Trainer takes DeepSpeed from accelerate's plugin.
+    if zero_stage and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
+        deepspeed = {
+            "zero_optimization": {"stage": zero_stage},
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto",
+            "gradient_clipping": "auto",
+            "bf16": {"enabled": False},
+            "fp16": {"enabled": False},
+        }
+    args = SFTConfig(
+        output_dir=os.path.join(output_dir, "warmup"),
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        save_strategy="epoch",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        max_length=64,
+        seed=0,
+        gradient_checkpointing=False,
+        deepspeed=deepspeed,
+        disable_tqdm=True,
+    )
+    warmup = pool.select(range(16)).remove_columns(["family", "correct", "source", "id"])
+
+    def make_trainer(callbacks):
+        return SFTTrainer(model=model, args=args, train_dataset=warmup, processing_class=tokenizer, peft_config=lora,
+                          callbacks=callbacks)
+
+    return {"tokenizer": tokenizer, "pool": pool, "pairs": pairs, "lora": lora, "selector": selector,
+            "make_trainer": make_trainer}

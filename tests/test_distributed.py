@@ -1,0 +1,110 @@
+"""The callback in 2 processes (DDP, DeepSpeed ZeRO-2, ZeRO-3 on CPU) gives the features, scores and selection of
+one process computing from the SAME adapter and Adam state.
+
+The warmup runs under `accelerate launch` with the recipes in recipes/accelerate_configs/. Its rank 0 also saves the
+LoRA weights and Adam moments at every checkpoint (gathered with torch's/DeepSpeed's own APIs), and this test
+recomputes the features from them in one process. Tolerance: features are stored in float16, and the two runs
+compute each example in the same batch composition (chunks are fixed row ranges), so they agree up to float32
+reduction order in the model (~1e-6 relative) before fp16 rounding; a feature element (|x| <~ 0.3) may then differ
+by one fp16 ulp (<= 2.4e-4), which moves a score (a weighted mean of cosines of unit vectors) by far less than 1e-3.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import DISTRIBUTED_ROSE, distributed_setup
+from peft import get_peft_model
+
+from rose_hf import RoseConfig
+from rose_hf.pipeline import SelectionPipeline
+from rose_hf.preconditioner import AdamState
+from rose_hf.tiny import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "distributed", "warmup_script.py")
+CONFIGS = os.path.join(ROOT, "recipes", "accelerate_configs")
+
+
+def launch(config: str, output_dir: str, zero_stage: int) -> None:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, config),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
+        SCRIPT, "--output_dir", output_dir, "--zero_stage", str(zero_stage),
+    ]  # fmt: skip
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def single_process_reference(run_dir: str, output_dir: str):
+    """Features, scores and selection from the distributed run's own adapter and Adam state, in this process."""
+    setup = distributed_setup(output_dir)
+    model = get_peft_model(build_model("llama", setup["tokenizer"], hidden_size=32, seed=0), setup["lora"])
+    pipeline = SelectionPipeline(setup["pool"], setup["pairs"], RoseConfig(output_dir=output_dir, **DISTRIBUTED_ROSE))
+    pipeline.prepare(model, setup["tokenizer"])
+    names = pipeline.featurizer.collector.names
+    steps = sorted(int(f.split("-")[1][:-3]) for f in os.listdir(run_dir) if f.startswith("state-"))
+    for step in steps:
+        state = torch.load(os.path.join(run_dir, f"state-{step}.pt"))
+        params = dict(model.named_parameters())
+        for name, weight in state["weights"].items():
+            params[name].data.copy_(weight.reshape(params[name].shape))
+        adam = AdamState(
+            torch.cat([state["exp_avg"][n].flatten() for n in names]),
+            torch.cat([state["exp_avg_sq"][n].flatten() for n in names]),
+            state["betas"][0], state["betas"][1], state["eps"],
+        )  # fmt: skip
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
+            learning_rates = json.load(handle)["learning_rates"]
+        pipeline.featurize(model, step, adam, learning_rates)
+    return pipeline.select(), steps
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "config,zero_stage",
+    [("multi_gpu.yaml", 0), ("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)],
+    ids=["ddp", "zero2", "zero3"],
+)
+def test_two_processes_match_one(tmp_path, config, zero_stage):
+    if zero_stage:
+        pytest.importorskip("deepspeed")
+    run_dir = str(tmp_path / "run")
+    launch(config, run_dir, zero_stage)
+    with open(os.path.join(run_dir, "launch.json")) as handle:
+        launched = json.load(handle)
+    assert launched["num_processes"] == 2
+    assert ("DEEPSPEED" in launched["distributed_type"]) == bool(zero_stage)
+
+    reference, steps = single_process_reference(run_dir, str(tmp_path / "reference"))
+    assert len(steps) == 2
+    for step in steps:
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
+            assert json.load(handle)["validation_rank_max_diff"] <= 1e-6  # both processes computed the same
+        ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy")).astype(np.float32)
+        theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy")).astype(np.float32)
+        assert ours.shape == theirs.shape == (45, 256)
+        assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2  # every row written: no example lost
+        np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)
+        print(f"{config} step {step}: max feature difference {np.abs(ours - theirs).max():.2e}")
+    scores = np.load(os.path.join(run_dir, "rose", "scores.npy"))
+    np.testing.assert_allclose(scores, reference.scores, atol=1e-3, rtol=0)
+    print(f"{config}: max score difference {np.abs(scores - reference.scores).max():.2e}")
+    with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
+        assert json.load(handle) == reference.selected_indices
+
+
+def test_fsdp_is_refused_with_a_clear_error():
+    from accelerate.utils import DistributedType
+
+    from rose_hf.callback import check_distributed_type
+
+    with pytest.raises(ValueError, match="does not support FSDP.*deepspeed_zero3"):
+        check_distributed_type(DistributedType.FSDP)
+    check_distributed_type(DistributedType.DEEPSPEED)  # supported: no error
+    check_distributed_type(DistributedType.MULTI_GPU)
