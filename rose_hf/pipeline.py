@@ -40,7 +40,18 @@ logger = get_logger(__name__)
 
 
 def _hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_sorted_sets(payload), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sorted_sets(value: Any) -> Any:
+    """Sets (e.g. PEFT's `target_modules`) as sorted lists: their iteration order changes from process to process."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _sorted_sets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sorted_sets(v) for v in value]
+    return value
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
@@ -85,6 +96,12 @@ class SelectionPipeline:
     def __init__(self, pool: Dataset, pairs: Dataset, config: RoseConfig):
         check_sft_dataset(pool, "train_dataset")
         check_preference_dataset(pairs, "preference_dataset")
+        # Otherwise `select_top` would refuse the budget only after the whole warmup.
+        if config.selection_size is not None and config.selection_size > len(pool):
+            raise ValueError(
+                f"selection_size={config.selection_size} exceeds the pool's {len(pool)} rows: lower `selection_size`, "
+                "or use `selection_fraction`."
+            )
         self.pool = pool
         self.pairs = pairs
         self.config = config
