@@ -66,16 +66,22 @@ def _conversational(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
 
 
-def _check_row(value: Any, column: str, index: int, name: str, conversational: bool) -> None:
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+
+
+def _check_row(value: Any, column: str, index: int, name: str, conversational: bool, allow_empty: bool = False) -> None:
+    if _is_empty(value):
+        if allow_empty:
+            return
+        raise ValueError(
+            f"`{name}` row {index} has an empty `{column}`: drop that row (e.g. `dataset.filter(...)`) or fill it."
+        )
     if conversational != _conversational(value):
         kind = "a list of messages" if conversational else "a string"
         raise ValueError(
             f"`{name}` mixes formats: row {index} column `{column}` is not {kind} like row 0. Make every row of the "
             "column the same kind (all strings, or all lists of {'role', 'content'} messages)."
-        )
-    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
-        raise ValueError(
-            f"`{name}` row {index} has an empty `{column}`: drop that row (e.g. `dataset.filter(...)`) or fill it."
         )
 
 
@@ -108,8 +114,18 @@ def tokenize_sft_example(example: dict[str, Any], tokenizer, fmt: str, max_lengt
         example = maybe_convert_to_chatml(dict(example))
         fmt = "messages"
     eos = tokenizer.eos_token
+    if fmt in ("prompt_completion", "text") and _is_empty(example["completion" if fmt != "text" else "text"]):
+        # Nothing to learn from: no loss token, so the row is flagged (no gradient) instead of scored on EOS alone.
+        text = example.get("prompt") or ""
+        input_ids = _tokenize(tokenizer, text)["input_ids"] if isinstance(text, str) and text else []
+        input_ids = input_ids[:max_length] if max_length is not None else input_ids
+        input_ids = input_ids or [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
+        return {"input_ids": input_ids, "labels": [IGNORE_INDEX] * len(input_ids), "rose_num_tokens": 0,
+                "rose_truncated": False}
     if fmt == "prompt_completion":
         prompt, completion = example["prompt"], example["completion"]
+        if prompt is None:
+            prompt = ""
         if _conversational(prompt):
             kwargs = _chat_kwargs(example)
             prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True, **kwargs)["input_ids"]
@@ -145,16 +161,21 @@ def tokenize_sft_example(example: dict[str, Any], tokenizer, fmt: str, max_lengt
 
 
 def check_sft_dataset(dataset: Dataset, name: str = "train_dataset") -> str:
-    """Validate the pool before any work: one format, no empty or mixed rows. Returns the format."""
+    """Validate the pool before any work: one format, no mixed rows. Returns the format.
+
+    Empty prompts are fine; an empty completion or text is not an error in a large pool: that row is flagged as
+    having nothing to learn, scored lowest and never selected (see `tokenize_sft_example`).
+    """
     fmt = sft_format(dataset, name)
     columns = SFT_FORMATS[fmt]
     first = dataset[0]
-    conversational = {column: _conversational(first[column]) for column in columns}
+    reference = {column: next((v for v in dataset[column] if not _is_empty(v)), first[column]) for column in columns}
+    conversational = {column: _conversational(value) for column, value in reference.items()}
     if fmt in ("messages", "conversations"):
         conversational = {column: True for column in columns}
     for column in columns:
         for index, value in enumerate(dataset[column]):
-            _check_row(value, column, index, name, conversational[column])
+            _check_row(value, column, index, name, conversational[column], allow_empty=column != "messages")
     return fmt
 
 

@@ -1,0 +1,80 @@
+"""Selection from a warmup that already ran: saved HF Trainer checkpoints (adapter + `optimizer.pt`) in, scores out.
+
+For a warmup trained without `RoseDataSelector` attached. Each `checkpoint-<step>` folder gives the adapter weights,
+the Adam moments (matched to the LoRA weights by name) and, through `trainer_state.json`, the learning rates logged
+during that checkpoint's steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from datasets import Dataset
+from torch import nn
+
+from .pipeline import SelectionPipeline
+from .preconditioner import adam_state_from_checkpoint
+from .rose_config import RoseConfig
+from .selection import SelectionResult
+
+logger = get_logger(__name__)
+
+
+def checkpoint_dirs(warmup_dir: str) -> list[str]:
+    """The `checkpoint-<step>` folders of a Trainer output folder, in step order."""
+    found = [name for name in os.listdir(warmup_dir) if re.fullmatch(r"checkpoint-\d+", name)]
+    if not found:
+        raise FileNotFoundError(f"No checkpoint-<step> folder in {warmup_dir}: point at the warmup's output_dir.")
+    return [os.path.join(warmup_dir, name) for name in sorted(found, key=lambda n: int(n.split("-")[1]))]
+
+
+def logged_learning_rates(checkpoint_dir: str, start: int, end: int) -> list[float]:
+    """Learning rates in `trainer_state.json` for steps in (start, end] (every logged step of that range)."""
+    with open(os.path.join(checkpoint_dir, "trainer_state.json")) as handle:
+        history = json.load(handle)["log_history"]
+    rates = [e["learning_rate"] for e in history if "learning_rate" in e and start < e.get("step", 0) <= end]
+    if not rates:
+        raise ValueError(
+            f"{checkpoint_dir}/trainer_state.json logs no learning rate for steps {start + 1}-{end}: the checkpoint "
+            "weights need them. Log more often during the warmup (`logging_steps=1`), or attach RoseDataSelector."
+        )
+    return rates
+
+
+def select_from_checkpoints(
+    model: nn.Module,
+    checkpoints: list[str],
+    pool: Dataset,
+    pairs: Dataset,
+    tokenizer,
+    config: RoseConfig,
+) -> SelectionResult:
+    """Features at every saved checkpoint, then scores and selection, all cached in `config.output_dir`.
+
+    Args:
+        model: the PEFT model of the warmup (base model with the adapter, e.g. `PeftModel.from_pretrained(base,
+            checkpoints[0], is_trainable=True)`); each checkpoint's adapter weights are loaded into it in turn.
+        checkpoints: `checkpoint-<step>` folders with `adapter_model.safetensors`, `optimizer.pt` and
+            `trainer_state.json`, in step order (see `checkpoint_dirs`).
+        pool, pairs, tokenizer, config: as for `RoseDataSelector`.
+    """
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    PartialState()
+    pipeline = SelectionPipeline(pool, pairs, config)
+    pipeline.prepare(model, tokenizer)
+    previous = 0
+    for path in checkpoints:
+        step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+        set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
+        adam = None
+        if config.preconditioner == "adam":
+            adam = adam_state_from_checkpoint(path, pipeline.featurizer.collector.parameters, model)
+        pipeline.featurize(model, step, adam, logged_learning_rates(path, previous, step))
+        previous = step
+    return pipeline.select()
