@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,11 @@ from .pipeline import SelectionPipeline
 from .preconditioner import adam_state_from_optimizer
 from .rose_config import RoseConfig
 from .selection import SelectionResult
+from .store import atomic_write_json, read_json
 
 logger = get_logger(__name__)
+
+LEARNING_RATES_FILE = "learning_rates.json"  # per checkpoint, in its feature folder
 
 
 def check_distributed_type(distributed_type: str) -> None:
@@ -110,6 +114,10 @@ class RoseDataSelector(TrainerCallback):
             _group_hyperparameters(_unwrap_optimizer(optimizer).param_groups, type(optimizer).__name__)
         self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"))
         self._last_step = state.global_step
+        # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
+        # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
+        if state.global_step > 0 and not self.pipeline.store.checkpoint(state.global_step).is_complete():
+            self._featurize(model, optimizer, state, self._resumed_learning_rates(state))
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # The learning rate the coming optimizer step uses (the scheduler steps after the optimizer).
@@ -120,14 +128,29 @@ class RoseDataSelector(TrainerCallback):
             self._learning_rates.append(float(optimizer.param_groups[0]["lr"]))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        model, optimizer = kwargs["model"], kwargs.get("optimizer")
         step = state.global_step
         learning_rates = self._learning_rates or _logged_learning_rates(state, self._last_step, step)
+        self._featurize(kwargs["model"], kwargs.get("optimizer"), state, learning_rates)
+        self._learning_rates, self._last_step = [], step
+
+    def _featurize(self, model, optimizer, state: TrainerState, learning_rates: list[float]) -> None:
+        step = state.global_step
+        checkpoint = self.pipeline.store.checkpoint(step)
+        # Kept apart from the features (meta.json comes last), so a run killed while featurizing can resume.
+        if state.is_world_process_zero and not checkpoint.is_complete():
+            os.makedirs(checkpoint.path, exist_ok=True)
+            atomic_write_json(os.path.join(checkpoint.path, LEARNING_RATES_FILE), [float(lr) for lr in learning_rates])
         adam = None
         if self.config.preconditioner == "adam":
             adam = adam_state_from_optimizer(optimizer, self.pipeline.featurizer.collector.parameters, model)
         self.pipeline.featurize(model, step, adam, learning_rates, lockstep=_zero3_enabled())
-        self._learning_rates, self._last_step = [], step
+
+    def _resumed_learning_rates(self, state: TrainerState) -> list[float]:
+        path = os.path.join(self.pipeline.store.checkpoint(state.global_step).path, LEARNING_RATES_FILE)
+        if os.path.exists(path):
+            return read_json(path)
+        previous = [c.step for c in self.pipeline.store.completed_checkpoints() if c.step < state.global_step]
+        return _logged_learning_rates(state, max(previous, default=0), state.global_step)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self.pipeline.store.completed_checkpoints():

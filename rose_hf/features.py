@@ -88,9 +88,12 @@ class Featurizer:
         if adam is not None:
             grads = adam.precondition(grads)
         features, ok = self._normalise(grads)
+        # Adam turns an example's zero gradient into b1*m/sqrt(b2*v+eps): store zeros, the mark of "no feature".
+        empty = num_tokens == 0
+        features[empty] = 0.0
         status = np.full(len(loss), STATUS_OK, dtype=np.int8)
         status[~ok.cpu().numpy()] = STATUS_NONFINITE
-        status[(num_tokens == 0).cpu().numpy()] = STATUS_EMPTY
+        status[empty.cpu().numpy()] = STATUS_EMPTY
         return features.cpu().numpy(), status
 
     def validation_features(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

@@ -38,6 +38,12 @@ from .store import FeatureStore, check_writable, read_json
 
 logger = get_logger(__name__)
 
+# The `RoseConfig` fields the cached features depend on (recorded in `run.json`).
+FEATURE_CONFIG_FIELDS = (
+    "validation_objective", "beta", "loss_type", "label_smoothing", "projection", "projection_dim",
+    "projection_seed", "preconditioner", "max_length", "feature_dtype", "chunk_size",
+)
+
 
 def _hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(_sorted_sets(payload), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -153,30 +159,21 @@ class SelectionPipeline:
         run_args = {
             **describe_model(model),
             "tokenizer_hash": _hash(sorted(tokenizer.get_vocab().items())),
-            "pool_fingerprint": self.pool._fingerprint,
-            "pool_size": len(self.pool),
-            "validation_fingerprint": self.pairs._fingerprint,
-            **{
-                key: getattr(config, key)
-                for key in (
-                    "validation_objective",
-                    "beta",
-                    "loss_type",
-                    "label_smoothing",
-                    "projection",
-                    "projection_dim",
-                    "projection_seed",
-                    "preconditioner",
-                    "max_length",
-                    "feature_dtype",
-                    "chunk_size",
-                )
-            },
+            **self.data_run_args(),
         }
         self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
         if state.is_main_process:
             self.store.prepare()
         state.wait_for_everyone()
+
+    def data_run_args(self) -> dict[str, Any]:
+        """The part of `run.json` known before any model: the data and the feature settings."""
+        return {
+            "pool_fingerprint": self.pool._fingerprint,
+            "pool_size": len(self.pool),
+            "validation_fingerprint": self.pairs._fingerprint,
+            **{key: getattr(self.config, key) for key in FEATURE_CONFIG_FIELDS},
+        }
 
     def featurize(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -14,13 +15,15 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .callback import RoseDataSelector
+from .pipeline import _hash, describe_model
 from .rose_config import RoseConfig
 from .selection import SelectionResult
-from .store import atomic_write_json
+from .store import FeatureStore, _jsonable, atomic_write_json, diff_run_args, read_json
 
 logger = get_logger(__name__)
 
 WARMUP_DIR, SELECTION_DIR, FINAL_DIR = "warmup", "selection", "final"
+STAGE_INPUTS = "STAGE_INPUTS.json"  # what a stage was started with; a rerun in the same folder must match it
 
 
 def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
@@ -89,6 +92,15 @@ class RoseTrainer(SFTTrainer):
         self.selection: SelectionResult | None = None
         # Validate the data before anything trains.
         self.selector = RoseDataSelector(train_dataset, preference_dataset, self.rose_config)
+        # Taken before PEFT wraps `model` in place. The warmup's features depend on all of it.
+        self._warmup_inputs = {
+            "model": model if isinstance(model, str) else describe_model(model),
+            "adapter_config_hash": _hash(
+                {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
+            ),
+            "warmup_indices": self.warmup_indices,
+            **self.selector.pipeline.data_run_args(),
+        }
         final_args = dataclasses.replace(args, output_dir=os.path.join(self.root_dir, FINAL_DIR))
         final_peft = None if rose_config.final_training == "full" else peft_config
         # The final stage's dataset is only known after selection; the warmup slice stands in until then.
@@ -106,6 +118,7 @@ class RoseTrainer(SFTTrainer):
 
     def run_warmup(self) -> None:
         """Stage 1: LoRA warmup with RoseDataSelector attached (resumes from its last checkpoint)."""
+        self._check_stage_inputs(WARMUP_DIR, self._warmup_inputs)
         if os.path.exists(self._done_marker(WARMUP_DIR)):
             logger.info("rose_hf: warmup already finished; reusing its cached features.", main_process_only=True)
             return
@@ -147,12 +160,38 @@ class RoseTrainer(SFTTrainer):
         self.train_dataset = self._prepare_dataset(
             selected, self.processing_class, self.args, self.args.packing, self._formatting_func, "train"
         )
+        self._check_stage_inputs(
+            FINAL_DIR, {"selected_indices": selection.selected_indices, "final_training": self.rose_config.final_training}
+        )
         if resume_from_checkpoint is None and _has_checkpoint(self.args.output_dir):
             resume_from_checkpoint = True
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if PartialState().is_main_process:
             atomic_write_json(self._done_marker(FINAL_DIR), {"steps": self.state.global_step})
         return output
+
+
+    def _check_stage_inputs(self, stage: str, inputs: dict[str, Any]) -> None:
+        """Refuse to resume or reuse a stage started with other inputs (with `overwrite=True`, redo it instead)."""
+        folder, state = os.path.join(self.root_dir, stage), PartialState()
+        path, inputs = os.path.join(folder, STAGE_INPUTS), _jsonable(inputs)
+        recorded = os.path.exists(path)
+        differing = diff_run_args(read_json(path), inputs) if recorded else []
+        if differing and not self.rose_config.overwrite:
+            raise ValueError(
+                f"{folder} was started with other settings ({', '.join(differing)} differ): set `overwrite=True` in "
+                "RoseConfig to redo it, or choose another `output_dir`."
+            )
+        if state.is_main_process:
+            if differing:
+                logger.warning(f"rose_hf: overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
+                shutil.rmtree(folder)
+                if stage == WARMUP_DIR and os.path.isdir(self.rose_config.output_dir):
+                    FeatureStore(self.rose_config.output_dir).clear()  # its features came from that warmup
+            if differing or not recorded:
+                os.makedirs(folder, exist_ok=True)
+                atomic_write_json(path, inputs)
+        state.wait_for_everyone()
 
 
 def _has_checkpoint(output_dir: str) -> bool:

@@ -28,6 +28,11 @@ import numpy as np
 
 STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+# Everything a run writes into its `output_dir` (selection.py, report.py): `overwrite` must leave none of it behind.
+RUN_ARTIFACTS = (
+    "features", "run.json", "scores.npy", "valid.npy", "selected_indices.json", "selected", "selected.jsonl",
+    "selection.json", "report.md", "report",
+)
 
 
 def atomic_write_json(path: str, payload: Any) -> None:
@@ -137,7 +142,7 @@ class FeatureStore:
         """Delete every cached artifact of this run (features, scores, selection)."""
         for name in os.listdir(self.root):
             path = os.path.join(self.root, name)
-            if name in ("features", "run.json", "scores.npy", "selected_indices.json", "selected", "selected.jsonl"):
+            if name in RUN_ARTIFACTS:
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
     def checkpoint(self, step: int) -> CheckpointFeatures:
