@@ -13,7 +13,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from .gradients import find_lora_parameters
 from .pipeline import SelectionPipeline
-from .preconditioner import adam_state_from_optimizer
+from .preconditioner import adam_state_from_optimizer, check_adam_optimizer
 from .rose_config import RoseConfig
 from .selection import SelectionResult
 from .store import atomic_write_json, read_json
@@ -109,9 +109,7 @@ class RoseDataSelector(TrainerCallback):
         self._check_saves(args, state)
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
-            from .preconditioner import _group_hyperparameters, _unwrap_optimizer
-
-            _group_hyperparameters(_unwrap_optimizer(optimizer).param_groups, type(optimizer).__name__)
+            check_adam_optimizer(optimizer)
         self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"))
         self._last_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its

@@ -174,8 +174,9 @@ def compute_pool_features(
             timings["pool_rows"] += len(rows)
             if on_chunk is not None:
                 on_chunk(chunk)
-        # Every process advances the bar by the rows of the round it took part in; only the main one shows it.
-        progress.update(sum(len(checkpoint.chunk_rows(c)) for c in pending[round_index * state.num_processes :][: state.num_processes]))
+        # The bar counts the rows every process finished this round; only the main process shows it.
+        round_chunks = pending[round_index * state.num_processes : (round_index + 1) * state.num_processes]
+        progress.update(sum(len(checkpoint.chunk_rows(c)) for c in round_chunks))
     progress.close()
     timings["pool_seconds"] = time.perf_counter() - start
     state.wait_for_everyone()

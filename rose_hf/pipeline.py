@@ -224,8 +224,9 @@ class SelectionPipeline:
         state = PartialState()
         self._check_same_data()
         if state.is_main_process:
-            result = select_from_store(self.store, self.pool, self.subtasks, self.config)
-            result.info["tokenization"] = self.stats
+            result = select_from_store(
+                self.store, self.pool, self.subtasks, self.config, extra_info={"tokenization": self.stats}
+            )
             if self.config.report and not result.loaded:
                 from .report import write_report
 

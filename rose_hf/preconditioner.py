@@ -68,6 +68,11 @@ def _group_hyperparameters(groups: list[dict], where: str) -> tuple[float, float
     return found.pop()
 
 
+def check_adam_optimizer(optimizer) -> tuple[float, float, float]:
+    """`(beta1, beta2, eps)` of an Adam-family optimizer (possibly wrapped); a `ValueError` with the fix otherwise."""
+    return _group_hyperparameters(_unwrap_optimizer(optimizer).param_groups, type(optimizer).__name__)
+
+
 def adam_state_from_optimizer(optimizer, parameters: list[LoraParameter], model: nn.Module) -> AdamState:
     """Adam moments of `parameters` from a live optimizer (torch, accelerate-wrapped, or DeepSpeed ZeRO-1/2/3).
 

@@ -28,15 +28,12 @@ from datasets import Dataset
 from .rose_config import RoseConfig
 from .scoring import DEFAULT_BUDGET_FRACTIONS, INVALID_SCORE, budget_curve
 from .selection import SelectionResult, load_selection
-from .store import FeatureStore, _jsonable, atomic_write_json, disk_errors, read_json
+from .store import FeatureStore, disk_errors, read_json
 
 logger = get_logger(__name__)
 
 REPORT_FILE = "report.md"
 PLOT_DIR = "report"
-# Saved next to the plots so that `report_from_output_dir` can recover what `selection.json` does not hold (the full
-# config, the tokenization stats the pipeline adds after the selection is written).
-REPORT_STATE_FILE = "report.json"
 PLOT_FILES = ("scores.png", "sources.png", "subtasks.png", "budget.png", "checkpoints.png")
 TEXT_COLUMNS = ("prompt", "completion", "text", "messages")
 MAX_CELL_CHARS = 200
@@ -45,21 +42,6 @@ NUM_TOP_EXAMPLES = 10
 MAX_SOURCES = 20
 MAX_BUDGET_SOURCES = 8
 OTHER = "(other)"
-# Fields of RoseConfig that FeatureStore's run.json records (see SelectionPipeline.prepare).
-RUN_CONFIG_FIELDS = (
-    "validation_objective",
-    "beta",
-    "loss_type",
-    "label_smoothing",
-    "projection",
-    "projection_dim",
-    "projection_seed",
-    "preconditioner",
-    "max_length",
-    "feature_dtype",
-    "chunk_size",
-)
-SELECTION_CONFIG_FIELDS = ("selection_fraction", "selection_size", "subtask_aggregation")
 
 
 def _log_info(message: str) -> None:
@@ -745,25 +727,12 @@ def _write(
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    atomic_write_json(
-        os.path.join(report.plot_dir, REPORT_STATE_FILE),
-        {
-            "run_args": _run_args(output_dir, store),
-            "selection_args": (result.info or {}).get("args"),
-            "config": config.to_dict(),
-            "tokenization": (result.info or {}).get("tokenization"),
-        },
-    )
     _log_info(f"rose_hf: wrote the selection report to {path} ({len(report.images)} plots in {report.plot_dir}).")
     return path
 
 
 def config_from_output_dir(output_dir: str, result: SelectionResult | None = None) -> RoseConfig:
-    """Rebuild the `RoseConfig` of a finished run from what it saved.
-
-    `run.json` (the feature cache's arguments) and `selection.json` (the selection's arguments) are authoritative;
-    the other fields (e.g. `source_column`) come from the config saved by the last report when it was written for
-    the same run, else from the defaults.
+    """The `RoseConfig` a finished run recorded in `selection.json` (defaults for fields it lacks).
 
     Args:
         output_dir: the run folder.
@@ -771,21 +740,10 @@ def config_from_output_dir(output_dir: str, result: SelectionResult | None = Non
     """
     result = result or load_selection(output_dir)
     known = {f.name for f in fields(RoseConfig)}
-    values: dict[str, Any] = {}
-    state_path = os.path.join(output_dir, PLOT_DIR, REPORT_STATE_FILE)
-    run_args = _run_args(output_dir, None)
-    selection_args = (result.info or {}).get("args")
-    if os.path.exists(state_path):
-        state = read_json(state_path)
-        if state.get("run_args") == _jsonable(run_args) and state.get("selection_args") == _jsonable(selection_args):
-            values.update({k: v for k, v in (state.get("config") or {}).items() if k in known})
-    if run_args is None:
-        _log_info(f"rose_hf: no run.json in {output_dir}; the report shows default feature settings.")
-    else:
-        values.update({k: run_args[k] for k in RUN_CONFIG_FIELDS if k in run_args})
-    values.update({k: v for k, v in (selection_args or {}).items() if k in SELECTION_CONFIG_FIELDS})
-    values["output_dir"] = output_dir
-    return RoseConfig(**values)
+    saved = (result.info or {}).get("config") or {}
+    if not saved:
+        _log_info(f"rose_hf: {output_dir}/selection.json records no config; the report shows default settings.")
+    return RoseConfig(**{**{k: v for k, v in saved.items() if k in known}, "output_dir": output_dir})
 
 
 def report_from_output_dir(
@@ -820,14 +778,6 @@ def report_from_output_dir(
     store = FeatureStore(output_dir)
     if not store.completed_checkpoints():
         store = None
-    if "tokenization" not in result.info:
-        state_path = os.path.join(output_dir, PLOT_DIR, REPORT_STATE_FILE)
-        if os.path.exists(state_path):
-            state = read_json(state_path)
-            # The pipeline adds tokenization stats after selection.json is written; recover them only for this run.
-            if state.get("tokenization") and state.get("selection_args") == _jsonable(result.info.get("args")):
-                if state.get("run_args") == _jsonable(_run_args(output_dir, None)):
-                    result.info["tokenization"] = state["tokenization"]
     selected_rows = None
     if pool is None:
         selected_dir = os.path.join(output_dir, "selected")

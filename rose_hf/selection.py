@@ -57,7 +57,12 @@ def _selection_args(config: RoseConfig, steps: list[int]) -> dict[str, Any]:
 
 
 def select_from_store(
-    store: FeatureStore, pool: Dataset, subtasks: list[str], config: RoseConfig, write: bool = True
+    store: FeatureStore,
+    pool: Dataset,
+    subtasks: list[str],
+    config: RoseConfig,
+    write: bool = True,
+    extra_info: dict[str, Any] | None = None,
 ) -> SelectionResult:
     """Score every pool row against the validation pairs over all cached checkpoints and select the top ones.
 
@@ -67,8 +72,9 @@ def select_from_store(
         store: the run's feature cache (every checkpoint in it must be complete).
         pool: the original pool, all columns (the selected rows are taken from it).
         subtasks: the subtask of each validation pair, in pair order.
-        config: the selection settings.
+        config: the selection settings (recorded in `selection.json`, with `extra_info`).
         write: save the artifacts (main process only).
+        extra_info: more to record in `selection.json` (e.g. the tokenization counts).
     """
     checkpoints = store.completed_checkpoints()
     if not checkpoints:
@@ -122,7 +128,9 @@ def select_from_store(
         "score_seconds": time.perf_counter() - start,
         "feature_seconds": {str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas},
         "feature_bytes": {str(c.step): c.nbytes() for c in checkpoints},
+        "config": config.to_dict(),
         **score_info,
+        **(extra_info or {}),
     }
     result = SelectionResult(scores, [int(i) for i in selected], valid, weights, steps, info)
     if write:

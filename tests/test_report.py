@@ -14,6 +14,7 @@ import pytest
 from accelerate.state import PartialState
 from datasets import Dataset
 
+from rose_hf.pipeline import FEATURE_CONFIG_FIELDS
 from rose_hf.report import escape_cell, report_from_output_dir, write_report
 from rose_hf.rose_config import RoseConfig
 from rose_hf.scoring import select_top
@@ -96,22 +97,7 @@ def make_run(output_dir: str, pool: Dataset, seed: int = 0) -> FakeRun:
         "base_model": "fake",
         "pool_fingerprint": pool._fingerprint,
         "pool_size": num_rows,
-        **{
-            key: getattr(config, key)
-            for key in (
-                "validation_objective",
-                "beta",
-                "loss_type",
-                "label_smoothing",
-                "projection",
-                "projection_dim",
-                "projection_seed",
-                "preconditioner",
-                "max_length",
-                "feature_dtype",
-                "chunk_size",
-            )
-        },
+        **{key: getattr(config, key) for key in FEATURE_CONFIG_FIELDS},
     }
     store = FeatureStore(output_dir, run_args)
     store.prepare()
@@ -132,8 +118,7 @@ def make_run(output_dir: str, pool: Dataset, seed: int = 0) -> FakeRun:
         validation = _unit(direction + rng.normal(size=(len(SUBTASKS), DIM)) * 0.1)
         checkpoint.write_validation(validation)
         checkpoint.finalize(meta={"learning_rates": rates, "pool_seconds": 1.5, "validation_seconds": 0.5})
-    result = select_from_store(store, pool, SUBTASKS, config)
-    result.info["tokenization"] = dict(TOKENIZATION)  # as SelectionPipeline.select adds it, after selection.json
+    result = select_from_store(store, pool, SUBTASKS, config, extra_info={"tokenization": dict(TOKENIZATION)})
     return FakeRun(output_dir, pool, result, config, store)
 
 
@@ -347,7 +332,7 @@ def test_report_from_output_dir_without_pool(run):
 
 
 def test_report_from_output_dir_without_saved_report(run):
-    """A run folder with no earlier report: config from run.json + selection.json, tokenization stats unavailable."""
+    """A run folder with no earlier report: config and tokenization counts come from selection.json."""
     select_from_store(run.store, run.pool, SUBTASKS, run.config)  # loads the finished selection
     assert not os.path.exists(os.path.join(run.output_dir, "report"))
     text = _read(report_from_output_dir(run.output_dir))
@@ -356,7 +341,9 @@ def test_report_from_output_dir_without_saved_report(run):
     assert summary["Projection"].startswith(f"sjlt, {DIM} dims")
     assert summary["Subtask aggregation"] == "max"
     assert summary["Selected rows"] == "12 (20.00% of the pool; selection_fraction=0.2)"
-    assert "Truncated to max_length=2048" not in summary
+    assert summary["Truncated to max_length=2048"] == (
+        f"{TOKENIZATION['pool_truncated']} pool rows, {TOKENIZATION['pairs_truncated']} preference pairs"
+    )
     _, rows = _table(_section(text, "## Checkpoint weights"))
     assert [row[3] for row in rows] == ["0.7500", "0.2500"]
     # Without `selected/` and without a pool, the per-row sections are skipped rather than failing.
