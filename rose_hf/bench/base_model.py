@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+import torch
 from accelerate.logging import get_logger
 
 logger = get_logger(__name__)
@@ -92,8 +93,16 @@ def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str = DEFAU
         max_length=64,
         disable_tqdm=True,
     )
+    from transformers.trainer_callback import PrinterCallback
+
     trainer = SFTTrainer(model=model, args=args, train_dataset=task.pretrain, processing_class=tokenizer)
-    trainer.train()
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it would print every log line
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from more, and loses a lot on a busy machine
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     model.config._name_or_path = f"rose_hf-tiny-base-{config.key()}"
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -1,0 +1,59 @@
+"""The quality benchmark, reduced (1000-row pool, one seed): it runs end to end, writes its outputs, and ROSE beats
+random selection."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rose_hf.bench.quality import QualityBenchConfig, oracle_scores, run_quality_benchmark, selection_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_selection_metrics_and_oracle():
+    helpful = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    harmful = np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    source = ["h", "h", "x", "x", "o", "o", "o", "o", "o", "o"]
+    out = selection_metrics(np.array([0, 2, 4, 5]), helpful, harmful, source)
+    assert (out["precision"], out["harmful_share"], out["recall"]) == (0.25, 0.25, 0.5)
+    assert out["by_source"] == {"o": 2, "h": 1, "x": 1}
+    order = np.argsort(-oracle_scores(helpful, harmful), kind="stable")
+    assert order[:2].tolist() == [0, 1] and set(order[-2:].tolist()) == {2, 3}
+
+
+@pytest.mark.slow
+def test_reduced_benchmark(tmp_path):
+    config = QualityBenchConfig.quick(output_dir=str(tmp_path), train_full_pool=False)
+    results = run_quality_benchmark(config)
+
+    for name in ("quality.json", "quality.md", "plots/selection_vs_budget.png", "plots/final_models.png"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    for name in ("plots/selection_vs_budget.png", "plots/final_models.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(results["summary"]))
+    markdown = (tmp_path / "quality.md").read_text()
+    for text in ("## Selection quality", "## Final models", "## Expectations", "ROSE (DPO gradient)", "LESS"):
+        assert text in markdown
+
+    summary = results["summary"]
+    assert set(summary["selection"]) == {"random", "bm25", "rds", "less", "rose", "oracle"}
+    assert set(summary["final"]) == {"base", "random", "bm25", "rds", "less", "rose", "oracle"}
+    for model, metrics in summary["final"].items():
+        assert 0 <= metrics["preference_accuracy"]["mean"] <= 1, model
+        assert 0 <= metrics["exact_match"]["mean"] <= 1, model
+    warmup = results["per_seed"][0]["warmup"]
+    assert warmup["steps"] == 4 * 7 and len(warmup["checkpoint_steps"]) == 4  # 50 warmup rows, batch 8, 4 epochs
+
+    # The issue's claim at a reduced size: ROSE's 5% is more often helpful than a random 5%.
+    rose = summary["selection"]["rose"]["0.05"]["precision"]["mean"]
+    random = summary["selection"]["random"]["0.05"]["precision"]["mean"]
+    assert rose > random, (rose, random)
+
+    # A second call finds every seed done and reuses it.
+    again = run_quality_benchmark(config)
+    assert again["per_seed"][0]["seconds"] == results["per_seed"][0]["seconds"]
