@@ -103,6 +103,12 @@ TARGET_SPEEDUP_VS_REFERENCE_GPU = 10.0
 TOP_FRACTION = 0.05
 
 
+def _rose_default_projection() -> str:
+    from ..rose_config import RoseConfig
+
+    return RoseConfig().projection
+
+
 @dataclass
 class SpeedBenchConfig:
     """Settings of the speed benchmark. Size fields left at `None` take the full or the quick preset.
@@ -128,7 +134,8 @@ class SpeedBenchConfig:
         default=PROJECTION_KINDS, metadata={"help": "Projection kinds to time ('rademacher', 'sjlt', 'none')."}
     )
     default_projection: str = field(
-        default="rademacher", metadata={"help": "The kind the headline ratios use (RoseConfig's default)."}
+        default_factory=lambda: _rose_default_projection(),
+        metadata={"help": "The kind the headline ratios use (RoseConfig's default)."},
     )
     target_batch_size: int = field(
         default=16, metadata={"help": "Batch size of the headline ratios and the phase split (always measured)."}
