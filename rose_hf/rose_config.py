@@ -24,7 +24,7 @@ class RoseConfig:
     slice. One deliberate difference: the projection is a sparse JL sketch (`"sjlt"`) rather than the paper's dense
     Rademacher matrix, which for a 7B LoRA (134M x 8192 entries) can be neither stored nor regenerated per batch;
     `rose-hf bench speed` measured the same ranking quality (Spearman 0.989 vs 0.990 against exact gradients, the
-    same top-5% overlap) at 1.03x instead of 3.4x a plain training step on CPU.
+    same top-5% overlap) at 0.99x instead of 3.6x a plain training step on CPU.
 
     Parsed next to `SFTConfig` and `ModelConfig` (e.g. `rose-hf train --config recipe.yaml`), the fields that
     `SFTConfig` also has are spelled `rose_output_dir`, `rose_loss_type`, `rose_max_length` and
