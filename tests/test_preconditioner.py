@@ -17,15 +17,6 @@ from rose_hf.tiny import build_model
 BETAS, EPS = (0.8, 0.95), 1e-6  # not torch's defaults, so hard-coded values would show
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine they spin: one is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def torch_optimizer(optimizer):
     return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 

@@ -22,15 +22,6 @@ pytestmark = pytest.mark.slow
 POOL_SIZE, WARMUP_FRACTION = 100, 0.16  # 16 warmup rows: 2 steps per epoch, checkpoints at steps 2 and 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine they spin: one is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lora_config():
     return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                       task_type="CAUSAL_LM")

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from helpers import make_lora_model, pool_dataset, preference_dataset
 
 from rose_hf.pipeline import SelectionPipeline
@@ -23,15 +22,6 @@ from rose_hf.store import (
 )
 
 RUN = {"base_model": "tiny", "projection_dim": 64, "validation_objective": "dpo", "pool_size": 10}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine they spin: one is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rows(start, stop, dim=4):
