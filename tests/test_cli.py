@@ -1,0 +1,78 @@
+"""Every recipe parses through the real CLI parser; the CLI runs the tiny recipe end to end; `--help` is instant."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rose_hf import RoseConfig
+from rose_hf.cli import main, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+ACCELERATE_CONFIGS = sorted((ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_parses(recipe):
+    text = recipe.read_text()
+    assert text.startswith("#") and "Launch" in text.splitlines()[0] + text.splitlines()[1], "open with the launch line"
+    # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine: validate the rest here.
+    script_args, rose_config, training_args, model_args = parse(["--config", str(recipe), "--bf16", "false",
+                                                                 "--use_cpu", "true"])  # fmt: skip
+    assert isinstance(rose_config, RoseConfig)
+    raw = yaml.safe_load(text)
+    for key, value in raw.items():  # every key of the recipe reached a dataclass, with its value
+        name = key.removeprefix("rose_") if key.startswith("rose_") else key
+        holders = [obj for obj in (script_args, training_args, model_args, rose_config) if hasattr(obj, name)]
+        if key.startswith("rose_"):
+            holders = [rose_config]
+        assert holders, f"{key} is not a field of any config"
+        if key in ("bf16", "use_cpu", "report_to"):
+            continue
+        got = getattr(holders[0], name)
+        assert got == value or (isinstance(got, list) and list(value) == got), (key, got, value)
+    assert model_args.use_peft and model_args.lora_target_modules
+
+
+@pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_open_with_a_launch_line(config):
+    text = config.read_text()
+    assert "accelerate launch --config_file recipes/accelerate_configs/" + config.name in text
+    assert yaml.safe_load(text)["distributed_type"]
+
+
+def test_help_is_instant():
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "rose_hf.cli", "--help"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0 and "select" in result.stdout
+    assert "torch" not in subprocess.run(
+        [sys.executable, "-c", "import sys, rose_hf.cli; print(' '.join(sys.modules))"], capture_output=True, text=True
+    ).stdout.split(), "the CLI module must not import torch before a command runs"
+    print(f"rose-hf --help: {elapsed:.2f}s")
+
+
+@pytest.mark.slow
+def test_cli_select_score_report_on_the_tiny_recipe(tmp_path):
+    output_dir = str(tmp_path / "tiny")
+    common = ["--config", str(ROOT / "recipes" / "tiny" / "rose_tiny.yaml"), "--output_dir", output_dir,
+              "--synthetic_pool_size", "400", "--num_train_epochs", "1"]  # fmt: skip
+    main(["select", *common])
+    selection = os.path.join(output_dir, "selection")
+    with open(os.path.join(selection, "selected_indices.json")) as handle:
+        first = json.load(handle)
+    assert len(first) == 20  # 5% of 400
+    main(["score", *common, "--selection_fraction", "0.1"])  # re-select from the cached features
+    with open(os.path.join(selection, "selected_indices.json")) as handle:
+        wider = json.load(handle)
+    assert len(wider) == 40 and wider[:20] == first  # same scores, a larger budget
+    main(["report", "--output_dir", selection])
+    assert os.path.getsize(os.path.join(selection, "report.md")) > 0
+    with pytest.raises(SystemExit):
+        main(["nonsense"])
