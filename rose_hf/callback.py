@@ -15,6 +15,7 @@ from .gradients import find_lora_parameters
 from .pipeline import SelectionPipeline
 from .preconditioner import adam_state_from_optimizer, check_adam_optimizer
 from .rose_config import RoseConfig
+from .scoring import logged_learning_rates
 from .selection import SelectionResult
 from .store import atomic_write_json, read_json
 
@@ -127,7 +128,9 @@ class RoseDataSelector(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         step = state.global_step
-        learning_rates = self._learning_rates or _logged_learning_rates(state, self._last_step, step)
+        learning_rates = self._learning_rates or logged_learning_rates(
+            state.log_history, self._last_step, step, "The trainer"
+        )
         self._featurize(kwargs["model"], kwargs.get("optimizer"), state, learning_rates)
         self._learning_rates, self._last_step = [], step
 
@@ -148,7 +151,9 @@ class RoseDataSelector(TrainerCallback):
         if os.path.exists(path):
             return read_json(path)
         previous = [c.step for c in self.pipeline.store.completed_checkpoints() if c.step < state.global_step]
-        return _logged_learning_rates(state, max(previous, default=0), state.global_step)
+        return logged_learning_rates(
+            state.log_history, max(previous, default=0), state.global_step, "The resumed trainer"
+        )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self.pipeline.store.completed_checkpoints():
@@ -175,14 +180,3 @@ class RoseDataSelector(TrainerCallback):
                     f"save_steps={args.save_steps} exceeds the {state.max_steps} training steps, so no checkpoint "
                     "would be saved: lower `save_steps`, or use `save_strategy='epoch'`."
                 )
-
-
-def _logged_learning_rates(state: TrainerState, start: int, end: int) -> list[float]:
-    """Learning rates logged in (start, end], for a run resumed mid-way whose per-step record was lost."""
-    rates = [e["learning_rate"] for e in state.log_history if "learning_rate" in e and start < e.get("step", 0) <= end]
-    if not rates:
-        raise ValueError(
-            f"No learning rate was recorded for steps {start}-{end}: attach RoseDataSelector from the start of "
-            "training, or log every step (`logging_steps=1`) when resuming."
-        )
-    return rates

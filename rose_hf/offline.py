@@ -19,6 +19,7 @@ from torch import nn
 from .pipeline import SelectionPipeline
 from .preconditioner import adam_state_from_checkpoint
 from .rose_config import RoseConfig
+from .scoring import logged_learning_rates
 from .selection import SelectionResult
 
 logger = get_logger(__name__)
@@ -30,19 +31,6 @@ def checkpoint_dirs(warmup_dir: str) -> list[str]:
     if not found:
         raise FileNotFoundError(f"No checkpoint-<step> folder in {warmup_dir}: point at the warmup's output_dir.")
     return [os.path.join(warmup_dir, name) for name in sorted(found, key=lambda n: int(n.split("-")[1]))]
-
-
-def logged_learning_rates(checkpoint_dir: str, start: int, end: int) -> list[float]:
-    """Learning rates in `trainer_state.json` for steps in (start, end] (every logged step of that range)."""
-    with open(os.path.join(checkpoint_dir, "trainer_state.json")) as handle:
-        history = json.load(handle)["log_history"]
-    rates = [e["learning_rate"] for e in history if "learning_rate" in e and start < e.get("step", 0) <= end]
-    if not rates:
-        raise ValueError(
-            f"{checkpoint_dir}/trainer_state.json logs no learning rate for steps {start + 1}-{end}: the checkpoint "
-            "weights need them. Log more often during the warmup (`logging_steps=1`), or attach RoseDataSelector."
-        )
-    return rates
 
 
 def select_from_checkpoints(
@@ -75,6 +63,9 @@ def select_from_checkpoints(
         adam = None
         if config.preconditioner == "adam":
             adam = adam_state_from_checkpoint(path, pipeline.featurizer.collector.parameters, model)
-        pipeline.featurize(model, step, adam, logged_learning_rates(path, previous, step))
+        with open(os.path.join(path, "trainer_state.json")) as handle:
+            history = json.load(handle)["log_history"]
+        rates = logged_learning_rates(history, previous, step, f"{path}/trainer_state.json")
+        pipeline.featurize(model, step, adam, rates)
         previous = step
     return pipeline.select()

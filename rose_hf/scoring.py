@@ -97,6 +97,24 @@ def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]])
     return means / means.sum()
 
 
+def logged_learning_rates(log_history: Sequence[dict[str, Any]], start: int, end: int, source: str) -> list[float]:
+    """Learning rates a Trainer logged for the steps in (start, end]: the input of `checkpoint_weights` when the
+    per-step record is missing (a warmup run without RoseDataSelector, or resumed mid-way).
+
+    Args:
+        log_history: `TrainerState.log_history` (live, or read from a checkpoint's `trainer_state.json`).
+        start, end: the previous checkpoint's step and this one's.
+        source: where the log came from, for the error message.
+    """
+    rates = [e["learning_rate"] for e in log_history if "learning_rate" in e and start < e.get("step", 0) <= end]
+    if not rates:
+        raise ValueError(
+            f"{source} logs no learning rate for steps {start + 1}-{end}, and the checkpoint weights need them: log "
+            "every step during the warmup (`logging_steps=1`), or attach RoseDataSelector from its start."
+        )
+    return rates
+
+
 def _as_list(name: str, value: Any) -> list:
     if isinstance(value, np.ndarray) and value.ndim == 2:
         raise ValueError(f"`{name}` must be a list with one (rows, dim) array per checkpoint, got a single 2-D array.")
