@@ -18,8 +18,8 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
 
     from rose_hf import RoseConfig, RoseDataSelector
-    from rose_hf.bench.base_model import tiny_base_model
-    from rose_hf.bench.synthetic import SyntheticTaskConfig, make_synthetic_task
+    from rose_hf.synthetic.base_model import tiny_base_model
+    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
     # Your data: an instruction pool (TRL SFT format) and a few preference pairs of the target task.
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=2000))

@@ -26,8 +26,8 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
 
     from rose_hf import RoseConfig
-    from rose_hf.bench.base_model import tiny_base_model
-    from rose_hf.bench.synthetic import SyntheticTaskConfig, make_synthetic_task
+    from rose_hf.synthetic.base_model import tiny_base_model
+    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
     from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
 
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=2000))

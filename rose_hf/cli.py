@@ -99,7 +99,7 @@ def parse(argv: list[str]):
 def load_data(script_args: RoseScriptArguments, seed: int = 0):
     """The pool and the preference pairs named by `script_args`."""
     if SYNTHETIC in (script_args.dataset_name, script_args.preference_dataset_name):
-        from .bench.synthetic import SyntheticTaskConfig, make_synthetic_task
+        from .synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
         task = make_synthetic_task(SyntheticTaskConfig(pool_size=script_args.synthetic_pool_size, seed=seed))
     pool = (
@@ -141,7 +141,7 @@ def load_model_and_tokenizer(model_args, training_args):
 
     name = model_args.model_name_or_path
     if name in (None, TINY_MODEL):
-        from .bench.base_model import tiny_base_model
+        from .synthetic.base_model import tiny_base_model
 
         name = tiny_base_model()
     tokenizer = AutoTokenizer.from_pretrained(name)
@@ -215,7 +215,7 @@ def cmd_report(argv: list[str]) -> None:
 
 
 def cmd_demo(argv: list[str]) -> None:
-    from .bench.demo import main as demo_main
+    from .demo import main as demo_main
 
     demo_main(argv)
 
@@ -224,9 +224,9 @@ def cmd_bench(argv: list[str]) -> None:
     if not argv or argv[0] not in ("speed", "quality"):
         raise SystemExit("usage: rose-hf bench {speed,quality} [--help]")
     if argv[0] == "speed":
-        from .bench.speed import main as bench_main
+        from benchmarks.speed.run import main as bench_main
     else:
-        from .bench.quality import main as bench_main
+        from benchmarks.quality.run import main as bench_main
     bench_main(argv[1:])
 
 

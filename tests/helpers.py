@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
-from rose_hf.bench.synthetic import vocabulary
-from rose_hf.tiny import build_model, build_tokenizer, lora_target_modules
+from rose_hf.synthetic.tasks import vocabulary
+from rose_hf.synthetic.tiny import build_model, build_tokenizer, lora_target_modules
 
 EXTRA_WORDS = ["hello", "world", "what", "is", "the", "answer", "yes", "no", "good", "bad", "question"]
 
@@ -34,7 +34,7 @@ def make_lora_model(tokenizer, architecture="llama", attn_implementation="sdpa",
 
 def pool_dataset(n=12, seed=0):
     """Prompt-completion rows of mixed lengths."""
-    from rose_hf.bench.synthetic import SyntheticTaskConfig, make_synthetic_task
+    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=max(n, 200), seed=seed))
     return task.pool.select(range(n)), task

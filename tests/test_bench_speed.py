@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rose_hf.bench.speed import QUICK_SIZES, SpeedBenchConfig, main, rank_correlation, top_overlap
+from benchmarks.speed.run import QUICK_SIZES, SpeedBenchConfig, main, rank_correlation, top_overlap
 
 
 def _positive(value, where: str) -> None:

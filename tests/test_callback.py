@@ -21,7 +21,7 @@ from rose_hf.data import prepare_sft_dataset
 from rose_hf.rose_config import RoseConfig
 from rose_hf.scoring import INVALID_SCORE
 from rose_hf.store import STATUS_EMPTY, StoreError
-from rose_hf.tiny import build_model
+from rose_hf.synthetic.tiny import build_model
 
 EXTRA_COLUMNS = ["family", "correct", "source", "id"]
 LEARNING_RATE = 1e-3

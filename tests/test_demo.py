@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rose_hf.bench.demo import main
+from rose_hf.demo import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

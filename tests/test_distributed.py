@@ -23,7 +23,7 @@ from peft import get_peft_model
 from rose_hf import RoseConfig
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.preconditioner import AdamState
-from rose_hf.tiny import build_model
+from rose_hf.synthetic.tiny import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "distributed", "warmup_script.py")

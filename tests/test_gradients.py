@@ -106,7 +106,7 @@ def test_bf16_runs_and_is_close_to_fp32(tokenizer):
 
 
 def test_model_without_lora_is_refused(tokenizer):
-    from rose_hf.tiny import build_model
+    from rose_hf.synthetic.tiny import build_model
 
     with pytest.raises(ValueError, match="no trainable LoRA adapter"):
         find_lora_parameters(build_model("llama", tokenizer))

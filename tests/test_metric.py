@@ -63,7 +63,7 @@ def test_partial_reference_is_refused(metric):
 def test_trainer_compute_metrics():
     from transformers import EvalPrediction
 
-    from rose_hf.bench.evaluation import preference_compute_metrics
+    from rose_hf.synthetic.evaluation import preference_compute_metrics
 
     chosen, rejected, ref_chosen, ref_rejected = _pairs(n=64, seed=2)
     compute_metrics = preference_compute_metrics(beta=0.1)

@@ -12,7 +12,7 @@ from trl import SFTConfig, SFTTrainer
 
 from rose_hf.gradients import find_lora_parameters
 from rose_hf.preconditioner import AdamState, adam_state_from_checkpoint, adam_state_from_optimizer
-from rose_hf.tiny import build_model
+from rose_hf.synthetic.tiny import build_model
 
 BETAS, EPS = (0.8, 0.95), 1e-6  # not torch's defaults, so hard-coded values would show
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from rose_hf.bench.quality import QualityBenchConfig, oracle_scores, run_quality_benchmark, selection_metrics
+from benchmarks.quality.run import QualityBenchConfig, oracle_scores, run_quality_benchmark, selection_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

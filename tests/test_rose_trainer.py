@@ -15,7 +15,7 @@ from trl import SFTConfig
 
 from rose_hf.rose_config import RoseConfig
 from rose_hf.rose_trainer import RoseTrainer, warmup_indices
-from rose_hf.tiny import build_model
+from rose_hf.synthetic.tiny import build_model
 
 pytestmark = pytest.mark.slow
 

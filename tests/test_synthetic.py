@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rose_hf.bench.synthetic import (
+from rose_hf.synthetic.tasks import (
     FAMILIES,
     SUBTASKS,
     SyntheticTask,
@@ -20,7 +20,7 @@ from rose_hf.bench.synthetic import (
     vocabulary,
     wrong_answer,
 )
-from rose_hf.tiny import build_tokenizer
+from rose_hf.synthetic.tiny import build_tokenizer
 
 SPLITS = ("pool", "validation", "test_pairs", "test_prompts", "pretrain")
 

@@ -12,7 +12,7 @@ The accuracies come from the `evaluate` metric in `rose_hf/metrics/preference_ac
 
 Example:
 ```
-python -c "from rose_hf.bench.evaluation import evaluate_base_model; print(evaluate_base_model())"
+python -c "from rose_hf.synthetic.evaluation import evaluate_base_model; print(evaluate_base_model())"
 ```
 """
 
@@ -242,7 +242,7 @@ def evaluate_model(
 
 
 def _wrong_answers(prompts: Sequence[str]) -> list[str] | None:
-    from .synthetic import parse_prompt, wrong_answer
+    from .tasks import parse_prompt, wrong_answer
 
     try:
         return [wrong_answer(*parse_prompt(p)) for p in prompts]
@@ -259,7 +259,7 @@ def evaluate_base_model(seed: int = 0) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .base_model import tiny_base_model
-    from .synthetic import SyntheticTaskConfig, make_synthetic_task
+    from .tasks import SyntheticTaskConfig, make_synthetic_task
 
     path = tiny_base_model()
     task = make_synthetic_task(SyntheticTaskConfig(seed=seed))

@@ -2,7 +2,7 @@
 
 Six task families share one vocabulary and one surface format (`"sort the list 3 1 4 2 ."` -> `" 1 2 3 4"`,
 `"add 3 5 and 1 2 ."` -> `" 4 7"`). Numbers are written digit by digit, separated by spaces, so the word-level
-tokenizer of `rose_hf.tiny.build_tokenizer` needs no number vocabulary. One family is the *target*. The candidate pool
+tokenizer of `rose_hf.synthetic.tiny.build_tokenizer` needs no number vocabulary. One family is the *target*. The candidate pool
 holds, beside the correct examples of every family, target-family examples with a plausible but systematically wrong
 behaviour (for `sort`: the list sorted descending). Those look just like the helpful examples, so a selector that
 matches on surface form picks as much harm as help, while one that matches the preference signal of the validation
@@ -18,7 +18,7 @@ Splits (all prompts distinct across every split, so nothing leaks into evaluatio
 
 Example:
 ```python
->>> from rose_hf.bench.synthetic import SyntheticTaskConfig, make_synthetic_task
+>>> from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 >>> task = make_synthetic_task(SyntheticTaskConfig(seed=0))
 >>> task.config.pool_composition()["sort/correct"], len(task.pool)
 (160, 4000)

@@ -1,8 +1,8 @@
 """Quality benchmark: does ROSE pick the helpful examples, avoid the harmful ones, and train a better model?
 
-On the synthetic task (`rose_hf.bench.synthetic`: target `sort`; the pool holds 4% correct sorts, 4% plausible but
+On the synthetic task (`rose_hf.synthetic.tasks`: target `sort`; the pool holds 4% correct sorts, 4% plausible but
 wrong sorts (descending) and 92% other tasks) every method selects from the SAME pool for the SAME tiny pretrained
-base model (`rose_hf.bench.base_model`), at the same budgets:
+base model (`rose_hf.synthetic.base_model`), at the same budgets:
 
 - random; BM25 (`bm25s`); RDS (representation similarity under the base model);
 - LESS (`validation_objective="sft"`: cross-entropy gradient of prompt + chosen);
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
     import numpy as np
     from datasets import Dataset
 
-    from .synthetic import SyntheticTask
+    from rose_hf.synthetic.tasks import SyntheticTask
 
 # =====================================================================================================================
 # DESIGN — fixed from ROSE_METHOD.md's paper setting, scaled down to a 64-dim, 2-layer model on 2 CPU cores, BEFORE
@@ -235,7 +235,7 @@ def oracle_scores(helpful: np.ndarray, harmful: np.ndarray) -> np.ndarray:
 def _lora_config(config: QualityBenchConfig):
     from peft import LoraConfig
 
-    from ..tiny import lora_target_modules
+    from rose_hf.synthetic.tiny import lora_target_modules
 
     return LoraConfig(
         r=config.lora_r,
@@ -331,7 +331,7 @@ def train_lora(
 
 # --- one warmup, two validation objectives ----------------------------------------------------------------------------
 def _rose_config(config: QualityBenchConfig, output_dir: str, objective: str, seed: int):
-    from ..rose_config import RoseConfig
+    from rose_hf.rose_config import RoseConfig
 
     return RoseConfig(
         output_dir=output_dir,
@@ -377,10 +377,10 @@ def _validation_tap_class():
         def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
             import torch
 
-            from ..features import Featurizer, compute_validation_features
-            from ..gradients import feature_mode
-            from ..pipeline import preserved_rng
-            from ..preconditioner import adam_state_from_optimizer
+            from rose_hf.features import Featurizer, compute_validation_features
+            from rose_hf.gradients import feature_mode
+            from rose_hf.pipeline import preserved_rng
+            from rose_hf.preconditioner import adam_state_from_optimizer
 
             pipeline = self.selector.pipeline
             if self.featurizer is None:
@@ -437,9 +437,9 @@ def warmup_and_gradient_scores(
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
 
-    from ..callback import RoseDataSelector
-    from ..rose_trainer import warmup_indices
-    from ..scoring import score_pool
+    from rose_hf.callback import RoseDataSelector
+    from rose_hf.rose_trainer import warmup_indices
+    from rose_hf.scoring import score_pool
 
     start = time.perf_counter()
     rose_config = _rose_config(config, rose_dir or os.path.join(run_dir, "rose"), "dpo", seed)
@@ -504,7 +504,7 @@ def warmup_and_gradient_scores(
 # --- one seed ---------------------------------------------------------------------------------------------------------
 def make_task(config: QualityBenchConfig, seed: int) -> SyntheticTask:
     """The seed's synthetic task with the benchmark's sizes."""
-    from .synthetic import SyntheticTaskConfig, make_synthetic_task
+    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
     return make_synthetic_task(
         SyntheticTaskConfig(
@@ -564,8 +564,8 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..scoring import budget_curve, select_top
-    from .evaluation import evaluate_model
+    from rose_hf.scoring import budget_curve, select_top
+    from rose_hf.synthetic.evaluation import evaluate_model
 
     run_dir = os.path.join(config.output_dir, f"seed_{seed}")
     result_path = os.path.join(run_dir, "result.json")
@@ -950,7 +950,7 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str,
     """
     import torch
 
-    from .base_model import DEFAULT_CACHE, TinyBaseConfig, tiny_base_model
+    from rose_hf.synthetic.base_model import DEFAULT_CACHE, TinyBaseConfig, tiny_base_model
 
     config = config or QualityBenchConfig()
     start = time.perf_counter()

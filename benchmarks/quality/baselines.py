@@ -14,7 +14,7 @@ the max over subtasks, so the only difference between methods is the similarity 
 
 Example:
 ```
-python -c "from rose_hf.bench.baselines import bm25_scores; from rose_hf.bench.synthetic import make_synthetic_task; \
+python -c "from benchmarks.quality.baselines import bm25_scores; from rose_hf.synthetic.tasks import make_synthetic_task; \
 t = make_synthetic_task(); print(bm25_scores(t.pool, t.validation)[:5])"
 ```
 """
@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from ..data import DEFAULT_SUBTASK, SUBTASK_COLUMN
+from rose_hf.data import DEFAULT_SUBTASK, SUBTASK_COLUMN
 
 
 def aggregate_subtasks(similarity: np.ndarray, subtasks: Sequence[str], aggregation: str = "max") -> np.ndarray:
@@ -92,7 +92,7 @@ def mean_hidden_states(model: nn.Module, tokenizer, texts: Sequence[str], batch_
         texts: the texts.
         batch_size: texts per forward pass.
     """
-    from ..data import pad_token_id
+    from rose_hf.data import pad_token_id
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"

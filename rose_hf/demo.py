@@ -139,7 +139,7 @@ def run_demo(
         quick: a 1000-row pool and smaller test splits (about a minute).
         seed: the synthetic task, warmup slice, LoRA init and random selection.
         pool_size: override the pool size (default 4000, or 1000 with `quick`).
-        num_threads: torch CPU threads (1: see `rose_hf.bench.quality`'s design note); None leaves torch's default.
+        num_threads: torch CPU threads (1: see `benchmarks.quality.run`'s design note); None leaves torch's default.
 
     Returns:
         Everything written to `demo.json`, plus `report` (the path of `report.md`).
@@ -148,12 +148,12 @@ def run_demo(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..report import write_report
-    from ..scoring import select_top
-    from .base_model import tiny_base_model
-    from .baselines import random_scores
-    from .evaluation import evaluate_model
-    from .quality import (
+    from .report import write_report
+    from .scoring import select_top
+    from .synthetic.base_model import tiny_base_model
+    from benchmarks.quality.baselines import random_scores
+    from .synthetic.evaluation import evaluate_model
+    from benchmarks.quality.run import (
         QualityBenchConfig,
         _log,
         _training_rows,
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
     from accelerate import PartialState
 
-    from .quality import _quiet
+    from benchmarks.quality.run import _quiet
 
     PartialState()  # accelerate's logger needs it
     _quiet()

@@ -21,7 +21,7 @@ It writes `<output_dir>/speed.json` (every measurement, the sizes, the ratios) a
 Run (about 5-10 minutes on 2 CPU cores; `--quick` takes about a minute):
 ```
 rose-hf bench speed --output_dir outputs/bench_speed
-python -c "from rose_hf.bench.speed import main; main(['--output_dir', 'outputs/bench_speed'])"
+python -c "from benchmarks.speed.run import main; main(['--output_dir', 'outputs/bench_speed'])"
 ```
 
 Timing: every measured call is run once to warm up, then `repeats` times or more (until the repeats add up to
@@ -104,7 +104,7 @@ TOP_FRACTION = 0.05
 
 
 def _rose_default_projection() -> str:
-    from ..rose_config import RoseConfig
+    from rose_hf.rose_config import RoseConfig
 
     return RoseConfig().projection
 
@@ -389,7 +389,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> float:
     """Share of the top `fraction` of `a` (as `select_top` picks it) that is also in the top `fraction` of `b`."""
-    from ..scoring import select_top
+    from rose_hf.scoring import select_top
 
     top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
     return len(set(top_a.tolist()) & set(top_b.tolist())) / len(top_a)
@@ -424,7 +424,7 @@ def _build_lora_model(config: SpeedBenchConfig, tokenizer: Any, device: torch.de
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ..tiny import build_model, lora_target_modules
+    from rose_hf.synthetic.tiny import build_model, lora_target_modules
 
     base = build_model(
         "llama",
@@ -458,8 +458,8 @@ def _synthetic_batch(num: int, seq_len: int, vocab_size: int, seed: int, device:
     """Random token ids, full attention mask, loss on the last half of each sequence (the 'completion')."""
     import torch
 
-    from ..data import IGNORE_INDEX
-    from ..tiny import SPECIAL_TOKENS
+    from rose_hf.data import IGNORE_INDEX
+    from rose_hf.synthetic.tiny import SPECIAL_TOKENS
 
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, (num, seq_len), generator=generator)
@@ -477,7 +477,7 @@ def _random_adam_state(num_params: int, seed: int):
     """Adam moments as a warmup would leave them: m small and signed, v positive."""
     import torch
 
-    from ..preconditioner import AdamState
+    from rose_hf.preconditioner import AdamState
 
     generator = torch.Generator().manual_seed(seed + 2)
     exp_avg = torch.randn(num_params, generator=generator) * 1e-4
@@ -487,7 +487,7 @@ def _random_adam_state(num_params: int, seed: int):
 
 def _collector_variants():
     """Collector subclasses that isolate the cost of the per-example `bmm` in the hooks."""
-    from ..gradients import LoraGradientCollector
+    from rose_hf.gradients import LoraGradientCollector
 
     class NoAssemblyCollector(LoraGradientCollector):
         """Hooks registered and backward restricted to the LoRA outputs, but no per-example `bmm`."""
@@ -525,7 +525,7 @@ def _write_timing(
     """Time `CheckpointFeatures.write_chunk` of one float16 chunk (what the pipeline does per chunk), per row."""
     import numpy as np
 
-    from ..store import STATUS_OK, CheckpointFeatures
+    from rose_hf.store import STATUS_OK, CheckpointFeatures
 
     checkpoint = CheckpointFeatures(os.path.join(folder, f"write-{kind}"), step=0)
     checkpoint.create(rows, dim, "float16", rows)
@@ -648,7 +648,7 @@ def _throughput_section(model, lora_params, featurizers, adam, batch, write, con
 
 def _phase_section(model, featurizers, adam, batch, write, config, device) -> dict[str, Any]:
     """Split of one extraction step at the target batch size into its phases, each with its peak memory."""
-    from ..gradients import LoraGradientCollector, sft_per_example_loss
+    from rose_hf.gradients import LoraGradientCollector, sft_per_example_loss
 
     NoAssemblyCollector, TimedCollector = _collector_variants()
     batch_size = config.target_batch_size
@@ -800,8 +800,8 @@ def _vmap_section(config, tokenizer, model, dtype, device, batch) -> dict[str, A
     import torch.nn.functional as F
     from torch.func import functional_call, grad, vmap
 
-    from ..data import IGNORE_INDEX
-    from ..gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
+    from rose_hf.data import IGNORE_INDEX
+    from rose_hf.gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
 
     batch_size = config.target_batch_size
     part = _slice(batch, 0, batch_size)
@@ -1024,9 +1024,9 @@ def _quality_section(model, collector, featurizers, adam, tokenizer, config, dev
     import numpy as np
     import torch
 
-    from ..gradients import sft_per_example_loss
-    from ..projection import make_projector
-    from ..scoring import quantize_int8, score_pool
+    from rose_hf.gradients import sft_per_example_loss
+    from rose_hf.projection import make_projector
+    from rose_hf.scoring import quantize_int8, score_pool
 
     def gradients(batch, precondition: bool) -> torch.Tensor:
         out = []
@@ -1235,11 +1235,11 @@ def run_speed_benchmark(config: SpeedBenchConfig) -> dict[str, Any]:
     """
     import torch
 
-    from ..bench.synthetic import vocabulary
-    from ..features import Featurizer
-    from ..gradients import feature_mode
-    from ..rose_config import RoseConfig
-    from ..tiny import build_tokenizer
+    from rose_hf.synthetic.tasks import vocabulary
+    from rose_hf.features import Featurizer
+    from rose_hf.gradients import feature_mode
+    from rose_hf.rose_config import RoseConfig
+    from rose_hf.synthetic.tiny import build_tokenizer
 
     global _START
     begin = _START = time.perf_counter()

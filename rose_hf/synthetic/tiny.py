@@ -5,7 +5,7 @@ in `PreTrainedTokenizerFast` with a chat template; models are built from config 
 
 Example:
 ```python
->>> from rose_hf.tiny import build_tokenizer, build_model
+>>> from rose_hf.synthetic.tiny import build_tokenizer, build_model
 >>> tok = build_tokenizer(["hello", "world"])
 >>> model = build_model("llama", tok, hidden_size=32, num_layers=2)
 ```

@@ -1,0 +1,1 @@
+"""Speed benchmark: rose_hf's feature pass against a plain training step (the floor) and the reference loops."""

@@ -1,1 +1,0 @@
-"""Benchmarks for ROSE data selection: a synthetic task whose right answer is known by construction, plus runners."""
