@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -11,17 +10,14 @@ from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .checkpoint import TrainingCheckpoint, logged_learning_rates
 from .gradients import find_lora_parameters
 from .pipeline import SelectionPipeline
-from .preconditioner import adam_state_from_optimizer, check_adam_optimizer
+from .preconditioner import check_adam_optimizer
 from .rose_config import RoseConfig
-from .scoring import logged_learning_rates
 from .selection import SelectionResult
-from .store import atomic_write_json, read_json
 
 logger = get_logger(__name__)
-
-LEARNING_RATES_FILE = "learning_rates.json"  # per checkpoint, in its feature folder
 
 
 def check_distributed_type(distributed_type: str) -> None:
@@ -115,8 +111,8 @@ class RoseDataSelector(TrainerCallback):
         self._last_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
-        if state.global_step > 0 and not self.pipeline.store.checkpoint(state.global_step).is_complete():
-            self._featurize(model, optimizer, state, self._resumed_learning_rates(state))
+        if state.global_step > 0 and state.global_step not in self.pipeline.completed_steps():
+            self._featurize(model, optimizer, state.global_step, self._resumed_learning_rates(state))
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # The learning rate the coming optimizer step uses (the scheduler steps after the optimizer).
@@ -131,32 +127,27 @@ class RoseDataSelector(TrainerCallback):
         learning_rates = self._learning_rates or logged_learning_rates(
             state.log_history, self._last_step, step, "The trainer"
         )
-        self._featurize(kwargs["model"], kwargs.get("optimizer"), state, learning_rates)
+        self._featurize(kwargs["model"], kwargs.get("optimizer"), step, learning_rates)
         self._learning_rates, self._last_step = [], step
 
-    def _featurize(self, model, optimizer, state: TrainerState, learning_rates: list[float]) -> None:
-        step = state.global_step
-        checkpoint = self.pipeline.store.checkpoint(step)
-        # Kept apart from the features (meta.json comes last), so a run killed while featurizing can resume.
-        if state.is_world_process_zero and not checkpoint.is_complete():
-            os.makedirs(checkpoint.path, exist_ok=True)
-            atomic_write_json(os.path.join(checkpoint.path, LEARNING_RATES_FILE), [float(lr) for lr in learning_rates])
-        adam = None
-        if self.config.preconditioner == "adam":
-            adam = adam_state_from_optimizer(optimizer, self.pipeline.featurizer.collector.parameters, model)
-        self.pipeline.featurize(model, step, adam, learning_rates, lockstep=_zero3_enabled())
+    def _featurize(self, model, optimizer, step: int, learning_rates: list[float]) -> None:
+        checkpoint = TrainingCheckpoint.from_trainer(
+            step, learning_rates, optimizer, self.pipeline.lora_parameters, model, self.config.preconditioner
+        )
+        self.pipeline.featurize(model, checkpoint, lockstep=_zero3_enabled())
 
     def _resumed_learning_rates(self, state: TrainerState) -> list[float]:
-        path = os.path.join(self.pipeline.store.checkpoint(state.global_step).path, LEARNING_RATES_FILE)
-        if os.path.exists(path):
-            return read_json(path)
-        previous = [c.step for c in self.pipeline.store.completed_checkpoints() if c.step < state.global_step]
+        # Recorded when that checkpoint's features were started; otherwise read back from the restored trainer's log.
+        recorded = self.pipeline.recorded_learning_rates(state.global_step)
+        if recorded is not None:
+            return recorded
+        previous = [step for step in self.pipeline.completed_steps() if step < state.global_step]
         return logged_learning_rates(
             state.log_history, max(previous, default=0), state.global_step, "The resumed trainer"
         )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if not self.pipeline.store.completed_checkpoints():
+        if not self.pipeline.completed_steps():
             logger.warning("rose_hf: training ended without any checkpoint, so there is nothing to select from.")
             return
         self.result = self.pipeline.select()

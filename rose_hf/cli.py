@@ -28,7 +28,6 @@ COMMANDS = {
     "score": "scores and selection from cached features (e.g. with another budget or aggregation)",
     "report": "write the markdown report with plots of a finished selection",
     "demo": "the offline end-to-end demo on a tiny pretrained model (CPU, a few minutes)",
-    "bench": "benchmarks: `bench speed` or `bench quality`",
 }
 SYNTHETIC = "rose-hf:synthetic"
 TINY_MODEL = "rose-hf:tiny"
@@ -220,16 +219,6 @@ def cmd_demo(argv: list[str]) -> None:
     demo_main(argv)
 
 
-def cmd_bench(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("speed", "quality"):
-        raise SystemExit("usage: rose-hf bench {speed,quality} [--help]")
-    if argv[0] == "speed":
-        from benchmarks.speed.run import main as bench_main
-    else:
-        from benchmarks.quality.run import main as bench_main
-    bench_main(argv[1:])
-
-
 def _print_summary(output_dir: str, result) -> None:
     print(
         f"rose_hf: selected {len(result.selected_indices)} of {len(result.scores)} pool rows "
@@ -241,7 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
-        print("usage: rose-hf <command> [--config recipe.yaml] [--flag value ...]\n\ncommands:\n" + "\n".join(lines))
+        print(
+            "usage: rose-hf <command> [--config recipe.yaml] [--flag value ...]\n\ncommands:\n" + "\n".join(lines)
+            + "\n\nBenchmarks run from a source checkout: `make bench-speed`, `make bench-quality`."
+        )
         if argv and argv[0] not in ("-h", "--help"):
             raise SystemExit(f"rose-hf: unknown command {argv[0]!r}")
         return

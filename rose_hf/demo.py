@@ -2,31 +2,37 @@
 compared with one trained on a random 5% and with the untrained base model.
 
 Everything runs on a CPU without a network: a tiny Llama is pretrained on the synthetic mixture (about 35 s, once;
-cached in `outputs/cache`), LoRA-warmed up on a random 5% of the pool with `RoseDataSelector` attached, and the
-selection is scored against the known ground truth (the pool holds correct AND plausible-but-wrong examples of the
-target task). It is the one-seed, one-budget version of `rose-hf bench quality`, built from the same pieces.
+cached in `outputs/cache`), then `RoseTrainer` runs the method as a user would (warmup on a random 5% of the pool,
+selection, final LoRA training on the selection), a plain `SFTTrainer` trains the random arm, and the selection is
+scored against the known ground truth (the pool holds correct AND plausible-but-wrong examples of the target task).
+It is the one-seed, one-budget version of the quality benchmark (`make bench-quality`).
 
-Run (measured: 46 s on 2 shared CPU cores from a fresh cache, pretraining included; `--quick` about 30 s):
+Run (with one torch thread, as `make demo` sets: `OMP_NUM_THREADS=1 rose-hf demo`):
 ```
 rose-hf demo --output_dir outputs/demo
 make demo
 ```
-Writes `<output_dir>/report.md` (the selection report plus an evaluation section), its PNG plots in
-`<output_dir>/report/`, `<output_dir>/demo.json` (every number) and the feature cache of the selection.
+Writes `RoseTrainer`'s stages into `<output_dir>` (`warmup/`, `selection/`, `final/`), the selection report plus an
+evaluation section in `<output_dir>/selection/report.md` (plots in `selection/report/`) and every number in
+`<output_dir>/demo.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import time
 from typing import Any
 
+from .logs import log as _log
+
 EVALUATION_PLOT = "demo_evaluation.png"
 SELECTION_PLOT = "demo_selection.png"
 MODELS = ("base", "rose", "random")
+DEMO_MAX_NEW_TOKENS = 8
 MODEL_LABELS = {"base": "Base model (untrained)", "rose": "ROSE 5%", "random": "Random 5%"}
 
 
@@ -60,8 +66,8 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
         f"Three models on the held-out test split of the target task `{results['target_family']}` "
         f"({results['num_test_pairs']} preference pairs, {results['num_test_prompts']} prompts): the untrained base "
         f"model, a fresh LoRA trained on ROSE's selection ({k} rows), and one trained on {k} random rows, with the "
-        f"warmup's settings ({results['config']['epochs']} epochs, lr {results['config']['learning_rate']:g}, batch "
-        f"{results['config']['batch_size']}). The pool holds {results['ground_truth']['helpful']} helpful rows (target "
+        f"warmup's settings ({results['recipe']['epochs']} epochs, lr {results['recipe']['learning_rate']:g}, batch "
+        f"{results['recipe']['batch_size']}). The pool holds {results['ground_truth']['helpful']} helpful rows (target "
         f"task, correct) and {results['ground_truth']['harmful']} harmful ones (target task, systematically wrong).",
         "",
         "| Model | Helpful rows trained on | Harmful rows trained on | Preference accuracy | Reward accuracy vs base "
@@ -125,129 +131,100 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
     return "\n".join(lines)
 
 
-def run_demo(
-    output_dir: str = "outputs/demo",
-    quick: bool = False,
-    seed: int = 0,
-    pool_size: int | None = None,
-    num_threads: int | None = 1,
-) -> dict[str, Any]:
-    """Pretrain (cached) -> warmup with ROSE features -> select 5% -> train ROSE and random models -> evaluate -> report.
+def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 0, pool_size: int | None = None) -> dict:
+    """Pretrain (cached) -> `RoseTrainer` (warmup, selection, final training) -> a random arm -> evaluate -> report.
 
     Args:
-        output_dir: the run folder: `report.md`, `report/*.png`, `demo.json`, the feature cache.
-        quick: a 1000-row pool and smaller test splits (about a minute).
+        output_dir: where the run goes (`RoseTrainer`'s `warmup/`, `selection/`, `final/`; `report.md`, `demo.json`).
+        quick: a 1,000-row pool instead of 4,000 (same recipe), fewer test pairs.
         seed: the synthetic task, warmup slice, LoRA init and random selection.
-        pool_size: override the pool size (default 4000, or 1000 with `quick`).
-        num_threads: torch CPU threads (1: see `benchmarks.quality.run`'s design note); None leaves torch's default.
+        pool_size: override the pool size.
 
     Returns:
         Everything written to `demo.json`, plus `report` (the path of `report.md`).
     """
     import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from .report import write_report
-    from .scoring import select_top
+    from .report import report_from_output_dir
+    from .rose_config import RoseConfig
+    from .rose_trainer import RoseTrainer
+    from .selection import select_top
     from .synthetic.base_model import tiny_base_model
-    from benchmarks.quality.baselines import random_scores
-    from .synthetic.evaluation import evaluate_model
-    from benchmarks.quality.run import (
-        QualityBenchConfig,
-        _log,
-        _training_rows,
-        make_task,
-        selection_metrics,
-        train_lora,
-        warmup_and_gradient_scores,
-    )
+    from .synthetic.evaluation import evaluate_model, random_scores, selection_metrics
+    from .synthetic.recipe import TinyRecipe, silence, train_lora, training_rows
+    from .synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
     start = time.perf_counter()
-    overrides: dict[str, Any] = {"output_dir": output_dir, "seeds": (seed,), "methods": ("random", "rose")}
+    recipe = TinyRecipe()
+    sizes = dict(pool_size=1000, n_test_pairs=100, n_test_prompts=50) if quick else {}
     if pool_size is not None:
-        overrides["pool_size"] = pool_size
-    config = QualityBenchConfig.quick(**overrides) if quick else QualityBenchConfig(**overrides)
-    threads = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(num_threads)
+        sizes["pool_size"] = pool_size
     seconds: dict[str, float] = {}
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        tick = time.perf_counter()
-        base_path = tiny_base_model()
-        seconds["base_model"] = time.perf_counter() - tick
-        task = make_task(config, seed)
-        tokenizer = AutoTokenizer.from_pretrained(base_path)
-        helpful, harmful = task.helpful_mask(), task.harmful_mask()
-        source = list(task.pool["source"])
+    os.makedirs(output_dir, exist_ok=True)
+    tick = time.perf_counter()
+    base_path = tiny_base_model()
+    seconds["base_model"] = time.perf_counter() - tick
+    task = make_synthetic_task(SyntheticTaskConfig(seed=seed, **sizes))
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    helpful, harmful = task.helpful_mask(), task.harmful_mask()
+    source = list(task.pool["source"])
 
-        _log(
-            f"rose_hf demo: warmup on {config.warmup_fraction:.0%} of a {len(task.pool)}-row pool with ROSE attached."
+    _log(f"rose_hf demo: RoseTrainer on a {len(task.pool)}-row pool (warmup on {recipe.warmup_fraction:.0%}).")
+    tick = time.perf_counter()
+    set_seed(seed)  # PEFT initialises the warmup adapter before Trainer seeds anything
+    trainer = RoseTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base_path),
+        args=recipe.sft_config(output_dir, seed),
+        train_dataset=task.pool,
+        preference_dataset=task.validation,
+        peft_config=recipe.lora_config(),
+        rose_config=RoseConfig(
+            warmup_fraction=recipe.warmup_fraction, max_length=recipe.max_length, seed=seed, overwrite=True,
+            report=False,  # written below, with the evaluation section
+        ),
+        processing_class=tokenizer,
+    )
+    trainer.run_warmup()
+    result = trainer.run_selection()
+    seconds["warmup_and_features"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    trainer.train()  # the final stage: warmup and selection are finished, so they are reused
+    silence(trainer.final_trainer)
+    rose_indices = np.asarray(result.selected_indices)
+    random_indices = select_top(random_scores(len(task.pool), seed), size=len(rose_indices))
+    _log(f"rose_hf demo: training a fresh LoRA on a random selection ({len(random_indices)} rows).")
+    models = {"rose": trainer.model}
+    models["random"], _ = train_lora(
+        recipe, base_path, tokenizer, training_rows(task.pool, random_indices),
+        os.path.join(output_dir, "random"), seed,
+    )
+    seconds["final_training"] = time.perf_counter() - tick
+    selection = {
+        "rose": selection_metrics(rose_indices, helpful, harmful, source),
+        "random": selection_metrics(random_indices, helpful, harmful, source),
+    }
+
+    tick = time.perf_counter()
+    _log("rose_hf demo: evaluating the base, ROSE and random models on the held-out split.")
+    evaluate = dict(beta=RoseConfig.beta, max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    final = {
+        "base": evaluate_model(
+            AutoModelForCausalLM.from_pretrained(base_path), tokenizer, task.test_pairs, task.test_prompts, **evaluate
         )
-        tick = time.perf_counter()
-        gradient = warmup_and_gradient_scores(
-            config,
-            task,
-            base_path,
-            tokenizer,
-            os.path.join(output_dir, "_runs"),
-            seed,
-            with_less=False,
-            rose_dir=output_dir,
+    }
+    reference = (np.asarray(final["base"]["chosen_logps"]), np.asarray(final["base"]["rejected_logps"]))
+    for name, model in models.items():
+        final[name] = evaluate_model(
+            model, tokenizer, task.test_pairs, task.test_prompts, reference_logps=reference, **evaluate
         )
-        seconds["warmup_and_features"] = time.perf_counter() - tick
-        selector = gradient["selector"]
-        result = selector.result
-        rose_indices = np.asarray(result.selected_indices)
-        random_indices = select_top(random_scores(len(task.pool), seed), size=len(rose_indices))
-        oracle = min(1.0, int(helpful.sum()) / len(rose_indices))
-        selection = {
-            "rose": selection_metrics(rose_indices, helpful, harmful, source),
-            "random": selection_metrics(random_indices, helpful, harmful, source),
-        }
+    for metrics in final.values():
+        metrics.pop("chosen_logps", None)
+        metrics.pop("rejected_logps", None)
+    seconds["evaluation"] = time.perf_counter() - tick
 
-        tick = time.perf_counter()
-        models = {}
-        training = {}
-        for name, indices in (("rose", rose_indices), ("random", random_indices)):
-            _log(f"rose_hf demo: training a fresh LoRA on the {name} selection ({len(indices)} rows).")
-            models[name], training[name] = train_lora(
-                config,
-                base_path,
-                tokenizer,
-                _training_rows(task.pool, indices),
-                os.path.join(output_dir, "_runs", "final", name),
-                seed,
-            )
-        seconds["final_training"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        _log("rose_hf demo: evaluating the base, ROSE and random models on the held-out split.")
-        evaluate = dict(beta=config.beta, max_new_tokens=config.max_new_tokens)
-        final = {
-            "base": evaluate_model(
-                AutoModelForCausalLM.from_pretrained(base_path),
-                tokenizer,
-                task.test_pairs,
-                task.test_prompts,
-                **evaluate,
-            )
-        }
-        reference = (np.asarray(final["base"]["chosen_logps"]), np.asarray(final["base"]["rejected_logps"]))
-        for name, model in models.items():
-            final[name] = evaluate_model(
-                model, tokenizer, task.test_pairs, task.test_prompts, reference_logps=reference, **evaluate
-            )
-        for metrics in final.values():
-            metrics.pop("chosen_logps", None)
-            metrics.pop("rejected_logps", None)
-        seconds["evaluation"] = time.perf_counter() - tick
-    finally:
-        torch.set_num_threads(threads)
-    shutil.rmtree(os.path.join(output_dir, "_runs"), ignore_errors=True)  # warmup checkpoints: not needed any more
-
-    plot_dir = os.path.join(output_dir, "report")
+    selection_dir = trainer.rose_config.output_dir
+    plot_dir = os.path.join(selection_dir, "report")
     os.makedirs(plot_dir, exist_ok=True)
     metric_names = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
     _bar_plot(
@@ -267,30 +244,22 @@ def run_demo(
     )
     seconds["total"] = time.perf_counter() - start
     results: dict[str, Any] = {
-        "config": {k: v for k, v in config.__dict__.items()},
+        "recipe": dataclasses.asdict(recipe),
         "seed": seed,
         "target_family": task.config.target_family,
         "num_test_pairs": len(task.test_pairs),
         "num_test_prompts": len(task.test_prompts),
         "ground_truth": {"helpful": int(helpful.sum()), "harmful": int(harmful.sum()), "pool": len(task.pool)},
-        "oracle_precision": oracle,
+        "oracle_precision": min(1.0, int(helpful.sum()) / len(rose_indices)),
         "selection": selection,
         "final": final,
-        "training": training,
-        "warmup": gradient["warmup"],
         "seconds": seconds,
     }
-    report = write_report(
-        output_dir,
-        task.pool,
-        result,
-        gradient["rose_config"],
-        selector.pipeline.store,
-        extra_sections=[_evaluation_section(results, "report")],
-    )
+    report = report_from_output_dir(selection_dir, task.pool, extra_sections=[_evaluation_section(results, "report")])
     results["report"] = report
     with open(os.path.join(output_dir, "demo.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=str)
+    shutil.rmtree(os.path.join(output_dir, "random"), ignore_errors=True)
     _log(f"rose_hf demo: done in {seconds['total']:.0f}s -> {report}")
     return results
 
@@ -306,7 +275,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="A 1000-row pool and smaller test splits (~1 minute).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the task, warmup, LoRA init and random pick.")
     parser.add_argument("--pool_size", type=int, default=None, help="Pool rows (default 4000; --quick: 1000).")
-    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (0: leave torch's default).")
     return parser
 
 
@@ -315,11 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
     from accelerate import PartialState
 
-    from benchmarks.quality.run import _quiet
+    from .synthetic.recipe import quiet_libraries
 
     PartialState()  # accelerate's logger needs it
-    _quiet()
-    results = run_demo(args.output_dir, args.quick, args.seed, args.pool_size, args.num_threads or None)
+    quiet_libraries()
+    results = run_demo(args.output_dir, args.quick, args.seed, args.pool_size)
     print(f"rose_hf demo: report -> {results['report']} ({results['seconds']['total']:.0f} s)")
     return results
 

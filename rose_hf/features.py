@@ -24,9 +24,8 @@ from .dpo import dpo_pair_gradients
 from .gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
 from .preconditioner import AdamState
 from .projection import make_projector, resolve_projection
-from .rose_config import RoseConfig
-from .scoring import quantize_int8
-from .store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK, CheckpointFeatures
+from .rose_config import VALIDATION_OBJECTIVES, RoseConfig
+from .store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK, CheckpointFeatures, quantize_int8
 
 logger = get_logger(__name__)
 
@@ -96,10 +95,10 @@ class Featurizer:
         status[empty.cpu().numpy()] = STATUS_EMPTY
         return features.cpu().numpy(), status
 
-    def validation_features(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        """Features `(P, d)` of preference pairs (DPO objective) or of (prompt, chosen) SFT rows (SFT objective)."""
+    def validation_features(self, batch: dict[str, torch.Tensor], objective: str) -> np.ndarray:
+        """Features `(P, d)` of preference pairs (`"dpo"`) or of (prompt, chosen) SFT rows (`"sft"`)."""
         batch = self._to_device(batch)
-        if self.config.validation_objective == "sft":
+        if objective == "sft":
             with self.collector.capture():
                 loss, _ = sft_per_example_loss(self.model, batch)
                 self.collector.backward(loss.sum())
@@ -192,11 +191,11 @@ def _write_chunk(checkpoint: CheckpointFeatures, chunk: int, features: np.ndarra
 
 
 def compute_validation_features(
-    featurizer: Featurizer, pairs: Dataset, batch_size: int, pad_token_id: int, max_length: int | None
+    featurizer: Featurizer, pairs: Dataset, batch_size: int, pad_token_id: int, max_length: int | None, objective: str
 ) -> np.ndarray:
-    """Validation features `(P, d)` in pair order. Every process computes the same (small) set."""
+    """Validation features `(P, d)` of `objective` in pair order. Every process computes the same (small) set."""
     state = PartialState()
-    if featurizer.config.validation_objective == "sft":
+    if objective == "sft":
         from .data import preference_to_sft
 
         rows = list(preference_to_sft(pairs, max_length))
@@ -205,13 +204,14 @@ def compute_validation_features(
         rows = list(pairs)
         collate = preference_collator(pad_token_id, max_length)
     out = np.zeros((len(rows), featurizer.dim), dtype=np.float32)
-    for start in tqdm(range(0, len(rows), batch_size), desc="rose_hf: validation gradients", disable=not state.is_main_process):
+    batches = range(0, len(rows), batch_size)
+    for start in tqdm(batches, desc=f"rose_hf: validation gradients ({objective})", disable=not state.is_main_process):
         index = list(range(start, min(start + batch_size, len(rows))))
-        out[index] = featurizer.validation_features(collate([rows[i] for i in index]))
+        out[index] = featurizer.validation_features(collate([rows[i] for i in index]), objective)
     return out
 
 
-def _validation_agreement(validation: np.ndarray) -> float:
+def _validation_agreement(validation: dict[str, np.ndarray]) -> float:
     """Every process computes the validation features and the main one writes them: check they agree.
 
     Returns the largest absolute difference from the main process's features (0.0 in one process).
@@ -222,7 +222,7 @@ def _validation_agreement(validation: np.ndarray) -> float:
     from accelerate.utils import gather_object
 
     everyone = gather_object([validation])
-    diff = max(float(np.abs(other - everyone[0]).max()) for other in everyone)
+    diff = max(float(np.abs(other[key] - everyone[0][key]).max()) for other in everyone for key in validation)
     if diff > 1e-3:
         raise RuntimeError(
             f"The validation features differ across processes by up to {diff:.2e}: the processes do not hold the "
@@ -239,7 +239,7 @@ def checkpoint_features(
     checkpoint: CheckpointFeatures,
     adam: AdamState | None,
     pad_token_id: int,
-    meta: dict[str, Any],
+    learning_rates: list[float],
     featurizer: Featurizer | None = None,
     lockstep: bool = False,
     on_chunk: Callable[[int], None] | None = None,
@@ -255,25 +255,29 @@ def checkpoint_features(
     featurizer = featurizer or Featurizer(model, config)
     with state.main_process_first():
         if state.is_main_process:
-            checkpoint.create(len(pool), featurizer.dim, config.feature_dtype, config.chunk_size)
+            checkpoint.create(len(pool), featurizer.dim, config.feature_dtype, config.chunk_size, learning_rates)
     with feature_mode(model):
         timings = compute_pool_features(
             featurizer, pool, checkpoint, adam, config.feature_batch_size, pad_token_id, lockstep, on_chunk
         )
         start = time.perf_counter()
-        validation = compute_validation_features(
-            featurizer, pairs, config.feature_batch_size, pad_token_id, config.max_length
-        )
+        # Every objective, so that any scoring can be computed from the cache (one more backward per pair).
+        validation = {
+            objective: compute_validation_features(
+                featurizer, pairs, config.feature_batch_size, pad_token_id, config.max_length, objective
+            )
+            for objective in VALIDATION_OBJECTIVES
+        }
         timings["validation_seconds"] = time.perf_counter() - start
     timings["validation_rank_max_diff"] = _validation_agreement(validation)
     if state.is_main_process:
         checkpoint.write_validation(validation)
-        checkpoint.finalize({**meta, **timings, "projection": featurizer.projector.describe()})
+        checkpoint.finalize({**timings, "projection": featurizer.projector.describe()})
     state.wait_for_everyone()
     result = checkpoint.meta
     logger.info(
         f"rose_hf: features @ step {checkpoint.step}: {result['num_ok']} ok, {result['num_empty']} without completion "
-        f"tokens, {result['num_nonfinite']} non-finite (both scored lowest); {len(validation)} validation pairs; "
+        f"tokens, {result['num_nonfinite']} non-finite (both scored lowest); {len(pairs)} validation pairs; "
         f"pool {timings['pool_seconds']:.1f}s, validation {timings['validation_seconds']:.1f}s.",
         main_process_only=True,
     )

@@ -7,7 +7,6 @@ during that checkpoint's steps.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -16,10 +15,9 @@ from accelerate.logging import get_logger
 from datasets import Dataset
 from torch import nn
 
+from .checkpoint import TrainingCheckpoint
 from .pipeline import SelectionPipeline
-from .preconditioner import adam_state_from_checkpoint
 from .rose_config import RoseConfig
-from .scoring import logged_learning_rates
 from .selection import SelectionResult
 
 logger = get_logger(__name__)
@@ -58,14 +56,10 @@ def select_from_checkpoints(
     pipeline.prepare(model, tokenizer)
     previous = 0
     for path in checkpoints:
-        step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
         set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
-        adam = None
-        if config.preconditioner == "adam":
-            adam = adam_state_from_checkpoint(path, pipeline.featurizer.collector.parameters, model)
-        with open(os.path.join(path, "trainer_state.json")) as handle:
-            history = json.load(handle)["log_history"]
-        rates = logged_learning_rates(history, previous, step, f"{path}/trainer_state.json")
-        pipeline.featurize(model, step, adam, rates)
-        previous = step
+        checkpoint = TrainingCheckpoint.from_folder(
+            path, previous, pipeline.lora_parameters, model, config.preconditioner
+        )
+        pipeline.featurize(model, checkpoint)
+        previous = checkpoint.step
     return pipeline.select()

@@ -21,6 +21,7 @@ from accelerate.logging import get_logger
 from datasets import Dataset
 from torch import nn
 
+from .checkpoint import TrainingCheckpoint
 from .data import (
     DEFAULT_SUBTASK,
     SUBTASK_COLUMN,
@@ -31,7 +32,7 @@ from .data import (
     prepare_sft_dataset,
 )
 from .features import Featurizer, checkpoint_features
-from .preconditioner import AdamState
+from .gradients import LoraParameter
 from .rose_config import RoseConfig
 from .selection import SelectionResult, select_from_store
 from .store import FeatureStore, check_writable, read_json
@@ -39,13 +40,14 @@ from .store import FeatureStore, check_writable, read_json
 logger = get_logger(__name__)
 
 # The `RoseConfig` fields the cached features depend on (recorded in `run.json`).
+# (Validation features are cached for every objective, so `validation_objective` is not one of them.)
 FEATURE_CONFIG_FIELDS = (
-    "validation_objective", "beta", "loss_type", "label_smoothing", "projection", "projection_dim",
+    "beta", "loss_type", "label_smoothing", "projection", "projection_dim",
     "projection_seed", "preconditioner", "max_length", "feature_dtype", "chunk_size",
 )
 
 
-def _hash(payload: Any) -> str:
+def stable_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(_sorted_sets(payload), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -70,8 +72,8 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
             adapter.pop(key, None)
     return {
         "base_model": getattr(base.config, "_name_or_path", ""),
-        "base_config_hash": _hash(base.config.to_dict() | {"_name_or_path": None, "transformers_version": None}),
-        "adapter_config_hash": _hash(adapters),
+        "base_config_hash": stable_hash(base.config.to_dict() | {"_name_or_path": None, "transformers_version": None}),
+        "adapter_config_hash": stable_hash(adapters),
     }
 
 
@@ -158,7 +160,7 @@ class SelectionPipeline:
         )
         run_args = {
             **describe_model(model),
-            "tokenizer_hash": _hash(sorted(tokenizer.get_vocab().items())),
+            "tokenizer_hash": stable_hash(sorted(tokenizer.get_vocab().items())),
             **self.data_run_args(),
         }
         self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
@@ -175,30 +177,37 @@ class SelectionPipeline:
             **{key: getattr(self.config, key) for key in FEATURE_CONFIG_FIELDS},
         }
 
-    def featurize(
-        self,
-        model: nn.Module,
-        step: int,
-        adam: AdamState | None,
-        learning_rates: list[float],
-        lockstep: bool = False,
-        on_chunk=None,
-    ) -> dict[str, Any]:
-        """Cache pool and validation features of the checkpoint at `step` (resumable; a finished one is skipped)."""
+    @property
+    def lora_parameters(self) -> list[LoraParameter]:
+        """The hooked LoRA weights, in feature order (after `prepare`)."""
         if self.featurizer is None:
             raise RuntimeError("Call `prepare(model, tokenizer)` first.")
-        if self.config.preconditioner == "sgd":
-            adam = None
+        return self.featurizer.collector.parameters
+
+    def completed_steps(self) -> list[int]:
+        """Steps whose features are cached and complete."""
+        return [c.step for c in self.store.completed_checkpoints()]
+
+    def recorded_learning_rates(self, step: int) -> list[float] | None:
+        """The learning rates recorded when the features of `step` were started (None if they never were)."""
+        return self.store.checkpoint(step).recorded_learning_rates()
+
+    def featurize(
+        self, model: nn.Module, checkpoint: TrainingCheckpoint, lockstep: bool = False, on_chunk=None
+    ) -> dict[str, Any]:
+        """Cache pool and validation features of `checkpoint` (resumable; a finished one is skipped)."""
+        if self.featurizer is None:
+            raise RuntimeError("Call `prepare(model, tokenizer)` first.")
         with preserved_rng():
             return checkpoint_features(
                 model,
                 self.config,
                 self.pool_tokens,
                 self.pair_tokens,
-                self.store.checkpoint(step),
-                adam,
+                self.store.checkpoint(checkpoint.step),
+                checkpoint.adam,
                 self.pad_token_id,
-                meta={"learning_rates": [float(lr) for lr in learning_rates]},
+                learning_rates=checkpoint.learning_rates,
                 featurizer=self.featurizer,
                 lockstep=lockstep,
                 on_chunk=on_chunk,

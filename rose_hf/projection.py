@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.state import PartialState
+
+from .logs import log
 
 logger = get_logger(__name__)
 
@@ -58,13 +59,6 @@ _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Maps each byte value to its 8 bits as +-1, so one random byte yields 8 signs (about 2x faster than 1 draw per sign).
 _BYTE_TO_SIGNS = (((torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1) * 2 - 1).to(torch.int8)
 
-
-def _log_info(message: str) -> None:
-    # accelerate's logger raises before any Accelerator/PartialState exists; projectors are also used standalone.
-    if PartialState._shared_state:
-        logger.info(message)
-    else:
-        logger.logger.info(message)
 
 
 def _splitmix64(value: int) -> int:
@@ -227,7 +221,7 @@ class RademacherProjector(Projector):
         self._base_seed = _base_seed(self.kind, seed, out_dim)
         self._cache = _BlockCache(cache_bytes)
         if in_dim * out_dim > cache_bytes:
-            _log_info(
+            log(
                 f"Rademacher matrix ({in_dim} x {out_dim}) exceeds cache_bytes={cache_bytes}: regenerating it "
                 "blockwise on every call."
             )

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 from accelerate.logging import get_logger
-from accelerate.state import PartialState
 from datasets import Dataset
 
+from .logs import log
 from .rose_config import RoseConfig
-from .scoring import DEFAULT_BUDGET_FRACTIONS, INVALID_SCORE, budget_curve
-from .selection import SelectionResult, load_selection
+from .scoring import INVALID_SCORE
+from .selection import DEFAULT_BUDGET_FRACTIONS, SelectionResult, budget_curve, load_selection
 from .store import FeatureStore, disk_errors, read_json
 
 logger = get_logger(__name__)
@@ -43,13 +43,6 @@ MAX_SOURCES = 20
 MAX_BUDGET_SOURCES = 8
 OTHER = "(other)"
 
-
-def _log_info(message: str) -> None:
-    # accelerate's logger raises before any Accelerator/PartialState exists, and `rose-hf report` runs standalone.
-    if PartialState._shared_state:
-        logger.info(message, main_process_only=True)
-    else:
-        logger.logger.info(message)
 
 
 # --- formatting ------------------------------------------------------------------------------------------------------
@@ -727,7 +720,7 @@ def _write(
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    _log_info(f"rose_hf: wrote the selection report to {path} ({len(report.images)} plots in {report.plot_dir}).")
+    log(f"rose_hf: wrote the selection report to {path} ({len(report.images)} plots in {report.plot_dir}).")
     return path
 
 
@@ -742,7 +735,7 @@ def config_from_output_dir(output_dir: str, result: SelectionResult | None = Non
     known = {f.name for f in fields(RoseConfig)}
     saved = (result.info or {}).get("config") or {}
     if not saved:
-        _log_info(f"rose_hf: {output_dir}/selection.json records no config; the report shows default settings.")
+        log(f"rose_hf: {output_dir}/selection.json records no config; the report shows default settings.")
     return RoseConfig(**{**{k: v for k, v in saved.items() if k in known}, "output_dir": output_dir})
 
 
@@ -790,7 +783,7 @@ def report_from_output_dir(
         fingerprint = run_args.get("pool_fingerprint")
         if fingerprint and getattr(pool, "_fingerprint", None) != fingerprint and len(pool) == len(result.scores):
             # Fingerprints differ for identical data loaded another way, so this is only worth a note.
-            _log_info(
+            log(
                 f"rose_hf: the pool's fingerprint differs from the one in {output_dir}/run.json; check it is "
                 "the same pool, in the same order."
             )

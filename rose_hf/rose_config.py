@@ -150,6 +150,12 @@ class RoseConfig:
         if not self.output_dir:
             raise ValueError("output_dir is empty: name a folder for the cache and the selection.")
 
+    def budget(self) -> dict[str, Any]:
+        """The budget as `select_top` takes it: `selection_size` when set (it overrides the fraction)."""
+        if self.selection_size is not None:
+            return {"size": self.selection_size}
+        return {"fraction": self.selection_fraction}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

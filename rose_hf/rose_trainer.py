@@ -1,4 +1,11 @@
-"""`RoseTrainer`: the whole ROSE method as an `SFTTrainer` — warmup -> selection -> final training on the selection."""
+"""`RoseTrainer`: the whole ROSE method — warmup -> selection -> final training on the selection — composed of two
+ordinary `SFTTrainer`s built from the user's own arguments.
+
+Each stage is a named, resumable folder under `args.output_dir`: `warmup/` (a LoRA warmup on a seeded random slice of
+the pool, with `RoseDataSelector` attached), `selection/` (feature cache, scores, selection, report) and `final/` (an
+`SFTTrainer` on the selected rows, from the untouched base model). Both trainers get the user's `SFTConfig`, callbacks,
+eval set, metrics and `report_to`; only the output folder, the run name and (for the warmup) the save strategy differ.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +22,16 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .callback import RoseDataSelector
-from .pipeline import _hash, describe_model
+from .pipeline import describe_model, stable_hash
 from .rose_config import RoseConfig
 from .selection import SelectionResult
-from .store import FeatureStore, _jsonable, atomic_write_json, diff_run_args, read_json
+from .store import FeatureStore, atomic_write_json, diff_run_args, jsonable, read_json
 
 logger = get_logger(__name__)
 
 WARMUP_DIR, SELECTION_DIR, FINAL_DIR = "warmup", "selection", "final"
 STAGE_INPUTS = "STAGE_INPUTS.json"  # what a stage was started with; a rerun in the same folder must match it
+STAGE_DONE = "STAGE_DONE.json"
 
 
 def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
@@ -33,27 +41,32 @@ def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(pool_size, size=size, replace=False))
 
 
-class RoseTrainer(SFTTrainer):
+class RoseTrainer:
     r"""
-    ROSE end to end: LoRA warmup on a seeded random `warmup_fraction` of the pool with [`RoseDataSelector`] attached,
-    selection of the top `selection_fraction` by preference-gradient similarity, then this trainer's own `train()`
-    on the selected subset, starting again from the base model (a fresh adapter, or full fine-tuning with
+    ROSE end to end: a LoRA warmup on a seeded random `warmup_fraction` of the pool with [`RoseDataSelector`] attached,
+    the selection of the top `selection_fraction` by preference-gradient similarity, then an `SFTTrainer` on the
+    selected rows, starting again from the base model (a fresh adapter, or full fine-tuning with
     `rose_config.final_training="full"`).
 
-    Stages write into `args.output_dir`: `warmup/` (warmup checkpoints), `selection/` (feature cache, scores,
-    selection, report) and `final/` (the final model). Calling `train()` again resumes from the first unfinished
+    Both stages are plain `SFTTrainer`s built from the arguments given here: the same `SFTConfig` (the paper trains
+    both with the same settings), callbacks, `eval_dataset`, `compute_metrics`, `report_to`... Each stage writes into
+    its own folder of `args.output_dir` (`warmup/`, `final/`; features and selection in `selection/`) and reports under
+    its own run name (`<run_name>-warmup`, `<run_name>-final`). The warmup always saves once per epoch (the paper's
+    checkpoints, each of which becomes one set of features). Calling `train()` again resumes from the first unfinished
     stage: a finished warmup is not rerun, cached features and a finished selection are reused, and an interrupted
     stage continues from its last checkpoint.
 
     Args:
-        model: base model or its name/path. A model object is copied for the warmup (PEFT wraps models in place),
-            so the final stage starts from the untouched base.
-        args: `SFTConfig` for both the warmup and the final training (the paper uses the same settings).
+        model: base model or its name/path. A model object is copied for the warmup (PEFT wraps models in place), so
+            the final stage starts from the untouched base.
+        args: `SFTConfig` for both stages.
         train_dataset: the instruction pool (TRL SFT formats).
         preference_dataset: the target task's preference pairs (TRL preference formats, optional `subtask`).
         rose_config: selection settings; `rose_config.output_dir` is ignored (the cache lives in `selection/`).
-        peft_config: the LoRA configuration (required: features are LoRA gradients).
-        **kwargs: passed to `SFTTrainer` (e.g. `processing_class`, `eval_dataset`, `callbacks`).
+        peft_config: the LoRA configuration (required: the features are LoRA gradients).
+        **kwargs: passed to both `SFTTrainer`s (`processing_class`, `eval_dataset`, `callbacks`, `compute_metrics`,
+            `formatting_func`, `data_collator`...). `optimizers` holding instances is refused: an optimizer is bound
+            to one model's parameters; use `args.optim` or `optimizer_cls_and_kwargs`.
 
     Example:
     ```python
@@ -61,6 +74,7 @@ class RoseTrainer(SFTTrainer):
     ...                       train_dataset=pool, preference_dataset=pairs, peft_config=LoraConfig(r=128, ...),
     ...                       processing_class=tokenizer)
     >>> trainer.train()  # warmup -> selection -> final training on the top 5%
+    >>> trainer.save_model()  # the final model, into out/final
     ```
     """
 
@@ -80,41 +94,50 @@ class RoseTrainer(SFTTrainer):
                 "are the selection features. Pass e.g. `peft_config=LoraConfig(r=128, lora_alpha=512, "
                 "target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])`."
             )
+        if any(part is not None for part in kwargs.get("optimizers", (None, None))):
+            raise ValueError(
+                "RoseTrainer trains two models (warmup, then final), and an optimizer instance in `optimizers` is bound "
+                "to one model's parameters: choose the optimizer with `args.optim` (e.g. 'adamw_torch') or "
+                "`optimizer_cls_and_kwargs=(torch.optim.AdamW, {...})` instead."
+            )
         rose_config = rose_config or RoseConfig()
+        self.args = args
         self.root_dir = args.output_dir
         self.rose_config = dataclasses.replace(rose_config, output_dir=os.path.join(self.root_dir, SELECTION_DIR))
         self.pool = train_dataset
         self.preference_dataset = preference_dataset
-        self.warmup_peft_config = copy.deepcopy(peft_config)
-        self.warmup_model = model if isinstance(model, str) else copy.deepcopy(model)
-        self._trainer_kwargs = {k: v for k, v in kwargs.items() if k in ("processing_class", "formatting_func")}
+        self.peft_config = peft_config
+        self.base_model = model
+        self.trainer_kwargs = kwargs
         self.warmup_indices = warmup_indices(len(train_dataset), rose_config.warmup_fraction, rose_config.seed)
-        self.selection: SelectionResult | None = None
-        # Validate the data before anything trains.
-        self.selector = RoseDataSelector(train_dataset, preference_dataset, self.rose_config)
-        # Taken before PEFT wraps `model` in place. The warmup's features depend on all of it.
+        # Validates the data (and the budget) now, before anything trains; its result is the stage-2 output.
+        self.selector = RoseDataSelector(
+            train_dataset, preference_dataset, self.rose_config, tokenizer=kwargs.get("processing_class")
+        )
+        # Taken before PEFT wraps a model object in place. The warmup's features depend on all of it.
         self._warmup_inputs = {
             "model": model if isinstance(model, str) else describe_model(model),
-            "adapter_config_hash": _hash(
+            "adapter_config_hash": stable_hash(
                 {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
             ),
             "warmup_indices": self.warmup_indices,
             **self.selector.pipeline.data_run_args(),
         }
-        final_args = dataclasses.replace(args, output_dir=os.path.join(self.root_dir, FINAL_DIR))
-        final_peft = None if rose_config.final_training == "full" else peft_config
-        # The final stage's dataset is only known after selection; the warmup slice stands in until then.
-        super().__init__(
-            model=model,
-            args=final_args,
-            train_dataset=train_dataset.select(self.warmup_indices),
-            peft_config=final_peft,
-            **kwargs,
-        )
+        self.warmup_trainer: SFTTrainer | None = None
+        self.final_trainer: SFTTrainer | None = None
+        self.selection: SelectionResult | None = None
 
     # --- stages --------------------------------------------------------------------------------------------------
-    def _done_marker(self, stage: str) -> str:
-        return os.path.join(self.root_dir, stage, "STAGE_DONE.json")
+    def _stage_args(self, stage: str, **changes) -> SFTConfig:
+        run_name = f"{self.args.run_name or os.path.basename(os.path.normpath(self.root_dir))}-{stage}"
+        return dataclasses.replace(self.args, output_dir=os.path.join(self.root_dir, stage), run_name=run_name, **changes)
+
+    def _stage_trainer(self, stage: str, model: Any, train_dataset: Dataset, peft_config: Any, args: SFTConfig,
+                       extra_callbacks: list | None = None) -> SFTTrainer:
+        kwargs = dict(self.trainer_kwargs)
+        callbacks = list(kwargs.pop("callbacks", None) or []) + list(extra_callbacks or [])
+        return SFTTrainer(model=model, args=args, train_dataset=train_dataset, peft_config=peft_config,
+                          callbacks=callbacks or None, **kwargs)
 
     def run_warmup(self) -> None:
         """Stage 1: LoRA warmup with RoseDataSelector attached (resumes from its last checkpoint)."""
@@ -122,59 +145,96 @@ class RoseTrainer(SFTTrainer):
         if os.path.exists(self._done_marker(WARMUP_DIR)):
             logger.info("rose_hf: warmup already finished; reusing its cached features.", main_process_only=True)
             return
-        output_dir = os.path.join(self.root_dir, WARMUP_DIR)
-        # The paper's warmup saves once per epoch; each save becomes one set of checkpoint features.
-        warmup_args = dataclasses.replace(self.args, output_dir=output_dir, save_strategy="epoch")
-        # The selector also selects when the warmup ends (stage 2); `run_selection` then loads that result.
-        selector = RoseDataSelector(self.pool, self.preference_dataset, self.rose_config)
-        trainer = SFTTrainer(
-            model=self.warmup_model,
-            args=warmup_args,
-            train_dataset=self.pool.select(self.warmup_indices),
-            peft_config=self.warmup_peft_config,
-            callbacks=[selector],
-            **self._trainer_kwargs,
+        model = self.base_model if isinstance(self.base_model, str) else copy.deepcopy(self.base_model)
+        self.warmup_trainer = self._stage_trainer(
+            WARMUP_DIR,
+            model,
+            self.pool.select(self.warmup_indices),
+            copy.deepcopy(self.peft_config),
+            # The paper's warmup saves once per epoch; each save becomes one set of checkpoint features.
+            self._stage_args(WARMUP_DIR, save_strategy="epoch"),
+            extra_callbacks=[self.selector],
         )
-        resume = _has_checkpoint(output_dir)
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        output_dir = self.warmup_trainer.args.output_dir
+        self.warmup_trainer.train(resume_from_checkpoint=True if _has_checkpoint(output_dir) else None)
         if PartialState().is_main_process:
-            atomic_write_json(self._done_marker(WARMUP_DIR), {"steps": trainer.state.global_step})
+            atomic_write_json(self._done_marker(WARMUP_DIR), {"steps": self.warmup_trainer.state.global_step})
         PartialState().wait_for_everyone()
-        del trainer
 
     def run_selection(self) -> SelectionResult:
         """Stage 2: scores and selection from the warmup's cached features (loaded if already done)."""
-        self.selection = self.selector.select()
+        self.selection = self.selector.result or self.selector.select()
         return self.selection
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """Warmup, selection, then training on the selected subset (stage 3). Each finished stage is skipped."""
+        """Warmup, selection, then an `SFTTrainer` on the selected rows (stage 3). Each finished stage is skipped.
+
+        Args:
+            resume_from_checkpoint: for the final stage, as in `Trainer.train` (default: resume when `final/`
+                holds a checkpoint).
+            **kwargs: passed to the final stage's `Trainer.train`.
+
+        Returns:
+            The final stage's `TrainOutput`.
+        """
         self.run_warmup()
         selection = self.run_selection()
+        self._check_stage_inputs(
+            FINAL_DIR, {"selected_indices": selection.selected_indices, "final_training": self.rose_config.final_training}
+        )
         selected = self.pool.select(selection.selected_indices)
         logger.info(
             f"rose_hf: final training on {len(selected)} selected rows ({len(selected) / len(self.pool):.1%} of the "
             "pool), from the base model.",
             main_process_only=True,
         )
-        self.train_dataset = self._prepare_dataset(
-            selected, self.processing_class, self.args, self.args.packing, self._formatting_func, "train"
-        )
-        self._check_stage_inputs(
-            FINAL_DIR, {"selected_indices": selection.selected_indices, "final_training": self.rose_config.final_training}
-        )
-        if resume_from_checkpoint is None and _has_checkpoint(self.args.output_dir):
+        final_peft = None if self.rose_config.final_training == "full" else self.peft_config
+        self.final_trainer = self._stage_trainer(FINAL_DIR, self.base_model, selected, final_peft,
+                                                 self._stage_args(FINAL_DIR))
+        if resume_from_checkpoint is None and _has_checkpoint(self.final_trainer.args.output_dir):
             resume_from_checkpoint = True
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = self.final_trainer.train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if PartialState().is_main_process:
-            atomic_write_json(self._done_marker(FINAL_DIR), {"steps": self.state.global_step})
+            atomic_write_json(self._done_marker(FINAL_DIR), {"steps": self.final_trainer.state.global_step})
         return output
 
+    # --- the final stage, as a trainer's users reach it ---------------------------------------------------------------
+    def _final(self) -> SFTTrainer:
+        if self.final_trainer is None:
+            raise RuntimeError("The final stage has not been built yet: call `train()` first.")
+        return self.final_trainer
+
+    @property
+    def model(self):
+        """The final model (after `train()`)."""
+        return self._final().model
+
+    @property
+    def state(self):
+        """The final stage's `TrainerState`."""
+        return self._final().state
+
+    @property
+    def train_dataset(self):
+        """The final stage's (tokenised) training set: the selected rows."""
+        return self._final().train_dataset
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Save the final model (default: into `final/`)."""
+        self._final().save_model(output_dir)
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """Evaluate the final model, as `Trainer.evaluate`."""
+        return self._final().evaluate(*args, **kwargs)
+
+    # --- stage bookkeeping ---------------------------------------------------------------------------------------
+    def _done_marker(self, stage: str) -> str:
+        return os.path.join(self.root_dir, stage, STAGE_DONE)
 
     def _check_stage_inputs(self, stage: str, inputs: dict[str, Any]) -> None:
         """Refuse to resume or reuse a stage started with other inputs (with `overwrite=True`, redo it instead)."""
         folder, state = os.path.join(self.root_dir, stage), PartialState()
-        path, inputs = os.path.join(folder, STAGE_INPUTS), _jsonable(inputs)
+        path, inputs = os.path.join(folder, STAGE_INPUTS), jsonable(inputs)
         recorded = os.path.exists(path)
         differing = diff_run_args(read_json(path), inputs) if recorded else []
         if differing and not self.rose_config.overwrite:

@@ -13,12 +13,13 @@ pool is read once, in row chunks, with `C` small matmuls per chunk: memory stays
 
 Invalid examples (no completion tokens, features that failed, ...) are marked with `INVALID_SCORE`, the smallest
 float32, rather than `-inf` or NaN, so that saved score arrays stay finite for consumers that average or plot them;
-they always rank last and `select_top` never picks them.
+they always rank last and `rose_hf.selection.select_top` never picks them.
 
 Example:
 ```python
 >>> import numpy as np
->>> from rose_hf.scoring import checkpoint_weights, score_pool, select_top
+>>> from rose_hf.scoring import checkpoint_weights, score_pool
+>>> from rose_hf.selection import select_top
 >>> rng = np.random.default_rng(0)
 >>> unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 >>> pool = [unit(rng.normal(size=(100, 16))) for _ in range(2)]
@@ -32,29 +33,21 @@ Example:
 
 from __future__ import annotations
 
-import math
 import mmap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from accelerate.logging import get_logger
-from accelerate.state import PartialState
 from accelerate.utils import tqdm
+
+from .logs import warn
 
 logger = get_logger(__name__)
 
 INVALID_SCORE = float(np.finfo(np.float32).min)
 AGGREGATIONS = ("max", "mean")
-DEFAULT_BUDGET_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
-
-def _log_warning(message: str) -> None:
-    # accelerate's logger raises before any Accelerator/PartialState exists; scoring is also run standalone.
-    if PartialState._shared_state:
-        logger.warning(message)
-    else:
-        logger.logger.warning(message)
 
 
 def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]]) -> np.ndarray:
@@ -95,24 +88,6 @@ def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]])
             "zero learning rate at every step. Check `learning_rate` and the scheduler/warmup settings of the warmup run."
         )
     return means / means.sum()
-
-
-def logged_learning_rates(log_history: Sequence[dict[str, Any]], start: int, end: int, source: str) -> list[float]:
-    """Learning rates a Trainer logged for the steps in (start, end]: the input of `checkpoint_weights` when the
-    per-step record is missing (a warmup run without RoseDataSelector, or resumed mid-way).
-
-    Args:
-        log_history: `TrainerState.log_history` (live, or read from a checkpoint's `trainer_state.json`).
-        start, end: the previous checkpoint's step and this one's.
-        source: where the log came from, for the error message.
-    """
-    rates = [e["learning_rate"] for e in log_history if "learning_rate" in e and start < e.get("step", 0) <= end]
-    if not rates:
-        raise ValueError(
-            f"{source} logs no learning rate for steps {start + 1}-{end}, and the checkpoint weights need them: log "
-            "every step during the warmup (`logging_steps=1`), or attach RoseDataSelector from its start."
-        )
-    return rates
 
 
 def _as_list(name: str, value: Any) -> list:
@@ -163,7 +138,7 @@ def score_pool(
             taken first, so with `"max"` each example is scored by its best subtask over the weighted sum.
         chunk_size: pool rows read and converted to float32 at once.
         valid: optional `(N,)` bool mask; `False` rows are invalid.
-        row_scales: for int8 storage (see `quantize_int8`), one `(N,)` float32 scale array per checkpoint: the feature
+        row_scales: for int8 storage (see `rose_hf.store.quantize_int8`), one `(N,)` float32 scale array per checkpoint: the feature
             is `int8_row * scale`. Required for int8 pools.
         progress: show a progress bar over chunks (main process only).
 
@@ -222,7 +197,7 @@ def score_pool(
                 f"`row_scales` must hold {num_checkpoints} arrays of shape ({num_rows},), one per checkpoint."
             )
     elif any(pool.dtype == np.int8 for pool in pool_features):
-        raise ValueError("`row_scales` is required for int8 `pool_features` (see `quantize_int8`).")
+        raise ValueError("`row_scales` is required for int8 `pool_features` (see `rose_hf.store.quantize_int8`).")
 
     labels = np.asarray(subtasks)
     if labels.shape != (num_pairs,):
@@ -278,7 +253,7 @@ def score_pool(
 
     num_valid = int(num_rows - (scores == INVALID_SCORE).sum())
     if num_nonfinite:
-        _log_warning(f"{num_nonfinite} pool rows hold NaN/inf features; they are scored as invalid.")
+        warn(f"{num_nonfinite} pool rows hold NaN/inf features; they are scored as invalid.")
     report = {
         "aggregation": aggregation,
         "subtasks": [str(name) for name in names],
@@ -294,105 +269,3 @@ def score_pool(
         "num_nonfinite_rows": num_nonfinite,
     }
     return scores, report
-
-
-def _selectable(scores: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    mask = np.isfinite(scores) & (scores != INVALID_SCORE)
-    if valid is not None:
-        valid = np.asarray(valid)
-        if valid.dtype != bool or valid.shape != scores.shape:
-            raise ValueError(f"`valid` must be a bool array of shape {scores.shape}, got {valid.dtype} {valid.shape}.")
-        mask &= valid
-    return mask
-
-
-def select_top(
-    scores: np.ndarray, fraction: float | None = None, size: int | None = None, valid: np.ndarray | None = None
-) -> np.ndarray:
-    """Indices of the `k` best-scoring valid examples, best first.
-
-    `k = size`, or `max(1, floor(fraction * N + 0.5))` (round half up) with `N` the whole pool, valid or not: the
-    budget is a share of the pool. Ties go to the lower index, so the selection is deterministic. Rows with
-    `valid == False`, a non-finite score or `INVALID_SCORE` are never selected; when fewer than `k` rows are valid,
-    all valid rows are returned (a warning is logged; check `len(result)`).
-
-    Args:
-        scores: `(N,)` scores from `score_pool`.
-        fraction: share of the pool to keep, in (0, 1] (paper: 0.05).
-        size: number of examples to keep, in [1, N].
-        valid: optional `(N,)` bool mask.
-
-    Returns:
-        `(k,)` int64 indices sorted by rank.
-    """
-    scores = np.asarray(scores)
-    if scores.ndim != 1:
-        raise ValueError(f"`scores` must be 1-D, got shape {scores.shape}.")
-    num_rows = scores.shape[0]
-    if (fraction is None) == (size is None):
-        raise ValueError("Pass exactly one of `fraction` (share of the pool) and `size` (number of examples).")
-    if fraction is not None:
-        if isinstance(fraction, bool) or not 0 < fraction <= 1:
-            raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r} (e.g. 0.05 for the paper's 5%).")
-        k = max(1, math.floor(fraction * num_rows + 0.5))
-    else:
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= num_rows:
-            raise ValueError(f"`size` must be an integer in [1, {num_rows}] (the pool size), got {size!r}.")
-        k = int(size)
-    candidates = np.flatnonzero(_selectable(scores, valid))
-    if candidates.size < k:
-        _log_warning(f"Only {candidates.size} valid examples for a budget of {k}: selecting all of them.")
-    # Stable sort of the negated scores: higher score first, lower index first among ties.
-    order = np.argsort(-scores[candidates].astype(np.float64), kind="stable")
-    return candidates[order[:k]].astype(np.int64)
-
-
-def budget_curve(
-    scores: np.ndarray,
-    fractions: Sequence[float] = DEFAULT_BUDGET_FRACTIONS,
-    valid: np.ndarray | None = None,
-) -> dict[float, np.ndarray]:
-    """Selections at several budgets (the reviewers' 1-20% question), nested: each is a prefix of the next larger.
-
-    Args:
-        scores: `(N,)` scores from `score_pool`.
-        fractions: shares of the pool, each in (0, 1].
-        valid: optional `(N,)` bool mask.
-
-    Returns:
-        `{fraction: indices}` as `select_top(scores, fraction=f, valid=valid)` would return.
-    """
-    return {float(f): select_top(scores, fraction=f, valid=valid) for f in fractions}
-
-
-def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric int8 quantisation, to store features in a quarter of float32's space.
-
-    The scale is `max|row| / 127`, so each entry is off by at most `scale / 2`; all-zero rows get scale 1 (they stay
-    zero, which `score_pool` reads as invalid).
-
-    Args:
-        x: `(N, d)` float array.
-
-    Returns:
-        `(q, scales)`: `(N, d)` int8 and `(N,)` float32, with `x ~= q * scales[:, None]`.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"`x` must be 2-D (rows, dim), got shape {x.shape}.")
-    if not np.isfinite(x).all():
-        raise ValueError("`x` holds NaN/inf values, which int8 cannot represent; mark those rows invalid instead.")
-    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], dtype=np.float32)
-    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
-    return q, scales
-
-
-def dequantize_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Inverse of `quantize_int8`: `(N, d)` float32 `q * scales[:, None]`.
-
-    Args:
-        q: `(N, d)` int8 matrix.
-        scales: `(N,)` per-row scales.
-    """
-    return np.asarray(q, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]

@@ -8,8 +8,10 @@ and `selection.json` (what was selected with which settings, the checkpoint weig
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +19,83 @@ import numpy as np
 from accelerate.logging import get_logger
 from datasets import Dataset
 
+from .logs import warn
 from .rose_config import RoseConfig
-from .scoring import checkpoint_weights, score_pool, select_top
+from .scoring import INVALID_SCORE, checkpoint_weights, score_pool
 from .store import STATUS_OK, FeatureStore, atomic_write_json, disk_errors, read_json
 
 logger = get_logger(__name__)
+
+DEFAULT_BUDGET_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def _selectable(scores: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    mask = np.isfinite(scores) & (scores != INVALID_SCORE)
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.dtype != bool or valid.shape != scores.shape:
+            raise ValueError(f"`valid` must be a bool array of shape {scores.shape}, got {valid.dtype} {valid.shape}.")
+        mask &= valid
+    return mask
+
+
+def select_top(
+    scores: np.ndarray, fraction: float | None = None, size: int | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of the `k` best-scoring valid examples, best first.
+
+    `k = size`, or `max(1, floor(fraction * N + 0.5))` (round half up) with `N` the whole pool, valid or not: the
+    budget is a share of the pool. Ties go to the lower index, so the selection is deterministic. Rows with
+    `valid == False`, a non-finite score or `INVALID_SCORE` are never selected; when fewer than `k` rows are valid,
+    all valid rows are returned (a warning is logged; check `len(result)`).
+
+    Args:
+        scores: `(N,)` scores from `score_pool`.
+        fraction: share of the pool to keep, in (0, 1] (paper: 0.05).
+        size: number of examples to keep, in [1, N].
+        valid: optional `(N,)` bool mask.
+
+    Returns:
+        `(k,)` int64 indices sorted by rank.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"`scores` must be 1-D, got shape {scores.shape}.")
+    num_rows = scores.shape[0]
+    if (fraction is None) == (size is None):
+        raise ValueError("Pass exactly one of `fraction` (share of the pool) and `size` (number of examples).")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not 0 < fraction <= 1:
+            raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r} (e.g. 0.05 for the paper's 5%).")
+        k = max(1, math.floor(fraction * num_rows + 0.5))
+    else:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= num_rows:
+            raise ValueError(f"`size` must be an integer in [1, {num_rows}] (the pool size), got {size!r}.")
+        k = int(size)
+    candidates = np.flatnonzero(_selectable(scores, valid))
+    if candidates.size < k:
+        warn(f"Only {candidates.size} valid examples for a budget of {k}: selecting all of them.")
+    # Stable sort of the negated scores: higher score first, lower index first among ties.
+    order = np.argsort(-scores[candidates].astype(np.float64), kind="stable")
+    return candidates[order[:k]].astype(np.int64)
+
+
+def budget_curve(
+    scores: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_BUDGET_FRACTIONS,
+    valid: np.ndarray | None = None,
+) -> dict[float, np.ndarray]:
+    """Selections at several budgets (the reviewers' 1-20% question), nested: each is a prefix of the next larger.
+
+    Args:
+        scores: `(N,)` scores from `score_pool`.
+        fractions: shares of the pool, each in (0, 1].
+        valid: optional `(N,)` bool mask.
+
+    Returns:
+        `{fraction: indices}` as `select_top(scores, fraction=f, valid=valid)` would return.
+    """
+    return {float(f): select_top(scores, fraction=f, valid=valid) for f in fractions}
 
 
 @dataclass
@@ -48,12 +122,64 @@ class SelectionResult:
 
 
 def _selection_args(config: RoseConfig, steps: list[int]) -> dict[str, Any]:
+    """Everything a finished selection depends on beyond the cached features: reused only if all are the same."""
     return {
         "selection_fraction": config.selection_fraction,
         "selection_size": config.selection_size,
+        "validation_objective": config.validation_objective,
         "subtask_aggregation": config.subtask_aggregation,
         "steps": steps,
     }
+
+
+def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, num_rows: int | None = None):
+    """Scores of every pool row from a run's cached features, without writing or selecting anything.
+
+    The public way to score one cache several ways (e.g. `validation_objective="sft"`, LESS, and `"dpo"`, ROSE,
+    from the same warmup: both objectives' validation features are cached at every checkpoint).
+
+    Args:
+        store: the run's feature cache (`FeatureStore(output_dir)`).
+        subtasks: the subtask of each validation pair, in pair order.
+        config: the scoring settings (`validation_objective`, `subtask_aggregation`).
+        num_rows: the pool size, checked against the cache when given.
+
+    Returns:
+        `(scores, valid, weights, steps, info)`: `(N,)` float32 scores, `(N,)` bool rows usable at every checkpoint,
+        the checkpoint weights and steps, and the scoring report (see `score_pool`).
+    """
+    checkpoints = store.completed_checkpoints()
+    if not checkpoints:
+        raise ValueError(
+            f"No completed checkpoint features in {store.features_dir}: run the warmup with RoseDataSelector "
+            "attached (it writes features at every save), or point `output_dir` at the run that did."
+        )
+    metas = [c.meta for c in checkpoints]
+    for meta in metas:
+        if num_rows is not None and meta["num_rows"] != num_rows:
+            raise ValueError(
+                f"The cached features cover {meta['num_rows']} pool rows but the pool has {num_rows}: pass the "
+                "same pool the features were computed for."
+            )
+    weights = checkpoint_weights([meta["learning_rates"] for meta in metas])
+    valid = np.ones(metas[0]["num_rows"], dtype=bool)
+    for c in checkpoints:
+        valid &= c.pool_status() == STATUS_OK
+    scales = [c.pool_scales() for c in checkpoints]
+    scores, info = score_pool(
+        [c.pool_features() for c in checkpoints],
+        [c.validation_features(config.validation_objective) for c in checkpoints],
+        weights,
+        subtasks,
+        aggregation=config.subtask_aggregation,
+        valid=valid,
+        row_scales=scales if all(s is not None for s in scales) else None,
+        progress=True,
+    )
+    info["feature_seconds"] = {
+        str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
+    }
+    return scores, valid, weights, [c.step for c in checkpoints], info
 
 
 def select_from_store(
@@ -64,7 +190,7 @@ def select_from_store(
     write: bool = True,
     extra_info: dict[str, Any] | None = None,
 ) -> SelectionResult:
-    """Score every pool row against the validation pairs over all cached checkpoints and select the top ones.
+    """Score every pool row over all cached checkpoints (`score_store`) and select the top ones.
 
     A finished selection with the same settings and checkpoints is loaded instead of recomputed.
 
@@ -76,48 +202,18 @@ def select_from_store(
         write: save the artifacts (main process only).
         extra_info: more to record in `selection.json` (e.g. the tokenization counts).
     """
-    checkpoints = store.completed_checkpoints()
-    if not checkpoints:
-        raise ValueError(
-            f"No completed checkpoint features in {store.features_dir}: run the warmup with RoseDataSelector "
-            "attached (it writes features at every save), or point `output_dir` at the run that did."
-        )
-    steps = [c.step for c in checkpoints]
+    steps = [c.step for c in store.completed_checkpoints()]
     args = _selection_args(config, steps)
     summary_path = os.path.join(store.root, "selection.json")
-    if os.path.exists(summary_path) and os.path.exists(os.path.join(store.root, "scores.npy")):
+    if steps and os.path.exists(summary_path) and os.path.exists(os.path.join(store.root, "scores.npy")):
         saved = read_json(summary_path)
         if saved.get("args") == json.loads(json.dumps(args)):
             logger.info(f"rose_hf: selection already done in {store.root}; loading it.", main_process_only=True)
             return load_selection(store.root)
 
     start = time.perf_counter()
-    metas = [c.meta for c in checkpoints]
-    for meta in metas:
-        if meta["num_rows"] != len(pool):
-            raise ValueError(
-                f"The cached features cover {meta['num_rows']} pool rows but the pool has {len(pool)}: pass the "
-                "same pool the features were computed for."
-            )
-    weights = checkpoint_weights([meta["learning_rates"] for meta in metas])
-    valid = np.ones(len(pool), dtype=bool)
-    for c in checkpoints:
-        valid &= c.pool_status() == STATUS_OK
-    scales = [c.pool_scales() for c in checkpoints]
-    scores, score_info = score_pool(
-        [c.pool_features() for c in checkpoints],
-        [c.validation_features() for c in checkpoints],
-        weights,
-        subtasks,
-        aggregation=config.subtask_aggregation,
-        valid=valid,
-        row_scales=scales if all(s is not None for s in scales) else None,
-        progress=True,
-    )
-    selected = select_top(scores, fraction=None if config.selection_size else config.selection_fraction,
-                          size=config.selection_size, valid=valid)
-    if len(selected) < (config.selection_size or 0):
-        logger.warning(f"rose_hf: only {len(selected)} pool rows have a usable gradient; selected them all.")
+    scores, valid, weights, steps, score_info = score_store(store, subtasks, config, num_rows=len(pool))
+    selected = select_top(scores, **config.budget(), valid=valid)
     info = {
         "args": args,
         "num_pool": len(pool),
@@ -126,8 +222,7 @@ def select_from_store(
         "weights": [float(w) for w in weights],
         "steps": steps,
         "score_seconds": time.perf_counter() - start,
-        "feature_seconds": {str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas},
-        "feature_bytes": {str(c.step): c.nbytes() for c in checkpoints},
+        "feature_bytes": {str(c.step): c.nbytes() for c in store.completed_checkpoints()},
         "config": config.to_dict(),
         **score_info,
         **(extra_info or {}),

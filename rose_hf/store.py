@@ -8,8 +8,9 @@ features/checkpoint-<step>/
     pool_scales.npy               (N,) float32 row scales (int8 storage only)
     pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no completion token, 3 non-finite gradient
     chunks/<id>.done              completion record of one chunk, written after its rows are flushed
-    validation.npy                (V, d) float32 validation features
-    meta.json                     checkpoint step, learning rates, counts; written last, marks the checkpoint done
+    layout.json                   rows, dim, dtype, chunk size, and the learning rates of the steps that led here
+    validation_<objective>.npy    (V, d) float32 validation features, one file per objective (dpo, sft)
+    meta.json                     checkpoint step, counts, timings; written last, marks the checkpoint done
 ```
 A chunk is complete only when its record exists, and the record is written (atomically: temp file + rename) after the
 rows are flushed, so a kill at any point leaves at worst a chunk that is recomputed. Every process writes disjoint rows
@@ -22,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -126,9 +128,9 @@ class FeatureStore:
         check_writable(self.root)
         if os.path.exists(self.run_file):
             saved = read_json(self.run_file)
-            differing = diff_run_args(saved, _jsonable(self.run_args))
+            differing = diff_run_args(saved, jsonable(self.run_args))
             if differing and not self.overwrite:
-                details = "; ".join(f"{k}: cached={saved.get(k)!r}, now={_jsonable(self.run_args).get(k)!r}" for k in differing)
+                details = "; ".join(f"{k}: cached={saved.get(k)!r}, now={jsonable(self.run_args).get(k)!r}" for k in differing)
                 raise ValueError(
                     f"{self.root} holds a cache written for another run ({details}). Set `overwrite=True` to discard "
                     "it, or choose another `output_dir`."
@@ -136,7 +138,7 @@ class FeatureStore:
             if differing:
                 self.clear()
         os.makedirs(self.features_dir, exist_ok=True)
-        atomic_write_json(self.run_file, _jsonable(self.run_args))
+        atomic_write_json(self.run_file, jsonable(self.run_args))
 
     def clear(self) -> None:
         """Delete every cached artifact of this run (features, scores, selection)."""
@@ -173,13 +175,20 @@ class CheckpointFeatures:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return read_json(self._file("meta.json"))
+        """What the checkpoint is (`layout.json`: rows, dim, dtype, chunk size, learning rates) and what computing it
+        found (`meta.json`: step, counts, timings, projection)."""
+        return {**self.layout, **read_json(self._file("meta.json"))}
 
     # --- creation (main process) -------------------------------------------------------------------------------
-    def create(self, num_rows: int, dim: int, dtype: str, chunk_size: int) -> None:
-        """Allocate the memory-mapped files once; an existing allocation of the same shape is kept (resume)."""
+    def create(self, num_rows: int, dim: int, dtype: str, chunk_size: int, learning_rates: Sequence[float] = ()) -> None:
+        """Allocate the memory-mapped files once; an existing allocation of the same layout is kept (resume).
+
+        `learning_rates` (those of the optimizer steps that led to this checkpoint, for its weight) are recorded in
+        the layout, so that a run killed before the checkpoint is complete resumes with them.
+        """
         os.makedirs(self._file("chunks"), exist_ok=True)
-        layout = {"num_rows": num_rows, "dim": dim, "dtype": dtype, "chunk_size": chunk_size}
+        layout = {"num_rows": num_rows, "dim": dim, "dtype": dtype, "chunk_size": chunk_size,
+                  "learning_rates": [float(lr) for lr in learning_rates]}
         if os.path.exists(self._file("layout.json")) and read_json(self._file("layout.json")) == layout:
             return
         for name in os.listdir(self._file("chunks")):  # a different layout: nothing cached is usable
@@ -194,6 +203,11 @@ class CheckpointFeatures:
     @property
     def layout(self) -> dict[str, Any]:
         return read_json(self._file("layout.json"))
+
+    def recorded_learning_rates(self) -> list[float] | None:
+        """The learning rates recorded when the checkpoint was started (None before that)."""
+        path = self._file("layout.json")
+        return read_json(path)["learning_rates"] if os.path.exists(path) else None
 
     # --- chunks (every process, disjoint rows) -----------------------------------------------------------------
     def num_chunks(self) -> int:
@@ -233,14 +247,16 @@ class CheckpointFeatures:
         atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), {"rows": [rows.start, rows.stop]})
 
     # --- validation and completion (main process) ----------------------------------------------------------------
-    def write_validation(self, features: np.ndarray) -> None:
-        tmp = self._file("validation.tmp.npy")
-        with disk_errors(self.path):
-            np.save(tmp, features.astype(np.float32))
-            os.replace(tmp, self._file("validation.npy"))
+    def write_validation(self, features: dict[str, np.ndarray]) -> None:
+        """Validation features of each objective (`{"dpo": (V, d), "sft": (V, d)}`), as `validation_<objective>.npy`."""
+        for objective, values in features.items():
+            tmp = self._file(f"validation_{objective}.tmp.npy")
+            with disk_errors(self.path):
+                np.save(tmp, values.astype(np.float32))
+                os.replace(tmp, self._file(f"validation_{objective}.npy"))
 
-    def has_validation(self) -> bool:
-        return os.path.exists(self._file("validation.npy"))
+    def has_validation(self, objective: str) -> bool:
+        return os.path.exists(self._file(f"validation_{objective}.npy"))
 
     def finalize(self, meta: dict[str, Any]) -> None:
         """Mark the checkpoint complete. Every chunk must be done."""
@@ -254,7 +270,6 @@ class CheckpointFeatures:
             "num_ok": int((status == STATUS_OK).sum()),
             "num_empty": int((status == STATUS_EMPTY).sum()),
             "num_nonfinite": int((status == STATUS_NONFINITE).sum()),
-            **self.layout,
         }
         atomic_write_json(self._file("meta.json"), meta)
 
@@ -269,8 +284,12 @@ class CheckpointFeatures:
     def pool_status(self) -> np.ndarray:
         return np.load(self._file("pool_status.npy"))
 
-    def validation_features(self) -> np.ndarray:
-        return np.load(self._file("validation.npy"))
+    def validation_features(self, objective: str) -> np.ndarray:
+        """`(V, d)` float32 validation features of `objective` ("dpo" or "sft")."""
+        path = self._file(f"validation_{objective}.npy")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{self.path} holds no validation features for objective {objective!r}.")
+        return np.load(path)
 
     def nbytes(self) -> int:
         total = 0
@@ -279,6 +298,39 @@ class CheckpointFeatures:
         return total
 
 
-def _jsonable(value: Any) -> Any:
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8 quantisation, to store features in a quarter of float32's space.
+
+    The scale is `max|row| / 127`, so each entry is off by at most `scale / 2`; all-zero rows get scale 1 (they stay
+    zero, which `score_pool` reads as invalid).
+
+    Args:
+        x: `(N, d)` float array.
+
+    Returns:
+        `(q, scales)`: `(N, d)` int8 and `(N,)` float32, with `x ~= q * scales[:, None]`.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"`x` must be 2-D (rows, dim), got shape {x.shape}.")
+    if not np.isfinite(x).all():
+        raise ValueError("`x` holds NaN/inf values, which int8 cannot represent; mark those rows invalid instead.")
+    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], dtype=np.float32)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def dequantize_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Inverse of `quantize_int8`: `(N, d)` float32 `q * scales[:, None]`.
+
+    Args:
+        q: `(N, d)` int8 matrix.
+        scales: `(N,)` per-row scales.
+    """
+    return np.asarray(q, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
+
+
+def jsonable(value: Any) -> Any:
     """Round-trip through JSON so that saved and current run descriptions compare like for like."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))

@@ -9,6 +9,7 @@ from datasets import Dataset
 from helpers import make_lora_model, pool_dataset, tiny_pairs
 
 from rose_hf import RoseConfig
+from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.data import pad_token_id, prepare_sft_dataset
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.scoring import INVALID_SCORE
@@ -125,7 +126,7 @@ def _score(tokenizer, model, pool, output_dir):
     pairs = pool_dataset(6)[1].validation.select(range(4))  # no "hello" in them: the NaN stays in the pool row
     pipeline = SelectionPipeline(pool, pairs, RoseConfig(output_dir=output_dir, selection_size=2, **SMALL))
     pipeline.prepare(model, tokenizer)
-    pipeline.featurize(model, 1, None, [1.0])
+    pipeline.featurize(model, TrainingCheckpoint(1, [1.0], None))
     return pipeline.select(), pipeline.store.checkpoint(1).pool_status()
 
 

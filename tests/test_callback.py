@@ -80,14 +80,20 @@ def feature_folders(output_dir):
     return sorted(folders, key=lambda path: int(path.rsplit("-", 1)[1]))
 
 
-def brute_force_scores(output_dir, subtasks, aggregation=max):
+def checkpoint_meta(folder):
+    """What a checkpoint's features were computed from (layout.json) and what computing them found (meta.json)."""
+    return {name: value for file in ("layout.json", "meta.json")
+            for name, value in json.load(open(os.path.join(folder, file))).items()}
+
+
+def brute_force_scores(output_dir, subtasks, aggregation=max, objective="dpo"):
     """s(z) = agg_subtask mean_{v in subtask} sum_c w_c <G_c(z), g_c(v)>, one dot product at a time."""
     folders = feature_folders(output_dir)
-    metas = [json.load(open(os.path.join(folder, "meta.json"))) for folder in folders]
+    metas = [json.load(open(os.path.join(folder, "layout.json"))) for folder in folders]
     means = np.array([np.mean(meta["learning_rates"]) for meta in metas])
     weights = means / means.sum()
     pools = [np.load(os.path.join(folder, "pool.npy")).astype(np.float64) for folder in folders]
-    validations = [np.load(os.path.join(folder, "validation.npy")).astype(np.float64) for folder in folders]
+    validations = [np.load(os.path.join(folder, f"validation_{objective}.npy")).astype(np.float64) for folder in folders]
     ok = np.all([np.load(os.path.join(folder, "pool_status.npy")) == 1 for folder in folders], axis=0)
     names = list(dict.fromkeys(subtasks))
     scores = np.full(len(pools[0]), INVALID_SCORE, dtype=np.float64)
@@ -232,7 +238,7 @@ def test_scores_equal_dot_products_of_the_cached_features(data, run):
         norms = np.linalg.norm(np.load(os.path.join(folder, "pool.npy")).astype(np.float64), axis=1)
         np.testing.assert_allclose(norms[ok], 1, atol=2e-3)
         assert np.load(os.path.join(folder, "pool_status.npy"))[LONG_ROW] == STATUS_EMPTY
-        np.testing.assert_allclose(np.linalg.norm(np.load(os.path.join(folder, "validation.npy")), axis=1), 1,
+        np.testing.assert_allclose(np.linalg.norm(np.load(os.path.join(folder, "validation_dpo.npy")), axis=1), 1,
                                    atol=1e-5)
 
     k = round(0.05 * len(pool))
@@ -272,7 +278,7 @@ def test_plain_trainer_with_pretokenized_warmup(tokenizer, data, tmp_path):
 def test_checkpoint_weights_are_mean_learning_rates(run):
     logged = {e["step"]: e["learning_rate"] for e in run.trainer.state.log_history if "learning_rate" in e}
     by_hand = {k: LEARNING_RATE * (1 - (k - 1) / 4) for k in range(1, 5)}  # linear decay over 4 steps, no warmup
-    metas = [json.load(open(os.path.join(f, "meta.json"))) for f in feature_folders(run.output_dir)]
+    metas = [checkpoint_meta(f) for f in feature_folders(run.output_dir)]
     assert [meta["step"] for meta in metas] == [2, 4]
     for meta, steps in zip(metas, ([1, 2], [3, 4])):
         assert meta["learning_rates"] == [logged[k] for k in steps]
@@ -292,7 +298,7 @@ def test_learning_rates_with_gradient_accumulation_and_warmup(tokenizer, data, t
     trainer.train()
     logged = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
     assert len(logged) == 4 and logged[0] == 0.0
-    metas = [json.load(open(os.path.join(f, "meta.json"))) for f in feature_folders(str(tmp_path / "rose"))]
+    metas = [checkpoint_meta(f) for f in feature_folders(str(tmp_path / "rose"))]
     assert [meta["learning_rates"] for meta in metas] == [logged[:2], logged[2:]]
 
 
@@ -323,7 +329,7 @@ def test_rerun_reuses_cached_features(tokenizer, data, run):
 
 
 # --- (f) refusing to mix runs -------------------------------------------------------------------------------------
-def test_other_data_or_objective_refuses_to_mix(tokenizer, data, run):
+def test_other_data_refuses_to_mix_and_another_objective_reuses_the_features(tokenizer, data, run):
     pool, pairs = data
     output_dir = copy_of(run, "mixed")
     other_pool = RoseDataSelector(pool.select(range(60)), pairs, rose_config(output_dir))
@@ -331,15 +337,13 @@ def test_other_data_or_objective_refuses_to_mix(tokenizer, data, run):
                                  "another run.*pool_fingerprint.*overwrite=True")
     with pytest.raises(ValueError, match="another pool .pool_fingerprint differs"):
         RoseDataSelector(pool.select(range(60)), pairs, rose_config(output_dir)).select()
+    # Both objectives' validation features are cached at every checkpoint: LESS's scores need no new features.
+    features = {f: os.stat(f).st_mtime_ns for folder in feature_folders(output_dir) for f in
+                (os.path.join(folder, name) for name in os.listdir(folder)) if os.path.isfile(f)}
     sft = RoseDataSelector(pool, pairs, rose_config(output_dir, validation_objective="sft"))
-    assert_fails_before_training(sft_trainer(tokenizer, run.root / "mixed_sft", pool, [sft]),
-                                 "validation_objective: cached='dpo', now='sft'")
-    assert json.load(open(os.path.join(output_dir, "run.json")))["validation_objective"] == "dpo"
-
-    overwrite = RoseDataSelector(pool, pairs, rose_config(output_dir, validation_objective="sft", overwrite=True))
-    sft_trainer(tokenizer, run.root / "overwrite_sft", pool, [overwrite]).train()
-    assert json.load(open(os.path.join(output_dir, "run.json")))["validation_objective"] == "sft"
-    assert not overwrite.result.loaded
-    assert not np.allclose(overwrite.scores, run.selector.scores)
-    expected, _, ok = brute_force_scores(output_dir, pairs["subtask"])
-    np.testing.assert_allclose(overwrite.scores[ok], expected[ok], rtol=1e-5, atol=1e-7)
+    sft_trainer(tokenizer, run.root / "reused_sft", pool, [sft]).train()
+    assert {f: os.stat(f).st_mtime_ns for f in features} == features, "the cached features were recomputed"
+    assert not sft.result.loaded and sft.result.info["args"]["validation_objective"] == "sft"
+    assert not np.allclose(sft.scores, run.selector.scores)
+    expected, _, ok = brute_force_scores(output_dir, pairs["subtask"], objective="sft")
+    np.testing.assert_allclose(sft.scores[ok], expected[ok], rtol=1e-5, atol=1e-7)

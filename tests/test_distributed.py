@@ -21,6 +21,7 @@ from helpers import DISTRIBUTED_ROSE, distributed_setup
 from peft import get_peft_model
 
 from rose_hf import RoseConfig
+from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.preconditioner import AdamState
 from rose_hf.synthetic.tiny import build_model
@@ -59,9 +60,9 @@ def single_process_reference(run_dir: str, output_dir: str):
             torch.cat([state["exp_avg_sq"][n].flatten() for n in names]),
             state["betas"][0], state["betas"][1], state["eps"],
         )  # fmt: skip
-        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "layout.json")) as handle:
             learning_rates = json.load(handle)["learning_rates"]
-        pipeline.featurize(model, step, adam, learning_rates)
+        pipeline.featurize(model, TrainingCheckpoint(step, learning_rates, adam))
     return pipeline.select(), steps
 
 

@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.quality.run import QualityBenchConfig, oracle_scores, run_quality_benchmark, selection_metrics
+from benchmarks.quality.run import QualityBenchConfig, run_quality_benchmark
+from rose_hf.synthetic.evaluation import oracle_scores, selection_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -17,8 +17,7 @@ from datasets import Dataset
 from rose_hf.pipeline import FEATURE_CONFIG_FIELDS
 from rose_hf.report import escape_cell, report_from_output_dir, write_report
 from rose_hf.rose_config import RoseConfig
-from rose_hf.scoring import select_top
-from rose_hf.selection import SelectionResult, select_from_store
+from rose_hf.selection import SelectionResult, select_from_store, select_top
 from rose_hf.store import STATUS_EMPTY, STATUS_OK, FeatureStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,13 +110,13 @@ def make_run(output_dir: str, pool: Dataset, seed: int = 0) -> FakeRun:
             features[row] = 0.0
             status[row] = STATUS_EMPTY
         checkpoint = store.checkpoint(step)
-        checkpoint.create(num_rows, DIM, "float16", config.chunk_size)
+        checkpoint.create(num_rows, DIM, "float16", config.chunk_size, learning_rates=rates)
         for chunk in range(checkpoint.num_chunks()):
             rows = checkpoint.chunk_rows(chunk)
             checkpoint.write_chunk(chunk, features[rows.start : rows.stop], status[rows.start : rows.stop])
         validation = _unit(direction + rng.normal(size=(len(SUBTASKS), DIM)) * 0.1)
-        checkpoint.write_validation(validation)
-        checkpoint.finalize(meta={"learning_rates": rates, "pool_seconds": 1.5, "validation_seconds": 0.5})
+        checkpoint.write_validation({"dpo": validation, "sft": validation})
+        checkpoint.finalize(meta={"pool_seconds": 1.5, "validation_seconds": 0.5})
     result = select_from_store(store, pool, SUBTASKS, config, extra_info={"tokenization": dict(TOKENIZATION)})
     return FakeRun(output_dir, pool, result, config, store)
 

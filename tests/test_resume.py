@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "distributed", "featurize_script.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ARTIFACTS = ["scores.npy", "selected_indices.json", "features/checkpoint-10/pool.npy",
-             "features/checkpoint-20/pool.npy", "features/checkpoint-20/validation.npy"]  # fmt: skip
+             "features/checkpoint-20/pool.npy", "features/checkpoint-20/validation_dpo.npy", "features/checkpoint-20/validation_sft.npy"]  # fmt: skip
 
 
 def run_to_completion(output_dir: str) -> str:

@@ -27,11 +27,12 @@ def lora_config():
                       task_type="CAUSAL_LM")
 
 
-def sft_args(output_dir):
-    return SFTConfig(
-        output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
-        logging_steps=1, report_to=[], use_cpu=True, bf16=False, max_length=64, disable_tqdm=True, seed=0,
-    )
+def sft_args(output_dir, **changes):
+    return SFTConfig(**{
+        **dict(output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
+               logging_steps=1, report_to=[], use_cpu=True, bf16=False, max_length=64, disable_tqdm=True, seed=0),
+        **changes,
+    })
 
 
 def rose_config(**kwargs):
@@ -40,12 +41,19 @@ def rose_config(**kwargs):
     return RoseConfig(**{**defaults, **kwargs})
 
 
-class FinalStageProbe(TrainerCallback):
-    """What the final stage starts from (RoseTrainer passes `callbacks` to the final stage only)."""
+class StageProbe(TrainerCallback):
+    """A user's callback: RoseTrainer passes it to both stages. Records what each stage starts from and evaluates."""
+
+    def __init__(self):
+        self.stages, self.evaluations = [], []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.output_dir = args.output_dir
+        self.stages.append(os.path.basename(args.output_dir))
+        self.output_dir = args.output_dir  # the last stage's, i.e. the final one's
         self.start = {name: param.detach().clone() for name, param in model.named_parameters()}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.evaluations.append((os.path.basename(args.output_dir), metrics))
 
 
 def base_name(peft_name):
@@ -53,14 +61,15 @@ def base_name(peft_name):
     return peft_name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
-def rose_trainer(tokenizer, root, data, probe=None, **config):
+def rose_trainer(tokenizer, root, data, probe=None, eval_dataset=None, **config):
     pool, pairs = data
     model = build_model("llama", tokenizer, seed=0)
     base = {name: param.detach().clone() for name, param in model.named_parameters()}
+    evaluation = dict(eval_strategy="epoch") if eval_dataset is not None else {}
     trainer = RoseTrainer(
-        model=model, args=sft_args(root), train_dataset=pool, preference_dataset=pairs,
+        model=model, args=sft_args(root, **evaluation), train_dataset=pool, preference_dataset=pairs,
         rose_config=rose_config(**config), peft_config=lora_config(), processing_class=tokenizer,
-        callbacks=[probe] if probe else None,
+        callbacks=[probe] if probe else None, eval_dataset=eval_dataset,
     )
     return trainer, base
 
@@ -88,8 +97,9 @@ def data():
 @pytest.fixture(scope="module")
 def full_run(tokenizer, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("rose_trainer")
-    probe = FinalStageProbe()
-    trainer, base = rose_trainer(tokenizer, root, data, probe)
+    probe = StageProbe()
+    held_out, _ = pool_dataset(8, seed=1)
+    trainer, base = rose_trainer(tokenizer, root, data, probe, eval_dataset=held_out)
     output = trainer.train()
     return SimpleNamespace(root=str(root), trainer=trainer, base=base, probe=probe, output=output)
 
@@ -121,6 +131,16 @@ def test_stages_and_their_folders(full_run, data):
     assert selection.selected_indices == json.load(open(os.path.join(selection_dir, "selected_indices.json")))
     order = np.argsort(-selection.scores.astype(np.float64), kind="stable")
     assert selection.selected_indices == order[:5].tolist()
+
+
+def test_user_callbacks_and_eval_set_run_in_both_stages(full_run):
+    """The user's SFTConfig (here eval_strategy='epoch'), eval set and callbacks reach the warmup too."""
+    assert full_run.probe.stages == ["warmup", "final"]
+    by_stage = {}
+    for stage, metrics in full_run.probe.evaluations:
+        assert "eval_loss" in metrics and np.isfinite(metrics["eval_loss"])
+        by_stage[stage] = by_stage.get(stage, 0) + 1
+    assert by_stage == {"warmup": 2, "final": 2}  # one evaluation per epoch in each stage
 
 
 def test_final_training_on_exactly_the_selected_rows(full_run, data):
@@ -204,7 +224,7 @@ def test_interrupted_warmup_resumes_to_the_same_selection(full_run, tokenizer, d
 
 @pytest.mark.parametrize(
     "change,differing",
-    [({"validation_objective": "sft"}, "validation_objective"), ({"warmup_fraction": 0.2}, "warmup_indices")],
+    [({"beta": 0.5}, "beta"), ({"warmup_fraction": 0.2}, "warmup_indices")],
 )
 def test_changed_settings_refuse_a_finished_warmup(full_run, tokenizer, data, tmp_path, change, differing):
     root = copy_stages(full_run.root, tmp_path)
@@ -212,7 +232,7 @@ def test_changed_settings_refuse_a_finished_warmup(full_run, tokenizer, data, tm
     with pytest.raises(ValueError, match=f"warmup was started with other settings .{differing} differ.*overwrite=True"):
         trainer.train()
     assert not os.path.exists(os.path.join(root, "final", "STAGE_INPUTS.json")), "the final stage must not start"
-    assert json.load(open(os.path.join(root, "selection", "run.json")))["validation_objective"] == "dpo"
+    assert json.load(open(os.path.join(root, "selection", "run.json")))["beta"] == 0.1
 
 
 def test_other_selection_refuses_the_final_stage_unless_overwrite(full_run, tokenizer, data, tmp_path):
@@ -231,7 +251,7 @@ def test_other_selection_refuses_the_final_stage_unless_overwrite(full_run, toke
 
 def test_full_final_training(full_run, tokenizer, data, tmp_path):
     root = copy_stages(full_run.root, tmp_path)
-    probe = FinalStageProbe()
+    probe = StageProbe()
     trainer, base = rose_trainer(tokenizer, root, data, probe, final_training="full")
     trainer.train()
     assert trainer.selection.selected_indices == full_run.trainer.selection.selected_indices

@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rose_hf.scoring import (
-    INVALID_SCORE,
-    budget_curve,
-    checkpoint_weights,
-    dequantize_int8,
-    quantize_int8,
-    score_pool,
-    select_top,
-)
+from rose_hf.scoring import INVALID_SCORE, checkpoint_weights, score_pool
+from rose_hf.selection import budget_curve, select_top
+from rose_hf.store import dequantize_int8, quantize_int8
 
 SUBTASKS = ["b", "a", "b", "c", "a", "b", "c"]  # unsorted, uneven sizes
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import make_lora_model, pool_dataset, preference_dataset
 
+from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.rose_config import RoseConfig
 from rose_hf.store import (
@@ -53,7 +54,7 @@ def test_atomic_json_failure_keeps_the_old_file(tmp_path, monkeypatch):
 # --- chunks -------------------------------------------------------------------------------------------------------
 def test_chunk_records_and_reading_back(tmp_path):
     checkpoint = FeatureStore(str(tmp_path)).checkpoint(7)
-    checkpoint.create(num_rows=10, dim=4, dtype="float32", chunk_size=4)
+    checkpoint.create(num_rows=10, dim=4, dtype="float32", chunk_size=4, learning_rates=[1e-3, 5e-4])
     assert checkpoint.num_chunks() == 3
     assert [checkpoint.chunk_rows(c) for c in range(3)] == [range(0, 4), range(4, 8), range(8, 10)]
     assert checkpoint.pending_chunks() == [0, 1, 2]
@@ -68,12 +69,12 @@ def test_chunk_records_and_reading_back(tmp_path):
     assert not checkpoint.is_complete()
 
     checkpoint.write_chunk(1, _rows(4, 8), np.full(4, STATUS_OK, np.int8))
-    checkpoint.write_validation(np.ones((3, 4), np.float64))
-    checkpoint.finalize({"learning_rates": [1e-3, 5e-4]})
+    checkpoint.write_validation({"dpo": np.ones((3, 4), np.float64)})
+    checkpoint.finalize({})
     assert checkpoint.is_complete()
     np.testing.assert_array_equal(checkpoint.pool_features(), _rows(0, 10))
     assert checkpoint.pool_status().tolist() == [STATUS_OK] * 9 + [STATUS_EMPTY]
-    assert checkpoint.validation_features().dtype == np.float32
+    assert checkpoint.validation_features("dpo").dtype == np.float32
     meta = checkpoint.meta
     assert (meta["step"], meta["num_ok"], meta["num_empty"], meta["num_rows"]) == (7, 9, 1, 10)
     assert meta["learning_rates"] == [1e-3, 5e-4]
@@ -87,7 +88,7 @@ def test_completed_checkpoints_only_lists_finished_ones_in_step_order(tmp_path):
         checkpoint = store.checkpoint(step)
         checkpoint.create(2, 4, "float16", 2)
         checkpoint.write_chunk(0, _rows(0, 2), np.ones(2, np.int8))
-        checkpoint.write_validation(np.ones((1, 4)))
+        checkpoint.write_validation({"dpo": np.ones((1, 4))})
         if step != 20:
             checkpoint.finalize({})
     assert [c.step for c in store.completed_checkpoints()] == [3, 100]
@@ -181,7 +182,7 @@ def test_read_only_error_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", read_only)
     with pytest.raises(StoreError, match="writable `output_dir`"):
-        checkpoint.write_validation(np.ones((2, 4)))
+        checkpoint.write_validation({"dpo": np.ones((2, 4))})
 
 
 def test_disk_full_on_allocation(tmp_path, monkeypatch):
@@ -209,10 +210,10 @@ def test_disk_full_keeps_finished_chunks(tmp_path, monkeypatch):
     assert info.value.__cause__.errno == errno.ENOSPC
     monkeypatch.setattr(np, "save", _enospc)
     with pytest.raises(StoreError, match="Disk full"):
-        checkpoint.write_validation(np.ones((2, 4)))
+        checkpoint.write_validation({"dpo": np.ones((2, 4))})
     monkeypatch.undo()
     assert checkpoint.pending_chunks() == [1, 2]
-    assert not checkpoint.has_validation()
+    assert not checkpoint.has_validation("dpo")
     np.testing.assert_array_equal(checkpoint.pool_features()[:2], _rows(0, 2))
 
 
@@ -232,7 +233,7 @@ def _pipeline(tokenizer, output_dir):
 
 
 def _featurize(pipeline, model, on_chunk=None):
-    return pipeline.featurize(model, step=3, adam=None, learning_rates=[1e-3], on_chunk=on_chunk)
+    return pipeline.featurize(model, TrainingCheckpoint(3, [1e-3], None), on_chunk=on_chunk)
 
 
 def test_resume_skips_done_chunks_and_disk_full_resumes(tokenizer, tmp_path, monkeypatch):
@@ -267,9 +268,9 @@ def test_resume_skips_done_chunks_and_disk_full_resumes(tokenizer, tmp_path, mon
     assert os.stat(os.path.join(checkpoint.path, "chunks", "000000.done")).st_mtime_ns == done_mtime
     assert checkpoint.is_complete() and meta["num_ok"] == 20
     np.testing.assert_array_equal(checkpoint.pool_features(), expected)
-    np.testing.assert_array_equal(checkpoint.validation_features(), reference.store.checkpoint(3).validation_features())
+    np.testing.assert_array_equal(checkpoint.validation_features("dpo"), reference.store.checkpoint(3).validation_features("dpo"))
 
     again = []
     _featurize(pipeline, model, again.append)  # a finished checkpoint is left as it is
     assert again == []
-    assert json.loads(open(os.path.join(checkpoint.path, "meta.json")).read())["learning_rates"] == [1e-3]
+    assert json.loads(open(os.path.join(checkpoint.path, "layout.json")).read())["learning_rates"] == [1e-3]

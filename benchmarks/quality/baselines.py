@@ -71,17 +71,6 @@ def validation_texts(pairs: Dataset) -> list[str]:
     return [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])]
 
 
-def random_scores(num_rows: int, seed: int) -> np.ndarray:
-    """Scores whose top-k is a uniformly random k-subset (a seeded permutation), `(num_rows,)` float32.
-
-    Args:
-        num_rows: pool size.
-        seed: the permutation's seed.
-    """
-    rng = np.random.default_rng(seed)
-    return rng.permutation(num_rows).astype(np.float32)
-
-
 @torch.no_grad()
 def mean_hidden_states(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """L2-normalised mean (over non-padding tokens) of the last hidden layer of each text, `(len(texts), hidden)`.

@@ -23,8 +23,8 @@ Measured per seed, then mean and spread over seeds:
 
 Run (measured: about 8 minutes on 2 shared CPU cores for 3 seeds; `--quick` about a minute):
 ```
-rose-hf bench quality --output_dir outputs/bench_quality
-rose-hf bench quality --output_dir outputs/bench_quality_quick --quick
+python -m benchmarks.quality.run --output_dir outputs/bench_quality
+python -m benchmarks.quality.run --output_dir outputs/bench_quality_quick --quick
 ```
 Writes `quality.json` (everything), `quality.md` (tables) and `plots/*.png` into `--output_dir`.
 """
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is instant
     import numpy as np
-    from datasets import Dataset
 
+    from rose_hf.synthetic.recipe import TinyRecipe
     from rose_hf.synthetic.tasks import SyntheticTask
 
 # =====================================================================================================================
@@ -177,165 +177,32 @@ class QualityBenchConfig:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
-def _logger():
-    from accelerate.logging import get_logger
-
-    return get_logger(__name__)
-
-
 def _log(message: str) -> None:
-    from accelerate.state import PartialState
+    from rose_hf.logs import log
 
-    # accelerate's logger raises before any PartialState exists; the benchmark is also called from Python.
-    if not PartialState._shared_state:
-        PartialState()
-    _logger().info(message, main_process_only=True)
-
-
-def selection_metrics(
-    selected: np.ndarray, helpful: np.ndarray, harmful: np.ndarray, source: list[str] | None
-) -> dict:
-    """Precision, harmful share and recall of helpful rows of one selection, plus its composition by source.
-
-    Args:
-        selected: selected pool indices.
-        helpful: `(N,)` bool ground truth.
-        harmful: `(N,)` bool ground truth.
-        source: per-row source labels (optional), for the composition.
-    """
-    import numpy as np
-
-    selected = np.asarray(selected, dtype=np.int64)
-    k = len(selected)
-    num_helpful = int(helpful[selected].sum())
-    num_harmful = int(harmful[selected].sum())
-    out = {
-        "k": k,
-        "precision": num_helpful / k if k else float("nan"),
-        "harmful_share": num_harmful / k if k else float("nan"),
-        "recall": num_helpful / max(1, int(helpful.sum())),
-        "num_helpful": num_helpful,
-        "num_harmful": num_harmful,
-    }
-    if source is not None:
-        counts: dict[str, int] = {}
-        for i in selected.tolist():
-            counts[source[i]] = counts.get(source[i], 0) + 1
-        out["by_source"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-    return out
-
-
-def oracle_scores(helpful: np.ndarray, harmful: np.ndarray) -> np.ndarray:
-    """The ideal ranking: helpful rows first, then the other tasks, harmful rows last (ties by index)."""
-    import numpy as np
-
-    return np.where(helpful, 2.0, np.where(harmful, 0.0, 1.0)).astype(np.float32)
-
-
-def _lora_config(config: QualityBenchConfig):
-    from peft import LoraConfig
-
-    from rose_hf.synthetic.tiny import lora_target_modules
-
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=lora_target_modules("llama"),
-        task_type="CAUSAL_LM",
-    )
-
-
-def _sft_config(config: QualityBenchConfig, output_dir: str, seed: int, save: bool):
-    from trl import SFTConfig
-
-    return SFTConfig(
-        output_dir=output_dir,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=1,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=0.03,
-        weight_decay=0.0,
-        max_length=config.max_length,
-        save_strategy="epoch" if save else "no",
-        logging_steps=10,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=seed,
-        data_seed=seed,
-        disable_tqdm=True,
-    )
-
-
-def _training_rows(pool: Dataset, indices) -> Dataset:
-    # Only the TRL prompt-completion columns: the ground-truth labels must not reach the trainer.
-    return pool.select([int(i) for i in indices]).select_columns(["prompt", "completion"])
-
-
-def _silence(trainer) -> None:
-    # With tqdm disabled, Trainer prints every log line; the losses stay in `state.log_history` for the results.
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-
-
-def _train_loss(trainer) -> float | None:
-    for entry in reversed(trainer.state.log_history):
-        if "train_loss" in entry:
-            return float(entry["train_loss"])
-    return None
-
-
-def train_lora(
-    config: QualityBenchConfig, base_path: str, tokenizer, rows: Dataset, output_dir: str, seed: int
-) -> tuple[Any, dict[str, Any]]:
-    """A fresh LoRA adapter on the base model trained on `rows` with the benchmark's training settings.
-
-    Args:
-        config: the benchmark settings (epochs, learning rate, batch size, LoRA).
-        base_path: the base model folder.
-        tokenizer: its tokenizer.
-        rows: `prompt` + `completion` rows.
-        output_dir: the trainer's folder (nothing is saved in it).
-        seed: LoRA initialisation and data order.
-
-    Returns:
-        The trained PEFT model and `{"train_loss", "steps", "seconds", "rows"}`.
-    """
-    from transformers import AutoModelForCausalLM, set_seed
-    from trl import SFTTrainer
-
-    start = time.perf_counter()
-    set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
-    model = AutoModelForCausalLM.from_pretrained(base_path)
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(config, output_dir, seed, save=False),
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=_lora_config(config),
-    )
-    _silence(trainer)
-    trainer.train()
-    info = {
-        "train_loss": _train_loss(trainer),
-        "steps": int(trainer.state.global_step),
-        "seconds": time.perf_counter() - start,
-        "rows": len(rows),
-    }
-    return trainer.model, info
+    log(message)
 
 
 # --- one warmup, two validation objectives ----------------------------------------------------------------------------
-def _rose_config(config: QualityBenchConfig, output_dir: str, objective: str, seed: int):
-    from rose_hf.rose_config import RoseConfig
+def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe:
+    from rose_hf.synthetic.recipe import TinyRecipe
+
+    return TinyRecipe(
+        epochs=epochs or config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        max_length=config.max_length,
+        warmup_fraction=config.warmup_fraction,
+    )
+
+
+def _rose_config(config: QualityBenchConfig, seed: int):
+    from rose_hf import RoseConfig
 
     return RoseConfig(
-        output_dir=output_dir,
-        validation_objective=objective,
         beta=config.beta,
         projection=config.projection,
         projection_dim=config.projection_dim,
@@ -351,154 +218,63 @@ def _rose_config(config: QualityBenchConfig, output_dir: str, objective: str, se
     )
 
 
-def _validation_tap_class():
-    from transformers import TrainerCallback
-
-    class ValidationFeatureTap(TrainerCallback):
-        """At every save, a second validation objective's features from the same live model (e.g. LESS's SFT).
-
-        The pool side is shared with the `RoseDataSelector` of the same run (pool features do not depend on the
-        validation objective), so only the small validation set is featurized again. It also records the Adam state's
-        statistics at each checkpoint, to see whether `eps` dominates the preconditioner early in the warmup.
-
-        Args:
-            selector: the run's `RoseDataSelector` (its tokenized pairs and pad id are reused).
-            config: a `RoseConfig` with the other objective and the SAME projection settings.
-        """
-
-        def __init__(self, selector, config):
-            self.selector = selector
-            self.config = config
-            self.featurizer = None
-            self.features: dict[int, Any] = {}
-            self.projection: dict[str, Any] | None = None
-            self.adam_stats: dict[int, dict[str, float]] = {}
-
-        def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
-            import torch
-
-            from rose_hf.features import Featurizer, compute_validation_features
-            from rose_hf.gradients import feature_mode
-            from rose_hf.pipeline import preserved_rng
-            from rose_hf.preconditioner import adam_state_from_optimizer
-
-            pipeline = self.selector.pipeline
-            if self.featurizer is None:
-                self.featurizer = Featurizer(model, self.config)
-                self.projection = self.featurizer.projector.describe()
-            with preserved_rng(), feature_mode(model):
-                self.features[state.global_step] = compute_validation_features(
-                    self.featurizer,
-                    pipeline.pair_tokens,
-                    self.config.feature_batch_size,
-                    pipeline.pad_token_id,
-                    self.config.max_length,
-                )
-            if optimizer is not None:
-                adam = adam_state_from_optimizer(optimizer, self.featurizer.collector.parameters, model)
-                v = adam.exp_avg_sq
-                self.adam_stats[state.global_step] = {
-                    "v_below_eps_fraction": float((v < adam.eps).float().mean()),
-                    "median_sqrt_v": float(torch.median(v.sqrt())),
-                    "median_abs_m": float(torch.median(adam.exp_avg.abs())),
-                    "sqrt_eps": math.sqrt(adam.eps),
-                }
-
-    return ValidationFeatureTap
-
-
 def warmup_and_gradient_scores(
-    config: QualityBenchConfig,
-    task: SyntheticTask,
-    base_path: str,
-    tokenizer,
-    run_dir: str,
-    seed: int,
-    with_less: bool = True,
-    rose_dir: str | None = None,
+    config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int
 ) -> dict[str, Any]:
-    """ONE LoRA warmup with `RoseDataSelector` (ROSE, DPO objective) and a LESS tap (SFT objective) attached.
+    """ONE warmup and selection with `RoseTrainer`, then LESS's scores from the same cached features.
 
-    Args:
-        config: the benchmark settings.
-        task: the seed's synthetic task.
-        base_path: the base model folder.
-        tokenizer: its tokenizer.
-        run_dir: folder for the warmup checkpoints (and the feature cache, unless `rose_dir`).
-        seed: warmup slice, LoRA init and data order.
-        with_less: also compute LESS's validation features and scores.
-        rose_dir: the ROSE selection folder (feature cache, scores, selection); default `<run_dir>/rose`.
+    Every checkpoint caches the validation features of both objectives, so LESS (`validation_objective="sft"`) and
+    ROSE (`"dpo"`) are scored from the same pool features: they differ ONLY in the validation gradient, and LESS's
+    scores are exactly those a separate LESS run with this warmup would give.
 
     Returns:
-        `{"scores": {"rose": (N,), "less": (N,)}, "valid": (N,), "warmup": {...diagnostics}, "selector": the
-        RoseDataSelector, "rose_config": its RoseConfig}`.
+        `{"scores": {"rose": (N,), "less": (N,)}, "valid": (N,), "warmup": {...diagnostics}}`.
     """
+    import dataclasses
+
     import numpy as np
     from transformers import AutoModelForCausalLM, set_seed
-    from trl import SFTTrainer
 
-    from rose_hf.callback import RoseDataSelector
-    from rose_hf.rose_trainer import warmup_indices
-    from rose_hf.scoring import score_pool
+    from rose_hf import RoseTrainer
+    from rose_hf.selection import score_store
+    from rose_hf.store import FeatureStore
 
     start = time.perf_counter()
-    rose_config = _rose_config(config, rose_dir or os.path.join(run_dir, "rose"), "dpo", seed)
-    less_config = _rose_config(config, os.path.join(run_dir, "less"), "sft", seed)
-    selector = RoseDataSelector(task.pool, task.validation, rose_config, tokenizer=tokenizer)
-    # The tap also records the Adam statistics, so it runs even without LESS (its validation pass is ~0.1 s).
-    tap = _validation_tap_class()(selector, less_config)
-    warmup = warmup_indices(len(task.pool), config.warmup_fraction, seed)
-    set_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_path)
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(config, os.path.join(run_dir, "warmup"), seed, save=True),
-        train_dataset=_training_rows(task.pool, warmup),
+    recipe = _recipe(config)
+    set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
+    trainer = RoseTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base_path),
+        args=recipe.sft_config(run_dir, seed),
+        train_dataset=task.pool,
+        preference_dataset=task.validation,
+        peft_config=recipe.lora_config(),
+        rose_config=_rose_config(config, seed),
         processing_class=tokenizer,
-        peft_config=_lora_config(config),
-        callbacks=[selector, tap],
     )
-    _silence(trainer)
-    trainer.train()
-    result = selector.result
-    if result is None:
-        raise RuntimeError("The warmup produced no checkpoint features; check save_strategy.")
-    checkpoints = selector.pipeline.store.completed_checkpoints()
-    projections = {json.dumps(c.meta["projection"], sort_keys=True) for c in checkpoints}
-    if projections != {json.dumps(tap.projection, sort_keys=True)}:  # the two sides must share one feature space
-        raise RuntimeError(f"LESS and ROSE features use different projections: {projections} vs {tap.projection}.")
-    pool_features = [c.pool_features() for c in checkpoints]
-    subtasks = selector.pipeline.subtasks
-    scores = {"rose": np.asarray(result.scores)}
-    if with_less:
-        scores["less"], _ = score_pool(
-            pool_features, [tap.features[c.step] for c in checkpoints], result.weights, subtasks, valid=result.valid
-        )
-    # Recomputing ROSE's own scores the same way guards the shared-feature shortcut.
-    rose_check, _ = score_pool(
-        pool_features, [c.validation_features() for c in checkpoints], result.weights, subtasks, valid=result.valid
-    )
-    if not np.allclose(rose_check, result.scores, rtol=1e-5, atol=1e-6):
-        raise RuntimeError("Rescoring ROSE from the shared pool features does not reproduce its own scores.")
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    trainer.run_warmup()
+    result = trainer.run_selection()
+    store = FeatureStore(trainer.rose_config.output_dir)
+    subtasks = list(task.validation["subtask"])
+    less = dataclasses.replace(trainer.rose_config, validation_objective="sft")
+    less_scores, _, _, _, _ = score_store(store, subtasks, less, num_rows=len(task.pool))
+    checkpoints = store.completed_checkpoints()
+    log_history = trainer.warmup_trainer.state.log_history if trainer.warmup_trainer else []
+    losses = [e["loss"] for e in log_history if "loss" in e]
     info = {
-        "rows": len(warmup),
-        "steps": int(trainer.state.global_step),
+        "rows": len(trainer.warmup_indices),
+        "steps": int(checkpoints[-1].step),
         "checkpoint_steps": [int(c.step) for c in checkpoints],
         "checkpoint_weights": [float(w) for w in result.weights],
-        "train_loss": _train_loss(trainer),
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
-        "num_lora_params": int(selector.pipeline.featurizer.collector.num_params),
         "projection": checkpoints[0].meta["projection"],
         "num_invalid": int((~result.valid).sum()),
-        "adam_stats": {str(k): v for k, v in tap.adam_stats.items()},
         "seconds": time.perf_counter() - start,
         "feature_seconds": sum(
             c.meta.get("pool_seconds", 0.0) + c.meta.get("validation_seconds", 0.0) for c in checkpoints
         ),
     }
-    return {"scores": scores, "valid": result.valid, "warmup": info, "selector": selector, "rose_config": rose_config}
+    return {"scores": {"rose": np.asarray(result.scores), "less": less_scores}, "valid": result.valid, "warmup": info}
 
 
 # --- one seed ---------------------------------------------------------------------------------------------------------
@@ -525,14 +301,14 @@ def method_scores(
     """Scores of every configured method (plus the oracle) on the seed's pool, and timing/warmup info."""
     from transformers import AutoModelForCausalLM
 
-    from .baselines import bm25_scores, random_scores, rds_scores
+    from rose_hf.synthetic.evaluation import oracle_scores, random_scores
+
+    from .baselines import bm25_scores, rds_scores
 
     scores: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"seconds": {}}
     if {"less", "rose"} & set(config.methods):
-        gradient = warmup_and_gradient_scores(
-            config, task, base_path, tokenizer, run_dir, seed, with_less="less" in config.methods
-        )
+        gradient = warmup_and_gradient_scores(config, task, base_path, tokenizer, os.path.join(run_dir, "rose"), seed)
         info["warmup"] = gradient["warmup"]
         info["seconds"]["warmup_and_features"] = gradient["warmup"]["seconds"]
         for name in ("less", "rose"):
@@ -564,8 +340,9 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rose_hf.scoring import budget_curve, select_top
-    from rose_hf.synthetic.evaluation import evaluate_model
+    from rose_hf.selection import budget_curve, select_top
+    from rose_hf.synthetic.evaluation import evaluate_model, selection_metrics
+    from rose_hf.synthetic.recipe import train_lora, training_rows
 
     run_dir = os.path.join(config.output_dir, f"seed_{seed}")
     result_path = os.path.join(run_dir, "result.json")
@@ -620,10 +397,10 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         for name, indices in runs.items():
             _log(f"rose_hf: seed {seed}: training on {name} ({len(indices)} rows).")
             model, training[name] = train_lora(
-                config,
+                _recipe(config),
                 base_path,
                 tokenizer,
-                _training_rows(task.pool, indices),
+                training_rows(task.pool, indices),
                 os.path.join(run_dir, "final", name),
                 seed,
             )
@@ -645,7 +422,7 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         out["seconds"]["final_training"] = sum(t["seconds"] for t in training.values())
     out["seconds"]["total"] = time.perf_counter() - start
     if not config.keep_checkpoints:
-        for name in ("warmup", "rose", "less", "final"):
+        for name in ("rose", "final"):
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
     with open(result_path, "w") as handle:
         json.dump(out, handle, indent=2)
@@ -831,7 +608,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "harmful (sort, descending = wrong), the rest five other tasks, all correct. Warmup "
         f"{config['warmup_fraction']:.0%} of the pool, {config['epochs']} epochs, lr {config['learning_rate']:g}, batch "
         f"{config['batch_size']}, LoRA r={config['lora_r']} alpha={config['lora_alpha']}; final models trained on "
-        f"{config['final_budget']:.0%} with the same settings. Command: `rose-hf bench quality`.",
+        f"{config['final_budget']:.0%} with the same settings. Command: `make bench-quality`.",
         "",
     ]
     warm = per_seed[0].get("warmup")
@@ -839,21 +616,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [
             f"Warmup (seed {per_seed[0]['seed']}): {warm['rows']} rows, {warm['steps']} steps, checkpoints at "
             f"{warm['checkpoint_steps']} with weights {[round(w, 3) for w in warm['checkpoint_weights']]}; "
-            f"{warm['num_lora_params']} LoRA parameters, projection `{warm['projection'].get('kind')}` "
+            f"projection `{warm['projection'].get('kind')}` "
             f"({warm['projection'].get('out_dim', warm['projection'].get('dim'))} dims); train loss "
             f"{warm['first_logged_loss']:.3f} -> {warm['last_logged_loss']:.3f}.",
             "",
         ]
-        adam = warm.get("adam_stats") or {}
-        if adam:
-            first, last = adam[min(adam, key=int)], adam[max(adam, key=int)]
-            lines += [
-                "Adam state at the first / last checkpoint: "
-                f"{first['v_below_eps_fraction']:.0%} / {last['v_below_eps_fraction']:.0%} of the second moments are "
-                f"below eps, median sqrt(v) {first['median_sqrt_v']:.1e} / {last['median_sqrt_v']:.1e} against "
-                f"sqrt(eps) = {first['sqrt_eps']:.0e}.",
-                "",
-            ]
     budgets = list(next(iter(summary["selection"].values())))
     lines += ["## Selection quality", ""]
     for metric, title in (
@@ -989,9 +756,9 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str,
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line flags of `rose-hf bench quality`."""
+    """Command-line flags of `python -m benchmarks.quality.run`."""
     parser = argparse.ArgumentParser(
-        prog="rose-hf bench quality",
+        prog="python -m benchmarks.quality.run",
         description="Selection quality and final-model quality of ROSE vs LESS, RDS, BM25, random and the full pool "
         "on the synthetic task (offline, CPU).",
     )
@@ -1023,33 +790,20 @@ def config_from_args(args: argparse.Namespace) -> QualityBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`rose-hf bench quality [--output_dir D] [--seeds 0 1 2] [--quick] [--pool_size N] ...`."""
+    """`python -m benchmarks.quality.run [--output_dir D] [--seeds 0 1 2] [--quick] [--pool_size N] ...`."""
     args = make_parser().parse_args(argv)
     from accelerate import PartialState
 
+    from rose_hf.synthetic.recipe import quiet_libraries
+
     PartialState()  # accelerate's logger needs it
-    _quiet()
+    quiet_libraries()
     results = run_quality_benchmark(config_from_args(args))
     print(f"rose_hf: quality benchmark -> {os.path.join(results['config']['output_dir'], MARKDOWN_FILE)}")
     return results
 
 
-def _quiet() -> None:
-    # Per-step progress bars of dataset maps and trainers drown the benchmark's own progress.
-    import logging
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_warning()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("rose_hf").setLevel(logging.INFO)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(message)s", level=logging.WARNING)
-
-
-__all__ = ["QualityBenchConfig", "run_quality_benchmark", "main", "selection_metrics", "train_lora"]
+__all__ = ["QualityBenchConfig", "run_quality_benchmark", "main"]
 
 
 if __name__ == "__main__":

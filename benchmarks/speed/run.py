@@ -20,7 +20,7 @@ It writes `<output_dir>/speed.json` (every measurement, the sizes, the ratios) a
 
 Run (about 5-10 minutes on 2 CPU cores; `--quick` takes about a minute):
 ```
-rose-hf bench speed --output_dir outputs/bench_speed
+python -m benchmarks.speed.run --output_dir outputs/bench_speed
 python -c "from benchmarks.speed.run import main; main(['--output_dir', 'outputs/bench_speed'])"
 ```
 
@@ -229,7 +229,7 @@ _START = time.perf_counter()
 
 def _log(message: str) -> None:
     """Progress line (the benchmark is a single-process script)."""
-    print(f"[rose-hf bench speed +{time.perf_counter() - _START:6.1f}s] {message}", flush=True)
+    print(f"[python -m benchmarks.speed.run +{time.perf_counter() - _START:6.1f}s] {message}", flush=True)
 
 
 def _proc_status_kb(*keys: str) -> dict[str, int]:
@@ -389,7 +389,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> float:
     """Share of the top `fraction` of `a` (as `select_top` picks it) that is also in the top `fraction` of `b`."""
-    from rose_hf.scoring import select_top
+    from rose_hf.selection import select_top
 
     top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
     return len(set(top_a.tolist()) & set(top_b.tolist())) / len(top_a)
@@ -1026,7 +1026,8 @@ def _quality_section(model, collector, featurizers, adam, tokenizer, config, dev
 
     from rose_hf.gradients import sft_per_example_loss
     from rose_hf.projection import make_projector
-    from rose_hf.scoring import quantize_int8, score_pool
+    from rose_hf.scoring import score_pool
+    from rose_hf.store import quantize_int8
 
     def gradients(batch, precondition: bool) -> torch.Tensor:
         out = []
@@ -1235,10 +1236,10 @@ def run_speed_benchmark(config: SpeedBenchConfig) -> dict[str, Any]:
     """
     import torch
 
-    from rose_hf.synthetic.tasks import vocabulary
     from rose_hf.features import Featurizer
     from rose_hf.gradients import feature_mode
     from rose_hf.rose_config import RoseConfig
+    from rose_hf.synthetic.tasks import vocabulary
     from rose_hf.synthetic.tiny import build_tokenizer
 
     global _START
@@ -1593,9 +1594,9 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Flags of `rose-hf bench speed`."""
+    """Flags of `python -m benchmarks.speed.run`."""
     parser = argparse.ArgumentParser(
-        prog="rose-hf bench speed",
+        prog="python -m benchmarks.speed.run",
         description="Time rose_hf's gradient features against a plain LoRA training step and a LESS-style loop.",
     )
     parser.add_argument("--output_dir", default="outputs/bench_speed", help="Folder for speed.json and speed.md.")
@@ -1621,7 +1622,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of `rose-hf bench speed`.
+    """Entry point of `python -m benchmarks.speed.run`.
 
     Args:
         argv: command-line arguments (defaults to `sys.argv[1:]`).

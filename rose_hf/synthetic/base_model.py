@@ -61,8 +61,8 @@ def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str = DEFAU
 
     from trl import SFTConfig, SFTTrainer
 
-    from .tiny import build_model, build_tokenizer
     from .tasks import SyntheticTaskConfig, make_synthetic_task, vocabulary
+    from .tiny import build_model, build_tokenizer
 
     logger.info(f"rose_hf: pretraining a tiny base model into {path} (once; cached afterwards).")
     task = make_synthetic_task(

@@ -267,3 +267,42 @@ def evaluate_base_model(seed: int = 0) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(path)
     metrics = evaluate_model(model, tokenizer, task.test_pairs, task.test_prompts)
     return {k: v for k, v in metrics.items() if k not in ("chosen_logps", "rejected_logps")}
+
+
+def selection_metrics(selected, helpful: np.ndarray, harmful: np.ndarray, source: Sequence[str] | None = None) -> dict:
+    """Precision (helpful share), harmful share and recall of helpful rows of one selection, and its sources.
+
+    Args:
+        selected: selected pool indices.
+        helpful: `(N,)` bool ground truth.
+        harmful: `(N,)` bool ground truth.
+        source: per-row source labels (optional), for the composition.
+    """
+    selected = np.asarray(selected, dtype=np.int64)
+    k = len(selected)
+    num_helpful = int(helpful[selected].sum())
+    num_harmful = int(harmful[selected].sum())
+    out = {
+        "k": k,
+        "precision": num_helpful / k if k else float("nan"),
+        "harmful_share": num_harmful / k if k else float("nan"),
+        "recall": num_helpful / max(1, int(helpful.sum())),
+        "num_helpful": num_helpful,
+        "num_harmful": num_harmful,
+    }
+    if source is not None:
+        counts: dict[str, int] = {}
+        for i in selected.tolist():
+            counts[source[i]] = counts.get(source[i], 0) + 1
+        out["by_source"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+def oracle_scores(helpful: np.ndarray, harmful: np.ndarray) -> np.ndarray:
+    """The ideal ranking: helpful rows first, then the other tasks, harmful rows last (ties by index)."""
+    return np.where(helpful, 2.0, np.where(harmful, 0.0, 1.0)).astype(np.float32)
+
+
+def random_scores(num_rows: int, seed: int) -> np.ndarray:
+    """Scores whose top-k is a uniformly random k-subset (a seeded permutation), `(num_rows,)` float32."""
+    return np.random.default_rng(seed).permutation(num_rows).astype(np.float32)

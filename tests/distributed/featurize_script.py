@@ -17,6 +17,7 @@ from accelerate import PartialState  # noqa: E402
 from helpers import make_lora_model, make_tokenizer, pool_dataset  # noqa: E402
 
 from rose_hf import RoseConfig  # noqa: E402
+from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline  # noqa: E402
 from rose_hf.preconditioner import AdamState  # noqa: E402
 
@@ -36,7 +37,8 @@ def main(output_dir: str) -> None:
     adam = AdamState(torch.randn(n, generator=generator) * 1e-3, torch.rand(n, generator=generator) * 1e-6,
                      0.9, 0.999, 1e-8)  # fmt: skip
     for step in (10, 20):
-        pipeline.featurize(model, step, adam, [1e-3] * 10, on_chunk=lambda chunk: print(f"chunk {chunk}", flush=True))
+        pipeline.featurize(model, TrainingCheckpoint(step, [1e-3] * 10, adam),
+                           on_chunk=lambda chunk: print(f"chunk {chunk}", flush=True))
     pipeline.select()
     print("done", flush=True)
 
