@@ -107,7 +107,7 @@ class RoseDataSelector(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
             check_adam_optimizer(optimizer)
-        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"))
+        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), args)
         self._last_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.

@@ -103,10 +103,21 @@ def _chat_kwargs(example: dict[str, Any]) -> dict[str, Any]:
     return {"tools": tools, **(example.get("chat_template_kwargs") or {})}
 
 
-def tokenize_sft_example(example: dict[str, Any], tokenizer, fmt: str, max_length: int | None) -> dict[str, Any]:
+def tokenize_sft_example(
+    example: dict[str, Any],
+    tokenizer,
+    fmt: str,
+    max_length: int | None,
+    assistant_only_loss: bool = False,
+    completion_only_loss: bool | None = None,
+) -> dict[str, Any]:
     """`input_ids` and `labels` (`-100` where no loss is taken) of one pool row, as `SFTTrainer` builds them.
 
-    Also returns `rose_num_tokens` (completion tokens left after truncation) and `rose_truncated`.
+    `assistant_only_loss` and `completion_only_loss` are `SFTConfig`'s: the features are gradients of the loss the
+    user's trainer takes (TRL's defaults: loss on the completion of prompt-completion rows, on every token of a
+    `messages` conversation unless `assistant_only_loss=True`).
+
+    Also returns `rose_num_tokens` (loss tokens left after truncation) and `rose_truncated`.
     """
     if fmt == "conversations":
         from trl.data_utils import maybe_convert_to_chatml
@@ -135,15 +146,17 @@ def tokenize_sft_example(example: dict[str, Any], tokenizer, fmt: str, max_lengt
                 completion = completion + eos
             prompt_ids = _tokenize(tokenizer, prompt)["input_ids"]
             input_ids = _tokenize(tokenizer, prompt + completion)["input_ids"]
-        prompt_len = _prefix_length(prompt_ids, input_ids)
+        prompt_len = 0 if completion_only_loss is False else _prefix_length(prompt_ids, input_ids)
         labels = [IGNORE_INDEX] * prompt_len + input_ids[prompt_len:]
     elif fmt == "messages":
-        processed = _tokenize(tokenizer, example["messages"], return_assistant_tokens_mask=True, **_chat_kwargs(example))
+        processed = _tokenize(
+            tokenizer, example["messages"], return_assistant_tokens_mask=assistant_only_loss, **_chat_kwargs(example)
+        )
         input_ids = processed["input_ids"]
-        mask = processed.get("assistant_masks")
-        if mask is not None and any(mask):
+        if assistant_only_loss:
+            mask = processed.get("assistant_masks") or []
             labels = [tok if bit else IGNORE_INDEX for tok, bit in zip(input_ids, mask)]
-        else:  # the template does not mark assistant tokens: SFTTrainer then trains on every token
+        else:
             labels = list(input_ids)
     else:
         text = example["text"]
@@ -180,14 +193,21 @@ def check_sft_dataset(dataset: Dataset, name: str = "train_dataset") -> str:
 
 
 def prepare_sft_dataset(
-    dataset: Dataset, tokenizer, max_length: int | None, name: str = "train_dataset", num_proc: int | None = None
+    dataset: Dataset,
+    tokenizer,
+    max_length: int | None,
+    name: str = "train_dataset",
+    num_proc: int | None = None,
+    assistant_only_loss: bool = False,
+    completion_only_loss: bool | None = None,
 ) -> Dataset:
     """Tokenise every pool row in order (none dropped). Columns: `input_ids`, `labels`, `rose_num_tokens`,
-    `rose_truncated`."""
+    `rose_truncated`. The loss flags are `SFTConfig`'s (see `tokenize_sft_example`)."""
     fmt = check_sft_dataset(dataset, name)
     return dataset.map(
         tokenize_sft_example,
-        fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "max_length": max_length},
+        fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "max_length": max_length,
+                   "assistant_only_loss": assistant_only_loss, "completion_only_loss": completion_only_loss},
         remove_columns=dataset.column_names,
         num_proc=num_proc,
         desc=f"rose_hf: tokenizing {name}",

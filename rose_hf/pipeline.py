@@ -127,8 +127,12 @@ class SelectionPipeline:
             return [str(value) for value in self.pairs[SUBTASK_COLUMN]]
         return [DEFAULT_SUBTASK] * len(self.pairs)
 
-    def prepare(self, model: nn.Module, tokenizer) -> None:
-        """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process."""
+    def prepare(self, model: nn.Module, tokenizer, training_args: Any = None) -> None:
+        """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process.
+
+        `training_args` (the warmup's `SFTConfig`) decides which tokens carry the pool's loss, as in `SFTTrainer`
+        (`assistant_only_loss`, `completion_only_loss`); without it, TRL's defaults.
+        """
         state = PartialState()
         config = self.config
         if state.is_main_process:
@@ -141,7 +145,11 @@ class SelectionPipeline:
         self.pad_token_id = pad_token_id(tokenizer)
         self.featurizer = Featurizer(model, config)
         start = time.perf_counter()
-        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.max_length)
+        self.loss_tokens = {
+            "assistant_only_loss": bool(getattr(training_args, "assistant_only_loss", False)),
+            "completion_only_loss": getattr(training_args, "completion_only_loss", None),
+        }
+        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.max_length, **self.loss_tokens)
         self.pair_tokens = prepare_preference_dataset(self.pairs, tokenizer, config.max_length)
         truncated = int(np.sum(self.pool_tokens["rose_truncated"]))
         empty = int(np.sum(np.asarray(self.pool_tokens["rose_num_tokens"]) == 0))
@@ -161,6 +169,7 @@ class SelectionPipeline:
         run_args = {
             **describe_model(model),
             "tokenizer_hash": stable_hash(sorted(tokenizer.get_vocab().items())),
+            **self.loss_tokens,
             **self.data_run_args(),
         }
         self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
