@@ -12,10 +12,11 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from .checkpoint import TrainingCheckpoint, logged_learning_rates
 from .gradients import find_lora_parameters
+from .logs import follow_trainer_verbosity
 from .pipeline import SelectionPipeline
 from .preconditioner import check_adam_optimizer
 from .rose_config import RoseConfig
-from .selection import SelectionResult
+from .selection import SelectionResult, selection_log_metrics
 
 logger = get_logger(__name__)
 
@@ -93,6 +94,14 @@ class RoseDataSelector(TrainerCallback):
         return None if self.result is None else self.result.selected_indices
 
     @property
+    def metrics(self) -> dict[str, float] | None:
+        """The selection's figures for a trainer's logs: `trainer.log(selector.metrics)` sends them to `report_to`
+        (RoseTrainer does it for you). Rows selected, feature time, score quantiles, per-source shares."""
+        if self.result is None:
+            return None
+        return selection_log_metrics(self.result, self.pipeline.pool, self.config.source_column)
+
+    @property
     def selected_dataset(self) -> Dataset | None:
         """The selected pool rows with every original column, best first."""
         return None if self.result is None else self.pipeline.pool.select(self.result.selected_indices)
@@ -100,6 +109,7 @@ class RoseDataSelector(TrainerCallback):
     # --- trainer events ------------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # Fail before the first training step on anything that would waste the warmup.
+        follow_trainer_verbosity(args)
         model = kwargs.get("model")
         check_distributed_type(PartialState().distributed_type)
         find_lora_parameters(model)  # raises with the fix when there is no usable LoRA adapter
@@ -111,7 +121,9 @@ class RoseDataSelector(TrainerCallback):
         self._last_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
-        if state.global_step > 0 and state.global_step not in self.pipeline.completed_steps():
+        if state.global_step > 0 and state.global_step not in self.pipeline.completed_steps() and (
+            self._wants_features(state)
+        ):
             self._featurize(model, optimizer, state.global_step, self._resumed_learning_rates(state))
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -127,8 +139,13 @@ class RoseDataSelector(TrainerCallback):
         learning_rates = self._learning_rates or logged_learning_rates(
             state.log_history, self._last_step, step, "The trainer"
         )
-        self._featurize(kwargs["model"], kwargs.get("optimizer"), step, learning_rates)
+        if self._wants_features(state):
+            self._featurize(kwargs["model"], kwargs.get("optimizer"), step, learning_rates)
         self._learning_rates, self._last_step = [], step
+
+    def _wants_features(self, state: TrainerState) -> bool:
+        # The robust scoring reads the end of the warmup only: one pool pass instead of one per checkpoint.
+        return self.config.scoring != "robust" or state.global_step >= state.max_steps
 
     def _featurize(self, model, optimizer, step: int, learning_rates: list[float]) -> None:
         checkpoint = TrainingCheckpoint.from_trainer(
@@ -147,6 +164,12 @@ class RoseDataSelector(TrainerCallback):
         )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.config.scoring == "robust" and state.global_step not in self.pipeline.completed_steps():
+            # The last step was not saved (e.g. save_steps does not divide it): featurize the trained end now.
+            rates = self._learning_rates or logged_learning_rates(
+                state.log_history, self._last_step, state.global_step, "The trainer"
+            )
+            self._featurize(kwargs["model"], kwargs.get("optimizer"), state.global_step, rates)
         if not self.pipeline.completed_steps():
             logger.warning("rose_hf: training ended without any checkpoint, so there is nothing to select from.")
             return

@@ -60,7 +60,7 @@ class TrainingCheckpoint:
 
         The model must already hold this checkpoint's adapter weights.
         """
-        step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+        step = int(os.path.basename(os.path.normpath(path)).split("-")[1])  # checkpoint-<step>
         with open(os.path.join(path, "trainer_state.json")) as handle:
             history = json.load(handle)["log_history"]
         rates = logged_learning_rates(history, previous_step, step, f"{path}/trainer_state.json")

@@ -85,7 +85,7 @@ class Featurizer:
             self.collector.backward(loss.sum())
             grads = self.collector.flat_gradients()
         if adam is not None:
-            grads = adam.precondition(grads)
+            grads = adam.scale(grads) if self.config.scoring == "robust" else adam.precondition(grads)
         features, ok = self._normalise(grads)
         # Adam turns an example's zero gradient into b1*m/sqrt(b2*v+eps): store zeros, the mark of "no feature".
         empty = num_tokens == 0

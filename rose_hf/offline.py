@@ -31,6 +31,10 @@ def checkpoint_dirs(warmup_dir: str) -> list[str]:
     return [os.path.join(warmup_dir, name) for name in sorted(found, key=lambda n: int(n.split("-")[1]))]
 
 
+def _step(path: str) -> int:
+    return int(os.path.basename(os.path.normpath(path)).split("-")[1])
+
+
 def select_from_checkpoints(
     model: nn.Module,
     checkpoints: list[str],
@@ -55,6 +59,9 @@ def select_from_checkpoints(
     pipeline = SelectionPipeline(pool, pairs, config)
     pipeline.prepare(model, tokenizer)
     previous = 0
+    if config.scoring == "robust":  # it reads the end of the warmup only
+        previous = _step(checkpoints[-2]) if len(checkpoints) > 1 else 0
+        checkpoints = checkpoints[-1:]
     for path in checkpoints:
         set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
         checkpoint = TrainingCheckpoint.from_folder(

@@ -33,8 +33,9 @@ from .data import (
 )
 from .features import Featurizer, checkpoint_features
 from .gradients import LoraParameter
+from .logs import summary
 from .rose_config import RoseConfig
-from .selection import SelectionResult, select_from_store
+from .selection import SelectionResult, describe_selection, select_from_store
 from .store import FeatureStore, check_writable, read_json
 
 logger = get_logger(__name__)
@@ -42,7 +43,7 @@ logger = get_logger(__name__)
 # The `RoseConfig` fields the cached features depend on (recorded in `run.json`).
 # (Validation features are cached for every objective, so `validation_objective` is not one of them.)
 FEATURE_CONFIG_FIELDS = (
-    "beta", "loss_type", "label_smoothing", "projection", "projection_dim",
+    "scoring", "beta", "loss_type", "label_smoothing", "projection", "projection_dim",
     "projection_seed", "preconditioner", "max_length", "feature_dtype", "chunk_size",
 )
 
@@ -245,10 +246,12 @@ class SelectionPipeline:
             result = select_from_store(
                 self.store, self.pool, self.subtasks, self.config, extra_info={"tokenization": self.stats}
             )
+            report = os.path.join(self.config.output_dir, "report.md")
             if self.config.report and not result.loaded:
                 from .report import write_report
 
-                write_report(self.config.output_dir, self.pool, result, self.config, self.store)
+                report = write_report(self.config.output_dir, self.pool, result, self.config, self.store)
+            summary(describe_selection(result, self.config.output_dir, report if os.path.exists(report) else None))
         state.wait_for_everyone()
         if not state.is_main_process:
             from .selection import load_selection

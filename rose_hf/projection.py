@@ -36,10 +36,10 @@ import torch
 from accelerate.logging import get_logger
 
 from .logs import log
+from .rose_config import PROJECTIONS as PROJECTION_KINDS
 
 logger = get_logger(__name__)
 
-PROJECTION_KINDS = ("rademacher", "sjlt", "none")
 
 # Rows of the Rademacher matrix drawn from one generator seed. The matrix is defined by these seed chunks, not by
 # `block_size`, so `block_size` is a pure memory knob: any block size (and any in_dim prefix) gives the same rows.

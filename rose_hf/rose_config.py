@@ -12,6 +12,7 @@ PROJECTIONS = ("rademacher", "sjlt", "none")
 PRECONDITIONERS = ("adam", "sgd")
 AGGREGATIONS = ("max", "mean")
 FEATURE_DTYPES = ("float16", "float32", "int8")
+SCORINGS = ("paper", "robust")
 
 
 @dataclass
@@ -39,6 +40,15 @@ class RoseConfig:
     output_dir: str = field(
         default="rose_output",
         metadata={"help": "Folder for the feature cache, scores, selection and report (one run per folder)."},
+    )
+    scoring: str = field(
+        default="robust",
+        metadata={
+            "help": "'robust' (rose_hf's ranking: features at the last warmup checkpoint with Adam's scaling but not "
+            "its momentum; rows ranked by their nearest validation chosen answer (SFT gradient) among those whose "
+            "DPO-gradient alignment is positive) or 'paper' (the paper's learning-rate-weighted cosine to the DPO "
+            "gradient over every checkpoint, exactly as published). See the README's quality table for why."
+        },
     )
     validation_objective: str = field(
         default="dpo",
@@ -119,6 +129,7 @@ class RoseConfig:
     report: bool = field(default=True, metadata={"help": "Write report.md with plots after selection."})
 
     def __post_init__(self):
+        _choice("scoring", self.scoring, SCORINGS)
         _choice("validation_objective", self.validation_objective, VALIDATION_OBJECTIVES)
         _choice("projection", self.projection, PROJECTIONS)
         _choice("preconditioner", self.preconditioner, PRECONDITIONERS)

@@ -162,8 +162,13 @@ class RoseTrainer:
         PartialState().wait_for_everyone()
 
     def run_selection(self) -> SelectionResult:
-        """Stage 2: scores and selection from the warmup's cached features (loaded if already done)."""
+        """Stage 2: scores and selection from the warmup's cached features (loaded if already done).
+
+        The selection's figures go into the warmup trainer's logs (`report_to`) when the warmup ran in this call.
+        """
         self.selection = self.selector.result or self.selector.select()
+        if self.warmup_trainer is not None and self.selector.metrics is not None:
+            self.warmup_trainer.log(self.selector.metrics)
         return self.selection
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):

@@ -42,11 +42,11 @@ from accelerate.logging import get_logger
 from accelerate.utils import tqdm
 
 from .logs import warn
+from .rose_config import AGGREGATIONS
 
 logger = get_logger(__name__)
 
 INVALID_SCORE = float(np.finfo(np.float32).min)
-AGGREGATIONS = ("max", "mean")
 
 
 
@@ -96,7 +96,7 @@ def _as_list(name: str, value: Any) -> list:
     return list(value)
 
 
-def _release_pages(array: np.ndarray, start: int, stop: int) -> None:
+def release_pages(array: np.ndarray, start: int, stop: int) -> None:
     """Tell the OS a memory-mapped chunk was read once and will not be read again.
 
     Without it the pages of a read-once pool file stay resident, so the process's peak RSS grows with the pool
@@ -234,7 +234,7 @@ def score_pool(
         zero = np.zeros(stop - start, dtype=bool)
         for c in range(num_checkpoints):
             chunk = np.array(pool_features[c][start:stop])  # a copy, so the file pages can be dropped below
-            _release_pages(pool_features[c], start, stop)
+            release_pages(pool_features[c], start, stop)
             zero |= ~chunk.any(axis=1)
             contribution = chunk.astype(np.float32, copy=False) @ targets[c]
             if row_scales is not None:

@@ -20,6 +20,7 @@ from accelerate.logging import get_logger
 from datasets import Dataset
 
 from .logs import warn
+from .robust import relevance_and_preference, robust_scores, selection_health
 from .rose_config import RoseConfig
 from .scoring import INVALID_SCORE, checkpoint_weights, score_pool
 from .store import STATUS_OK, FeatureStore, atomic_write_json, disk_errors, read_json
@@ -126,27 +127,50 @@ def _selection_args(config: RoseConfig, steps: list[int]) -> dict[str, Any]:
     return {
         "selection_fraction": config.selection_fraction,
         "selection_size": config.selection_size,
+        "scoring": config.scoring,
         "validation_objective": config.validation_objective,
         "subtask_aggregation": config.subtask_aggregation,
         "steps": steps,
     }
 
 
+@dataclass
+class PoolScores:
+    """What scoring a cache gives, before any row is selected.
+
+    Args:
+        scores: `(N,)` float32, `INVALID_SCORE` for rows without a usable gradient.
+        valid: `(N,)` bool, rows with a usable gradient at every checkpoint scored.
+        weights: checkpoint weights, one per cached checkpoint (robust: all on the last).
+        steps: the cached checkpoints' steps.
+        relevance, preference: `(N,)` parts of the health check (see `rose_hf.robust`); preference is None without
+            a preference side.
+        info: the scoring report (see `score_pool`), plus feature time per checkpoint.
+    """
+
+    scores: np.ndarray
+    valid: np.ndarray
+    weights: np.ndarray
+    steps: list[int]
+    relevance: np.ndarray
+    preference: np.ndarray | None
+    info: dict[str, Any]
+
+
 def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, num_rows: int | None = None):
     """Scores of every pool row from a run's cached features, without writing or selecting anything.
 
-    The public way to score one cache several ways (e.g. `validation_objective="sft"`, LESS, and `"dpo"`, ROSE,
-    from the same warmup: both objectives' validation features are cached at every checkpoint).
+    The public way to score one cache several ways: both objectives' validation features are cached at every
+    checkpoint, so `validation_objective="sft"` (LESS) and `"dpo"` (ROSE) score the same pool features.
 
     Args:
         store: the run's feature cache (`FeatureStore(output_dir)`).
         subtasks: the subtask of each validation pair, in pair order.
-        config: the scoring settings (`validation_objective`, `subtask_aggregation`).
+        config: the scoring settings (`scoring`, `validation_objective`, `subtask_aggregation`).
         num_rows: the pool size, checked against the cache when given.
 
     Returns:
-        `(scores, valid, weights, steps, info)`: `(N,)` float32 scores, `(N,)` bool rows usable at every checkpoint,
-        the checkpoint weights and steps, and the scoring report (see `score_pool`).
+        A `PoolScores`.
     """
     checkpoints = store.completed_checkpoints()
     if not checkpoints:
@@ -161,25 +185,43 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
                 f"The cached features cover {meta['num_rows']} pool rows but the pool has {num_rows}: pass the "
                 "same pool the features were computed for."
             )
-    weights = checkpoint_weights([meta["learning_rates"] for meta in metas])
-    valid = np.ones(metas[0]["num_rows"], dtype=bool)
-    for c in checkpoints:
-        valid &= c.pool_status() == STATUS_OK
-    scales = [c.pool_scales() for c in checkpoints]
-    scores, info = score_pool(
-        [c.pool_features() for c in checkpoints],
-        [c.validation_features(config.validation_objective) for c in checkpoints],
-        weights,
-        subtasks,
-        aggregation=config.subtask_aggregation,
-        valid=valid,
-        row_scales=scales if all(s is not None for s in scales) else None,
-        progress=True,
+    last = checkpoints[-1]
+    dpo = last.validation_features("dpo") if config.validation_objective == "dpo" else None
+    if config.scoring == "robust":
+        weights = np.zeros(len(checkpoints))
+        weights[-1] = 1.0  # the trained end of the warmup (see rose_hf.robust)
+        valid = last.pool_status() == STATUS_OK
+    else:
+        weights = checkpoint_weights([meta["learning_rates"] for meta in metas])
+        valid = np.ones(metas[0]["num_rows"], dtype=bool)
+        for c in checkpoints:
+            valid &= c.pool_status() == STATUS_OK
+    # Relevance and preference at the last checkpoint: the robust score, and the health check of either scoring.
+    relevance, preference = relevance_and_preference(
+        last.pool_features(), last.validation_features("sft"), dpo, valid, last.pool_scales()
     )
+    if config.scoring == "robust":
+        scores = robust_scores(relevance, preference)
+        info = {"scoring": "robust", "num_rows": len(scores), "num_invalid": int((scores == INVALID_SCORE).sum()),
+                "num_preferred": None if preference is None else int((preference > 0).sum())}
+    else:
+        scales = [c.pool_scales() for c in checkpoints]
+        scores, info = score_pool(
+            [c.pool_features() for c in checkpoints],
+            [c.validation_features(config.validation_objective) for c in checkpoints],
+            weights,
+            subtasks,
+            aggregation=config.subtask_aggregation,
+            valid=valid,
+            row_scales=scales if all(s is not None for s in scales) else None,
+            progress=True,
+        )
+        info["scoring"] = "paper"
     info["feature_seconds"] = {
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
     }
-    return scores, valid, weights, [c.step for c in checkpoints], info
+    steps = [c.step for c in checkpoints]
+    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info)
 
 
 def select_from_store(
@@ -212,9 +254,14 @@ def select_from_store(
             return load_selection(store.root)
 
     start = time.perf_counter()
-    scores, valid, weights, steps, score_info = score_store(store, subtasks, config, num_rows=len(pool))
+    scored = score_store(store, subtasks, config, num_rows=len(pool))
+    scores, valid, weights, steps, score_info = scored.scores, scored.valid, scored.weights, scored.steps, scored.info
     selected = select_top(scores, **config.budget(), valid=valid)
+    health = selection_health(scored.relevance, scored.preference, selected, len(selected))
+    if health["verdict"] == "noise":
+        warn(f"rose_hf: selection health: {health['message']}.")
     info = {
+        "health": health,
         "args": args,
         "num_pool": len(pool),
         "num_selected": int(len(selected)),
@@ -237,6 +284,41 @@ def select_from_store(
         main_process_only=True,
     )
     return result
+
+
+def describe_selection(result: SelectionResult, output_dir: str, report: str | None = None) -> str:
+    """The one-line summary of a selection: rows selected, health verdict (when computed), where the report is."""
+    num_pool = len(result.scores)
+    parts = [f"selected {len(result.selected_indices)} of {num_pool} pool rows "
+             f"({len(result.selected_indices) / max(1, num_pool):.1%}) from {len(result.steps)} checkpoint(s)"]
+    health = result.info.get("health")
+    if health:
+        parts.append(f"health: {health['verdict']} ({health['message']})")
+    parts.append(f"report: {report}" if report else f"artifacts in {output_dir}")
+    return "; ".join(parts)
+
+
+def selection_log_metrics(result: SelectionResult, pool: Dataset | None = None, source_column: str | None = None):
+    """The figures of a selection as a trainer logs them (`Trainer.log`: TensorBoard, W&B... through `report_to`):
+    rows selected, feature and scoring time, score quantiles, and per-source shares when a source column exists."""
+    valid = result.scores[result.valid] if result.valid.any() else np.zeros(1, np.float32)
+    metrics = {
+        "rose/num_selected": float(len(result.selected_indices)),
+        "rose/num_invalid": float(result.info.get("num_invalid", 0)),
+        "rose/feature_seconds": float(sum(result.info.get("feature_seconds", {}).values())),
+        "rose/score_seconds": float(result.info.get("score_seconds", 0.0)),
+        **{f"rose/score_q{q}": float(np.quantile(valid, q / 100)) for q in (5, 50, 95)},
+    }
+    if result.selected_indices:
+        metrics["rose/selected_score_min"] = float(result.scores[result.selected_indices[-1]])
+    if pool is not None and source_column and source_column in pool.column_names:
+        sources = pool.select(result.selected_indices)[source_column]
+        for name in sorted(set(sources)):
+            metrics[f"rose/share/{name}"] = sources.count(name) / len(sources)
+    health = result.info.get("health")
+    if health:
+        metrics.update({f"rose/health/{k}": float(v) for k, v in health.get("signals", {}).items()})
+    return metrics
 
 
 def save_selection(output_dir: str, result: SelectionResult, pool: Dataset) -> None:

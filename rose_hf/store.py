@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
-FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+# numpy storage of each `RoseConfig.feature_dtype`
+NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
 # Everything a run writes into its `output_dir` (selection.py, report.py): `overwrite` must leave none of it behind.
 RUN_ARTIFACTS = (
     "features", "run.json", "scores.npy", "valid.npy", "selected_indices.json", "selected", "selected.jsonl",
@@ -194,7 +195,7 @@ class CheckpointFeatures:
         for name in os.listdir(self._file("chunks")):  # a different layout: nothing cached is usable
             os.remove(os.path.join(self._file("chunks"), name))
         with disk_errors(self.path):
-            np.lib.format.open_memmap(self._file("pool.npy"), "w+", FEATURE_DTYPES[dtype], (num_rows, dim)).flush()
+            np.lib.format.open_memmap(self._file("pool.npy"), "w+", NUMPY_DTYPES[dtype], (num_rows, dim)).flush()
             np.lib.format.open_memmap(self._file("pool_status.npy"), "w+", np.int8, (num_rows,)).flush()
             if dtype == "int8":
                 np.lib.format.open_memmap(self._file("pool_scales.npy"), "w+", np.float32, (num_rows,)).flush()

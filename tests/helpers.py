@@ -55,7 +55,8 @@ def tiny_pairs():
     )
 
 
-DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, max_length=64, report=False)
+DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, max_length=64, report=False,
+                        scoring="paper")
 
 
 def distributed_setup(output_dir, zero_stage=0):

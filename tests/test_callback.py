@@ -43,7 +43,8 @@ def sft_args(output_dir, **kwargs):
 
 
 def rose_config(output_dir, **kwargs):
-    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, max_length=64, report=False)
+    # The engine tests pin the paper scoring: features at every checkpoint, learning-rate weights.
+    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, max_length=64, report=False, scoring="paper")
     return RoseConfig(output_dir=str(output_dir), **{**defaults, **kwargs})
 
 
@@ -347,3 +348,30 @@ def test_other_data_refuses_to_mix_and_another_objective_reuses_the_features(tok
     assert not np.allclose(sft.scores, run.selector.scores)
     expected, _, ok = brute_force_scores(output_dir, pairs["subtask"], objective="sft")
     np.testing.assert_allclose(sft.scores[ok], expected[ok], rtol=1e-5, atol=1e-7)
+
+
+# --- (g) what a user sees -------------------------------------------------------------------------------------------
+def test_summary_line_is_printed_and_figures_are_ready_for_the_trainer_log(run, capsys, data):
+    pool, _ = data
+    again = RoseDataSelector(pool, data[1], rose_config(run.output_dir))
+    again.select()
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("[rose_hf] selected"))
+    assert f"selected {len(again.selected_indices)} of {len(pool)} pool rows" in line
+    metrics = again.metrics
+    assert metrics["rose/num_selected"] == len(again.selected_indices)
+    valid = again.scores[again.result.valid]
+    assert metrics["rose/score_q50"] == pytest.approx(float(np.quantile(valid, 0.5)))
+    shares = {k: v for k, v in metrics.items() if k.startswith("rose/share/")}
+    assert shares and sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_log_level_follows_the_trainer(tokenizer, data, tmp_path):
+    import logging
+
+    from rose_hf.logs import LOGGER_NAME, follow_trainer_verbosity
+
+    follow_trainer_verbosity(TrainingArguments(output_dir=str(tmp_path), log_level="info", report_to=[]))
+    assert logging.getLogger(LOGGER_NAME).getEffectiveLevel() == logging.INFO
+    follow_trainer_verbosity(TrainingArguments(output_dir=str(tmp_path), log_level="warning", report_to=[]))
+    assert not logging.getLogger("rose_hf.pipeline").isEnabledFor(logging.INFO)

@@ -9,6 +9,7 @@ from transformers import HfArgumentParser
 from rose_hf.rose_config import RoseConfig
 
 BAD_VALUES = [
+    ("scoring", "best"),
     ("validation_objective", "kl"),
     ("projection", "gaussian"),
     ("preconditioner", "adafactor"),

@@ -37,7 +37,7 @@ def sft_args(output_dir, **changes):
 
 def rose_config(**kwargs):
     defaults = dict(projection_dim=64, warmup_fraction=WARMUP_FRACTION, chunk_size=32, feature_batch_size=8,
-                    max_length=64, report=False)
+                    max_length=64, report=False, scoring="paper")
     return RoseConfig(**{**defaults, **kwargs})
 
 

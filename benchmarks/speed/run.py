@@ -1263,6 +1263,7 @@ def run_speed_benchmark(config: SpeedBenchConfig) -> dict[str, Any]:
             projection=kind,
             projection_dim=config.projection_dim,
             validation_objective="sft",
+            scoring="paper",  # the LESS-style reference loop computes the paper's m' / sqrt(v' + eps)
         )
         featurizers[kind] = Featurizer(model, rose_config, device=device)
     collector = featurizers[config.default_projection].collector

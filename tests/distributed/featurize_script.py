@@ -21,7 +21,8 @@ from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline  # noqa: E402
 from rose_hf.preconditioner import AdamState  # noqa: E402
 
-RESUME_ROSE = dict(projection_dim=128, chunk_size=4, feature_batch_size=3, max_length=48, report=False)
+RESUME_ROSE = dict(projection_dim=128, chunk_size=4, feature_batch_size=3, max_length=48, report=False,
+                   scoring="paper")
 
 
 def main(output_dir: str) -> None:
