@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.common import agg_figure, fmt_stat, log
+
 if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is instant
     import numpy as np
 
@@ -174,13 +176,6 @@ class QualityBenchConfig:
         """
         values = dict(seeds=(0,), pool_size=1000, n_test_pairs=100, n_test_prompts=50)
         return cls(**(values | overrides))
-
-
-# --- helpers ---------------------------------------------------------------------------------------------------------
-def _log(message: str) -> None:
-    from rose_hf.logs import log
-
-    log(message)
 
 
 # --- one warmup, two validation objectives ----------------------------------------------------------------------------
@@ -351,7 +346,7 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         with open(result_path) as handle:
             saved = json.load(handle)
         if saved.get("fingerprint") == fingerprint:
-            _log(f"rose_hf: seed {seed} already done in {run_dir}; reusing it.")
+            log(f"rose_hf: seed {seed} already done in {run_dir}; reusing it.")
             return saved
     if os.path.isdir(run_dir):  # a run with other settings, or an unfinished one: start clean
         shutil.rmtree(run_dir)
@@ -362,7 +357,7 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     source = list(task.pool["source"])
 
-    _log(f"rose_hf: seed {seed}: scoring the pool with {', '.join(config.methods)}.")
+    log(f"rose_hf: seed {seed}: scoring the pool with {', '.join(config.methods)}.")
     scores, info = method_scores(config, task, base_path, tokenizer, run_dir, seed)
     np.savez_compressed(os.path.join(run_dir, "scores.npz"), **scores)
     selection = {
@@ -384,7 +379,7 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         final: dict[str, Any] = {}
         training: dict[str, Any] = {}
         base = AutoModelForCausalLM.from_pretrained(base_path)
-        _log(f"rose_hf: seed {seed}: evaluating the base model.")
+        log(f"rose_hf: seed {seed}: evaluating the base model.")
         base_metrics = evaluate_model(
             base, tokenizer, task.test_pairs, task.test_prompts, beta=config.beta, max_new_tokens=config.max_new_tokens
         )
@@ -395,7 +390,7 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         if config.train_full_pool:
             runs[FULL] = np.arange(len(task.pool))
         for name, indices in runs.items():
-            _log(f"rose_hf: seed {seed}: training on {name} ({len(indices)} rows).")
+            log(f"rose_hf: seed {seed}: training on {name} ({len(indices)} rows).")
             model, training[name] = train_lora(
                 _recipe(config),
                 base_path,
@@ -518,29 +513,10 @@ def check_expectations(summary: dict[str, Any], per_seed: list[dict[str, Any]], 
 
 
 # --- outputs ------------------------------------------------------------------------------------------------------------
-def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if len(stat.get("values", [])) > 1:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
-
-
-def _figure(width: float, height: float, ncols: int = 1):
-    # A bare Figure with its own Agg canvas: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, ncols)
-    return figure, axes
-
-
 def plot_selection(summary: dict[str, Any], path: str) -> str:
     """Precision, harmful share and recall against the budget, one line per method (mean ± std over seeds)."""
     sel = summary["selection"]
-    figure, axes = _figure(13, 3.8, ncols=3)
+    figure, axes = agg_figure(13, 3.8, ncols=3)
     for ax, metric in zip(axes, SELECTION_METRICS):
         for method, per_budget in sel.items():
             budgets = [float(b) for b in per_budget]
@@ -566,7 +542,7 @@ def plot_final(summary: dict[str, Any], path: str) -> str:
     final = summary["final"]
     models = list(final)
     metrics = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
-    figure, ax = _figure(max(7, 1.3 * len(models)), 4)
+    figure, ax = agg_figure(max(7, 1.3 * len(models)), 4)
     width = 0.8 / len(metrics)
     x = np.arange(len(models))
     for i, metric in enumerate(metrics):
@@ -632,7 +608,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["|---|" + "---|" * len(budgets)]
         for method, per_budget in summary["selection"].items():
             lines.append(
-                f"| {LABELS.get(method, method)} | " + " | ".join(_fmt(per_budget[b][metric]) for b in budgets) + " |"
+                f"| {LABELS.get(method, method)} | "
+                + " | ".join(fmt_stat(per_budget[b][metric]) for b in budgets)
+                + " |"
             )
         lines.append("")
     final_budget = f"{config['final_budget']:g}"
@@ -657,9 +635,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for model, metrics in summary["final"].items():
             lines.append(
-                f"| {LABELS.get(model, model)} | {_fmt(metrics['preference_accuracy'])} | "
-                f"{_fmt(metrics['reward_accuracy'])} | {_fmt(metrics['exact_match'])} | "
-                f"{_fmt(metrics['wrong_match'])} | {_fmt(metrics['mean_margin'], 2)} |"
+                f"| {LABELS.get(model, model)} | {fmt_stat(metrics['preference_accuracy'])} | "
+                f"{fmt_stat(metrics['reward_accuracy'])} | {fmt_stat(metrics['exact_match'])} | "
+                f"{fmt_stat(metrics['wrong_match'])} | {fmt_stat(metrics['mean_margin'], 2)} |"
             )
         lines += ["", f"![final models]({PLOT_DIR}/final_models.png)", ""]
     lines += ["## Expectations", ""]
@@ -751,7 +729,7 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str,
         handle.write(render_markdown(results))
     with open(json_path, "w") as handle:
         json.dump(results, handle, indent=2)
-    _log(f"rose_hf: quality benchmark done in {results['seconds']:.0f}s -> {markdown_path}")
+    log(f"rose_hf: quality benchmark done in {results['seconds']:.0f}s -> {markdown_path}")
     return results
 
 
