@@ -36,24 +36,47 @@ DEMO_MAX_NEW_TOKENS = 8
 MODEL_LABELS = {"base": "Base model (untrained)", "rose": "ROSE 5%", "random": "Random 5%"}
 
 
-def _bar_plot(path: str, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> None:
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+EVALUATION_METRICS = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
+METRIC_LABELS = {
+    "preference_accuracy": "preference accuracy",
+    "reward_accuracy": "reward accuracy vs base",
+    "exact_match": "exact match",
+    "wrong_match": "wrong-answer match",
+}
 
-    figure = Figure(figsize=(7.5, 3.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    x = np.arange(len(groups))
-    width = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
-    ax.set_xticks(x, groups, fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    figure.savefig(path, format="png")
+
+def _bar_plot(path: str, groups: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
+    from .report.plots import BLUE, GREY, RED, grouped_bars, save_figure
+
+    # The same colour for a model in every figure (and ROSE in the report's "selected" red).
+    colors = {MODEL_LABELS["base"]: GREY, MODEL_LABELS["rose"]: RED, MODEL_LABELS["random"]: BLUE}
+    save_figure(grouped_bars(groups, series, ylabel, title, colors), path)
+
+
+def _evaluation_plot_data(final: dict[str, Any]) -> tuple[list[str], dict[str, list[float | None]], list[str]]:
+    """What the evaluation plot shows: the metric groups, each model's values (None where the model has no such
+    metric, e.g. the base model's reward accuracy against itself), and a note per group left out because no model
+    scored above zero on it (an empty group reads as a broken plot)."""
+    groups, left_out = [], []
+    for metric in EVALUATION_METRICS:
+        values = [final[name].get(metric) for name in MODELS]
+        if any(value for value in values):
+            groups.append(metric)
+        elif any(value is not None for value in values):
+            left_out.append(f"{METRIC_LABELS[metric]} (0 for every model)")
+        else:
+            left_out.append(f"{METRIC_LABELS[metric]} (measured for no model)")
+    series = {MODEL_LABELS[name]: [final[name].get(metric) for metric in groups] for name in MODELS}
+    return groups, series, left_out
+
+
+def _evaluation_caption(final: dict[str, Any]) -> str:
+    groups, _, left_out = _evaluation_plot_data(final)
+    notes = [f"Not plotted: {', '.join(left_out)}."] if left_out else []
+    if "reward_accuracy" in groups and any("reward_accuracy" not in final[name] for name in MODELS):
+        missing = [MODEL_LABELS[name] for name in MODELS if "reward_accuracy" not in final[name]]
+        notes.append(f"No reward-accuracy bar for {', '.join(missing)}: the reward is measured against the base model.")
+    return " ".join(notes)
 
 
 def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
@@ -93,6 +116,7 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
         "",
         f"![Evaluation of the final models]({plot_dir_name}/{EVALUATION_PLOT})",
         "",
+        *([f"*{caption}*", ""] if (caption := _evaluation_caption(final)) else []),
         f"![What ROSE and random selected, by source]({plot_dir_name}/{SELECTION_PLOT})",
         "",
         "### What this run shows",
@@ -226,13 +250,13 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     selection_dir = trainer.rose_config.output_dir
     plot_dir = os.path.join(selection_dir, "report")
     os.makedirs(plot_dir, exist_ok=True)
-    metric_names = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
+    groups, series, _ = _evaluation_plot_data(final)
     _bar_plot(
         os.path.join(plot_dir, EVALUATION_PLOT),
-        [m.replace("_", " ") for m in metric_names],
-        {MODEL_LABELS[name]: [final[name].get(m, 0.0) for m in metric_names] for name in MODELS},
+        [METRIC_LABELS[metric] for metric in groups],
+        series,
         "share of test pairs / prompts",
-        f"Final models on held-out `{task.config.target_family}` (reward accuracy: base has none)",
+        f"Final models on held-out `{task.config.target_family}`",
     )
     sources = sorted(set(selection["rose"]["by_source"]) | set(selection["random"]["by_source"]))
     _bar_plot(

@@ -4,8 +4,9 @@
   plain `logging` otherwise (accelerate's logger raises before any `PartialState` exists, and scoring, reports and the
   fixtures also run standalone).
 - Their level follows the trainer's convention, as `transformers`' own messages do: `TrainingArguments.log_level`
-  (`log_level_replica` on other processes) when a trainer runs, `transformers.logging` verbosity otherwise. So
-  `log_level="info"` shows rose_hf's counts and cache decisions; the default shows warnings only.
+  (`log_level_replica` on other processes) when it is set, else a level the program gave the `rose_hf` logger, else
+  `transformers.logging` verbosity. So `log_level="info"` shows rose_hf's counts and cache decisions; the default
+  shows warnings only.
 - The one-line summary of a finished selection is always shown (`summary`), like the Trainer's final metrics line.
 """
 
@@ -22,19 +23,23 @@ _logger = get_logger(LOGGER_NAME)
 
 
 def follow_trainer_verbosity(args=None) -> None:
-    """Set rose_hf's log level from `args.get_process_log_level()` (or transformers' verbosity), with a handler of
-    its own so that INFO lines reach the console when asked for, without the root logger's configuration."""
+    """Set rose_hf's log level as the Trainer sets transformers': from `args.log_level` (`log_level_replica` on
+    other processes) when it is not "passive"; otherwise a level the program chose for `rose_hf` stays, and without
+    one, transformers' verbosity applies. When the program has configured no logging (no root handler), rose_hf
+    gets a console handler so that INFO lines show when asked for; otherwise the program's own handlers print them."""
     import transformers
 
-    level = args.get_process_log_level() if args is not None else transformers.logging.get_verbosity()
     library = logging.getLogger(LOGGER_NAME)
-    library.setLevel(level)
-    if not any(getattr(handler, "_rose_hf", False) for handler in library.handlers):
+    explicit = args is not None and (args.log_level != "passive" or not args.should_log)
+    if explicit:
+        library.setLevel(args.get_process_log_level())
+    elif library.level == logging.NOTSET:
+        library.setLevel(transformers.logging.get_verbosity())
+    if not logging.getLogger().handlers and not any(getattr(h, "_rose_hf", False) for h in library.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[rose_hf] %(message)s"))
         handler._rose_hf = True
         library.addHandler(handler)
-        library.propagate = False  # as transformers does: one line per message, however the root logger is set up
 
 
 def log(message: str, level: int = logging.INFO) -> None:

@@ -30,7 +30,8 @@ logger = get_logger(__name__)
 DEFAULT_BUDGET_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
-def _selectable(scores: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+def selectable_rows(scores: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """The one rule for which rows can be selected: finite scores that are not `INVALID_SCORE`, and `valid`."""
     mask = np.isfinite(scores) & (scores != INVALID_SCORE)
     if valid is not None:
         valid = np.asarray(valid)
@@ -73,7 +74,7 @@ def select_top(
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= num_rows:
             raise ValueError(f"`size` must be an integer in [1, {num_rows}] (the pool size), got {size!r}.")
         k = int(size)
-    candidates = np.flatnonzero(_selectable(scores, valid))
+    candidates = np.flatnonzero(selectable_rows(scores, valid))
     if candidates.size < k:
         warn(f"Only {candidates.size} valid examples for a budget of {k}: selecting all of them.")
     # Stable sort of the negated scores: higher score first, lower index first among ties.

@@ -31,22 +31,27 @@ import numpy as np
 STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
 # numpy storage of each `RoseConfig.feature_dtype`
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
-# Everything a run writes into its `output_dir` (selection.py, report.py): `overwrite` must leave none of it behind.
+# Everything a run writes into its `output_dir` (selection.py, report/): `overwrite` must leave none of it behind.
 RUN_ARTIFACTS = (
     "features", "run.json", "scores.npy", "valid.npy", "selected_indices.json", "selected", "selected.jsonl",
     "selection.json", "report.md", "report",
 )
 
 
-def atomic_write_json(path: str, payload: Any) -> None:
-    """Write JSON so that a reader sees the old file or the whole new one, never a partial one."""
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` (UTF-8) so that a reader sees the old file or the whole new one, never a partial one."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with disk_errors(path):
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, payload: Any) -> None:
+    """Write JSON so that a reader sees the old file or the whole new one, never a partial one."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def read_json(path: str) -> Any:

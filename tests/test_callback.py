@@ -375,3 +375,7 @@ def test_log_level_follows_the_trainer(tokenizer, data, tmp_path):
     assert logging.getLogger(LOGGER_NAME).getEffectiveLevel() == logging.INFO
     follow_trainer_verbosity(TrainingArguments(output_dir=str(tmp_path), log_level="warning", report_to=[]))
     assert not logging.getLogger("rose_hf.pipeline").isEnabledFor(logging.INFO)
+    logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)  # a program's own choice survives log_level="passive"
+    follow_trainer_verbosity(TrainingArguments(output_dir=str(tmp_path), report_to=[]))
+    assert logging.getLogger("rose_hf.pipeline").isEnabledFor(logging.INFO)
+    logging.getLogger(LOGGER_NAME).setLevel(logging.NOTSET)

@@ -1,19 +1,65 @@
-"""The offline demo, `--quick`: report.md with the evaluation section, and its plots."""
+"""The offline demo, `--quick`: report.md with the evaluation section, and its plots; what the log says matches
+what the report shows."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 
-from rose_hf.demo import main
+from rose_hf.demo import MODEL_LABELS, _bar_plot, _evaluation_caption, _evaluation_plot_data, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _png_title(path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.text.get("Title", "")
+
+
+def _fake_final() -> dict:
+    # As evaluate_model reports them: the base model has no reward accuracy (it is measured against the base),
+    # and these tiny models never generate the exact or the wrong answer.
+    return {
+        "base": {"preference_accuracy": 0.48, "exact_match": 0.0, "wrong_match": 0.0},
+        "rose": {"preference_accuracy": 0.6, "reward_accuracy": 0.25, "exact_match": 0.0, "wrong_match": 0.0},
+        "random": {"preference_accuracy": 0.3, "reward_accuracy": 0.33, "exact_match": 0.0, "wrong_match": 0.0},
+    }
+
+
+def test_evaluation_plot_omits_all_zero_groups_and_missing_metrics(tmp_path):
+    final = _fake_final()
+    groups, series, left_out = _evaluation_plot_data(final)
+    assert groups == ["preference_accuracy", "reward_accuracy"]
+    assert left_out == ["exact match (0 for every model)", "wrong-answer match (0 for every model)"]
+    assert series[MODEL_LABELS["base"]] == [0.48, None]  # no bar, rather than a zero one
+    assert series[MODEL_LABELS["rose"]] == [0.6, 0.25]
+    caption = _evaluation_caption(final)
+    assert "Not plotted: exact match (0 for every model), wrong-answer match (0 for every model)." in caption
+    assert "No reward-accuracy bar for Base model (untrained)" in caption
+    # A metric one model scores on is kept, zeros of the others included.
+    final["rose"]["exact_match"] = 0.1
+    groups, series, _ = _evaluation_plot_data(final)
+    assert "exact_match" in groups and series[MODEL_LABELS["base"]][groups.index("exact_match")] == 0.0
+
+    from rose_hf.report.plots import grouped_bars
+
+    figure = grouped_bars(["a", "b"], {"x": [0.5, None], "y": [0.2, 0.3]}, "share", "Title")
+    heights = sorted(round(patch.get_height(), 3) for patch in figure.axes[0].patches)
+    assert heights == [0.2, 0.3, 0.5]  # three bars: the missing value drew none
+    path = tmp_path / "plot.png"
+    _bar_plot(str(path), ["a"], {MODEL_LABELS["rose"]: [0.5]}, "share", "Evaluation")
+    assert _png_title(path) == "Evaluation"
+
+
 @pytest.mark.slow
-def test_quick_demo(tmp_path):
-    results = main(["--output_dir", str(tmp_path), "--quick"])
+def test_quick_demo(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        results = main(["--output_dir", str(tmp_path), "--quick"])
 
     report = (tmp_path / "selection" / "report.md").read_text()
     assert "## Evaluation of the final models" in report
@@ -25,6 +71,16 @@ def test_quick_demo(tmp_path):
         path = tmp_path / "selection" / "report" / name
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         assert f"report/{name}" in report
+
+    # The log and the report tell the same story: the projection used, and the number of plots.
+    logged = re.search(r"LoRA parameters -> (\w+) projection to (\d+) dims", caplog.text)
+    projection = re.search(r"^\| Projection \| ([^|]+) \|$", report, re.M).group(1)
+    assert logged and projection.startswith(f"{logged.group(1)}, {logged.group(2)} dims"), (logged, projection)
+    linked = re.findall(r"!\[[^\]]*\]\((report/[^)]+\.png)\)", report)
+    count = re.search(r"wrote the selection report to .* \((\d+) plots in ", caplog.text)
+    assert count and int(count.group(1)) == len(linked) == len(list((tmp_path / "selection" / "report").glob("*.png")))
+    for link in linked:
+        assert _png_title(tmp_path / "selection" / link), link
 
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert set(saved["final"]) == {"base", "rose", "random"}

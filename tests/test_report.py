@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from accelerate.state import PartialState
 from datasets import Dataset
 
 from rose_hf.pipeline import FEATURE_CONFIG_FIELDS
+from rose_hf.projection import make_projector, resolve_projection
 from rose_hf.report import escape_cell, report_from_output_dir, write_report
 from rose_hf.rose_config import RoseConfig
 from rose_hf.selection import SelectionResult, select_from_store, select_top
@@ -25,6 +27,7 @@ SOURCE_SIZES = {"alpha": 30, "beta": 20, "gamma": 10}
 INVALID_ROWS = (31, 55)  # one beta row, one gamma row
 SUBTASKS = ["x", "x", "y", "y", "z"]
 DIM = 16
+NUM_PARAMS = 100  # the fake LoRA's size: larger than DIM, so the sjlt projection is used
 STEPS_AND_RATES = {10: [2e-5, 1e-5], 20: [5e-6, 5e-6]}  # mean LRs 1.5e-5 and 5e-6: weights 0.75 and 0.25
 TOKENIZATION = {"pool_truncated": 3, "pool_without_completion": 2, "pairs_truncated": 1, "tokenize_seconds": 0.25}
 SECTIONS = (
@@ -78,20 +81,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def make_run(output_dir: str, pool: Dataset, seed: int = 0) -> FakeRun:
-    """Write two complete checkpoints through the real store API, then run the real selection."""
+def make_run(output_dir: str, pool: Dataset, seed: int = 0, num_params: int = NUM_PARAMS, **settings) -> FakeRun:
+    """Write two complete checkpoints through the real store API, then run the real selection.
+
+    `num_params` is the fake LoRA's size: the projection is resolved and described as `Featurizer` does, so
+    meta.json records what a real run would have used for these `settings`.
+    """
     rng = np.random.default_rng(seed)
     num_rows = len(pool)
-    direction = _unit(rng.normal(size=DIM))
-    config = RoseConfig(
-        output_dir=output_dir,
-        selection_fraction=0.2,
-        projection="sjlt",
-        projection_dim=DIM,
-        validation_objective="sft",
-        feature_dtype="float16",
-        chunk_size=25,
-    )
+    defaults = dict(selection_fraction=0.2, projection="sjlt", projection_dim=DIM, validation_objective="sft",
+                    feature_dtype="float16", chunk_size=25, scoring="paper")  # fmt: skip
+    config = RoseConfig(output_dir=output_dir, **{**defaults, **settings})
+    kind, dim = resolve_projection(config.projection, num_params, config.projection_dim)
+    projection = make_projector(kind, num_params, dim, seed=config.projection_seed).describe()
+    direction = _unit(rng.normal(size=dim))
     run_args = {
         "base_model": "fake",
         "pool_fingerprint": pool._fingerprint,
@@ -103,20 +106,20 @@ def make_run(output_dir: str, pool: Dataset, seed: int = 0) -> FakeRun:
     # alpha rows lean towards the validation direction, so the selection is skewed towards alpha (and row 0 is top).
     lean = np.array([0.3 if i < SOURCE_SIZES["alpha"] else 0.0 for i in range(num_rows)])[:, None]
     for step, rates in STEPS_AND_RATES.items():
-        features = _unit(lean * direction + rng.normal(size=(num_rows, DIM)) * 0.3).astype(np.float32)
+        features = _unit(lean * direction + rng.normal(size=(num_rows, dim)) * 0.3).astype(np.float32)
         features[0] = direction
         status = np.full(num_rows, STATUS_OK, dtype=np.int8)
         for row in INVALID_ROWS:
             features[row] = 0.0
             status[row] = STATUS_EMPTY
         checkpoint = store.checkpoint(step)
-        checkpoint.create(num_rows, DIM, "float16", config.chunk_size, learning_rates=rates)
+        checkpoint.create(num_rows, dim, "float16", config.chunk_size, learning_rates=rates)
         for chunk in range(checkpoint.num_chunks()):
             rows = checkpoint.chunk_rows(chunk)
             checkpoint.write_chunk(chunk, features[rows.start : rows.stop], status[rows.start : rows.stop])
-        validation = _unit(direction + rng.normal(size=(len(SUBTASKS), DIM)) * 0.1)
+        validation = _unit(direction + rng.normal(size=(len(SUBTASKS), dim)) * 0.1)
         checkpoint.write_validation({"dpo": validation, "sft": validation})
-        checkpoint.finalize(meta={"pool_seconds": 1.5, "validation_seconds": 0.5})
+        checkpoint.finalize(meta={"pool_seconds": 1.5, "validation_seconds": 0.5, "projection": projection})
     result = select_from_store(store, pool, SUBTASKS, config, extra_info={"tokenization": dict(TOKENIZATION)})
     return FakeRun(output_dir, pool, result, config, store)
 
@@ -372,3 +375,99 @@ def test_budget_curve_around_a_size_budget(run):
     assert overlaps["5%"] == "3 (100.0%)"
     summary = dict(_table(_section(text, "## Summary"))[1])
     assert summary["Selected rows"] == "4 (6.67% of the pool; selection_size=4)"
+
+
+def _png_title(path: str) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.text.get("Title", "")
+
+
+def test_projection_shown_as_used_and_as_asked(tmp_path):
+    """A LoRA smaller than projection_dim keeps exact gradients: the report shows that, not the request."""
+    run = make_run(str(tmp_path / "small_lora"), _pool(), projection="rademacher", projection_dim=8192)
+    assert run.store.completed_checkpoints()[0].meta["dim"] == NUM_PARAMS  # what featurization stored
+    text = _read(write_report(run.output_dir, run.pool, run.result, run.config, run.store))
+    summary = dict(_table(_section(text, "## Summary"))[1])
+    used, asked = summary["Projection"].split("; ", 1)
+    assert used == f"none, {NUM_PARAMS} dims (exact gradients)"
+    assert asked.startswith("asked for rademacher, 8192 dims") and f"{NUM_PARAMS} parameters" in asked
+    assert summary["Feature storage"] == f"float16, {NUM_PARAMS} values per row"
+    assert "8192" not in summary["Feature storage"]
+    # Rebuilt from the folder alone, the same (read from meta.json and layout.json, not from the config).
+    rebuilt = dict(_table(_section(_read(report_from_output_dir(run.output_dir)), "## Summary"))[1])
+    assert rebuilt["Projection"] == summary["Projection"]
+
+
+def test_projection_as_asked_has_no_note(run):
+    summary = dict(_table(_section(_read(write_report(run.output_dir, run.pool, run.result, run.config, run.store)),
+                                   "## Summary"))[1])  # fmt: skip
+    assert summary["Projection"] == f"sjlt, {DIM} dims (seed 0)"
+    assert summary["Feature storage"] == f"float16, {DIM} values per row"
+
+
+def test_health_verdict_comes_first(run):
+    result = dataclasses.replace(run.result, info={**run.result.info, "health": {"verdict": "weak", "message": "x"}})
+    section = _section(_read(write_report(run.output_dir, run.pool, result, run.config, run.store)), "## Summary")
+    first = [line for line in section.splitlines()[1:] if line.strip()][0]
+    assert first == "**Verdict: weak.** x"
+    unchecked = dataclasses.replace(run.result, info={k: v for k, v in run.result.info.items() if k != "health"})
+    plain = _section(_read(write_report(run.output_dir, run.pool, unchecked, run.config, run.store)), "## Summary")
+    assert "Verdict" not in plain
+
+
+def test_logged_plot_count_equals_linked_pngs(run, caplog):
+    """The log counts every plot report.md links, the extra sections' too (the demo adds two to `report/`)."""
+    write_report(run.output_dir, run.pool, run.result, run.config, run.store)  # creates report/
+    from rose_hf.report.plots import grouped_bars, save_figure
+
+    save_figure(grouped_bars(["a"], {"m": [1.0]}, "y", "Extra plot"), os.path.join(run.output_dir, "report", "x.png"))
+    extra = EXTRA + "\n\n![extra](report/x.png)"
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        text = _read(write_report(run.output_dir, run.pool, run.result, run.config, run.store, extra_sections=[extra]))
+    images = _check_images(run.output_dir, text)
+    assert len(images) == 6
+    logged = list(re.finditer(r"wrote the selection report to .* \((\d+) plots in ", caplog.text))[-1]
+    assert logged and int(logged.group(1)) == len(images)
+    assert "5 from the selection report, 1 from the extra sections" in caplog.text
+
+
+def test_every_plot_has_a_title_and_its_legend_covers_nothing(run, monkeypatch):
+    from rose_hf.report.context import ReportContext
+    from rose_hf.report.plots import figure_title
+
+    figures = {}
+    original = ReportContext.image
+
+    def keep(self, figure, name, alt):  # the real save, plus a handle on the figure to inspect
+        figures[name] = figure
+        return original(self, figure, name, alt)
+
+    monkeypatch.setattr(ReportContext, "image", keep)
+    text = _read(write_report(run.output_dir, run.pool, run.result, run.config, run.store))
+    images = _check_images(run.output_dir, text)
+    assert sorted(f"report/{name}" for name in figures) == sorted(images)
+    for name, figure in figures.items():
+        title = figure_title(figure)
+        assert title and _png_title(os.path.join(run.output_dir, "report", name)) == title, name
+        figure.canvas.draw()
+        for legend in figure.legends + [axes.get_legend() for axes in figure.axes if axes.get_legend()]:
+            box = legend.get_window_extent()
+            for axes in figure.axes:
+                assert not box.overlaps(axes.get_window_extent()), f"{name}: the legend covers the plot"
+    assert figures["sources.png"].legends and figures["budget.png"].legends  # the two that had covering legends
+
+
+def test_report_valid_rows_follow_select_top(run):
+    """A row flagged valid but holding INVALID_SCORE is not valid (select_top's rule): not counted as valid."""
+    from rose_hf.report.context import ReportContext
+    from rose_hf.scoring import INVALID_SCORE
+
+    scores = run.result.scores.copy()
+    scores[5] = INVALID_SCORE
+    result = dataclasses.replace(run.result, scores=scores)
+    ctx = ReportContext(run.output_dir, run.pool, None, result, run.config, run.store)
+    expected = np.zeros(len(scores), dtype=bool)
+    expected[select_top(scores, size=len(scores) - len(INVALID_ROWS) - 1, valid=run.result.valid)] = True
+    assert np.array_equal(ctx.valid, expected)
