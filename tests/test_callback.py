@@ -379,3 +379,14 @@ def test_log_level_follows_the_trainer(tokenizer, data, tmp_path):
     follow_trainer_verbosity(TrainingArguments(output_dir=str(tmp_path), report_to=[]))
     assert logging.getLogger("rose_hf.pipeline").isEnabledFor(logging.INFO)
     logging.getLogger(LOGGER_NAME).setLevel(logging.NOTSET)
+
+
+def test_robust_scoring_featurizes_the_end_of_the_warmup_only(tokenizer, data, tmp_path):
+    pool, pairs = data
+    selector = RoseDataSelector(pool, pairs, rose_config(tmp_path / "rose", scoring="robust"))
+    trainer = sft_trainer(tokenizer, tmp_path / "out", pool, [selector])
+    trainer.train()
+    assert [os.path.basename(f) for f in feature_folders(str(tmp_path / "rose"))] == [
+        f"checkpoint-{trainer.state.global_step}"
+    ]
+    assert selector.result.weights.tolist() == [1.0] and selector.result.info["health"]["verdict"]
