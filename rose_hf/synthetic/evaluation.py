@@ -137,13 +137,14 @@ def greedy_generations(
 ) -> list[str]:
     """Greedy completions of `prompts`, decoded without special tokens.
 
-    Prompts are tokenised as `SFTTrainer` tokenises them for training (no added special tokens beyond what the
-    tokenizer adds), left-padded so every row continues from its last prompt token.
+    Prompts are tokenised as `SFTTrainer` tokenises them for training: plain strings as the tokenizer tokenises them,
+    conversational prompts (lists of messages) through the chat template with the generation prompt appended. Rows
+    are left-padded so every row continues from its last prompt token.
 
     Args:
         model: a causal LM (PEFT models generate with their adapter on).
-        tokenizer: the model's tokenizer (needs a pad or EOS token).
-        prompts: the prompts.
+        tokenizer: the model's tokenizer (needs a pad or EOS token; a chat template for conversational prompts).
+        prompts: the prompts, strings or lists of `{"role", "content"}` messages.
         max_new_tokens: generation length limit.
         batch_size: prompts per `generate` call.
     """
@@ -159,7 +160,11 @@ def greedy_generations(
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
-            encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+            if chunk and not isinstance(chunk[0], str):  # messages: what apply_chat_template(tokenize=True) gives
+                chunk = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
+                encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            else:
+                encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
             generated = model.generate(
                 input_ids=encoded["input_ids"],
                 attention_mask=encoded["attention_mask"],
@@ -206,7 +211,8 @@ def evaluate_model(
         model: the model to evaluate.
         tokenizer: its tokenizer.
         test_pairs: held-out `prompt`, `chosen`, `rejected` pairs.
-        test_prompts: held-out `prompt`, `reference` rows (synthetic prompts also get `wrong_match`).
+        test_prompts: held-out `prompt`, `reference` rows; with a `wrong_reference` column (the harmful twin's
+            answer) or prompts of `rose_hf.synthetic.tasks`, also `wrong_match`.
         reference_logps: `(chosen, rejected)` log-probs of the reference model (the base model) on `test_pairs`;
             without them there is no `reward_accuracy`.
         beta: DPO beta of the implicit reward.
@@ -228,12 +234,15 @@ def evaluate_model(
     references = list(test_prompts["reference"])
     generations = greedy_generations(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     metrics["exact_match"] = exact_match(generations, references)
-    wrong = _wrong_answers(prompts)
+    if "wrong_reference" in test_prompts.column_names:
+        wrong = list(test_prompts["wrong_reference"])
+    else:
+        wrong = _wrong_answers(prompts)
     if wrong is not None:
         metrics["wrong_match"] = exact_match(generations, wrong)
     metrics["num_prompts"] = len(prompts)
     metrics["examples"] = [
-        {"prompt": p, "generation": _normalise(g), "reference": _normalise(r)}
+        {"prompt": _prompt_text(p), "generation": _normalise(g), "reference": _normalise(r)}
         for p, g, r in list(zip(prompts, generations, references))[:5]
     ]
     metrics["chosen_logps"] = chosen.tolist()
@@ -241,9 +250,15 @@ def evaluate_model(
     return metrics
 
 
-def _wrong_answers(prompts: Sequence[str]) -> list[str] | None:
+def _prompt_text(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
+
+
+def _wrong_answers(prompts: Sequence[Any]) -> list[str] | None:
     from .tasks import parse_prompt, wrong_answer
 
+    if prompts and not isinstance(prompts[0], str):
+        return None
     try:
         return [wrong_answer(*parse_prompt(p)) for p in prompts]
     except ValueError:  # not synthetic prompts
