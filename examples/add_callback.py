@@ -46,7 +46,10 @@ def main() -> None:
     )
     trainer.train()
 
-    print(f"selected {len(selector.selected_indices)} of {len(pool)} rows; by source:")
+    trainer.log(selector.metrics)  # the selection's figures, to report_to (TensorBoard, W&B...) like any metric
+    health = selector.result.info["health"]
+    print(f"selected {len(selector.selected_indices)} of {len(pool)} rows; health: {health['verdict']} "
+          f"({health['message']}); by source:")
     print(selector.selected_dataset.to_pandas()["source"].value_counts().to_string())
 
 

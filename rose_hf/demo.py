@@ -126,7 +126,8 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
     lines.append(
         f"- Selection: ROSE's {k} rows are {rose['precision']:.0%} helpful and {rose['harmful_share']:.0%} harmful; "
         f"random's are {rand['precision']:.0%} and {rand['harmful_share']:.0%} (the best possible precision at this "
-        f"budget is {results['oracle_precision']:.0%})."
+        f"budget is {results['oracle_precision']:.0%}). Health check, which sees no labels: "
+        f"{results['health']['verdict']} ({results['health']['message']})."
     )
     diff = final["rose"]["preference_accuracy"] - final["random"]["preference_accuracy"]
     lines.append(
@@ -276,6 +277,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
         "ground_truth": {"helpful": int(helpful.sum()), "harmful": int(harmful.sum()), "pool": len(task.pool)},
         "oracle_precision": min(1.0, int(helpful.sum()) / len(rose_indices)),
         "selection": selection,
+        "health": result.info["health"],
         "final": final,
         "seconds": seconds,
     }
@@ -312,7 +314,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     PartialState()  # accelerate's logger needs it
     quiet_libraries()
     results = run_demo(args.output_dir, args.quick, args.seed, args.pool_size)
-    print(f"rose_hf demo: report -> {results['report']} ({results['seconds']['total']:.0f} s)")
+    health = results["health"]
+    print(f"rose_hf demo: selection health {health['verdict']} ({health['message']}); report -> {results['report']} "
+          f"({results['seconds']['total']:.0f} s)")
     return results
 
 

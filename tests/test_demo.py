@@ -83,6 +83,7 @@ def test_quick_demo(tmp_path, caplog):
         assert _png_title(tmp_path / "selection" / link), link
 
     saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["health"]["verdict"] in ("ok", "noise") and saved["health"]["verdict"] in report
     assert set(saved["final"]) == {"base", "rose", "random"}
     assert saved["selection"]["rose"]["k"] == saved["selection"]["random"]["k"] == 50  # 5% of 1000
     assert 0 <= results["final"]["rose"]["preference_accuracy"] <= 1

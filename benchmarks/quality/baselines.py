@@ -61,14 +61,19 @@ def _subtasks(pairs: Dataset) -> list[str]:
     return [DEFAULT_SUBTASK] * len(pairs)
 
 
+def _text(value) -> str:
+    # Conversational rows are lists of messages: their contents, in order.
+    return value if isinstance(value, str) else " ".join(message["content"] for message in value)
+
+
 def pool_texts(pool: Dataset) -> list[str]:
-    """`prompt + completion` of every pool row (the prompt-completion format of the synthetic pool)."""
-    return [p + c for p, c in zip(pool["prompt"], pool["completion"])]
+    """`prompt + completion` of every pool row (plain or conversational prompt-completion)."""
+    return [_text(p) + " " + _text(c) for p, c in zip(pool["prompt"], pool["completion"])]
 
 
 def validation_texts(pairs: Dataset) -> list[str]:
     """`prompt + chosen` of every validation pair."""
-    return [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])]
+    return [_text(p) + " " + _text(c) for p, c in zip(pairs["prompt"], pairs["chosen"])]
 
 
 @torch.no_grad()

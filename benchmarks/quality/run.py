@@ -32,16 +32,14 @@ Writes `quality.json` (everything), `quality.md` (tables) and `plots/*.png` into
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.common import agg_figure, fmt_stat, log
+from benchmarks.common import log
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is instant
     import numpy as np
@@ -78,22 +76,9 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 #           machine were measured ~100x slower per step (spin-waiting). Results do not depend on it.
 # =====================================================================================================================
 
-METHODS: tuple[str, ...] = ("random", "bm25", "rds", "less", "rose")
-REFERENCE_SELECTORS: tuple[str, ...] = ("oracle",)
-FULL, BASE = "full_pool", "base"
-LABELS = {
-    "random": "Random",
-    "bm25": "BM25",
-    "rds": "RDS (hidden states)",
-    "less": "LESS (SFT gradient)",
-    "rose": "ROSE (DPO gradient)",
-    "oracle": "Oracle (ground truth)",
-    FULL: "Full pool",
-    BASE: "Base model (untrained)",
-}
-SELECTION_METRICS = ("precision", "harmful_share", "recall")
-FINAL_METRICS = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match", "mean_margin")
+METHODS: tuple[str, ...] = ("random", "bm25", "rds", "less", "rose", "robust")
 RESULT_FILE, MARKDOWN_FILE, PLOT_DIR = "quality.json", "quality.md", "plots"
+FULL, BASE = "full_pool", "base"  # the two reference models (see targets.py)
 
 
 @dataclass
@@ -101,8 +86,10 @@ class QualityBenchConfig:
     """Settings of the quality benchmark; the defaults are the fixed design written at the top of this module.
 
     Args:
-        output_dir: where `quality.json`, `quality.md`, `plots/` and the per-seed folders go.
-        seeds: one full run per seed (task, warmup slice, LoRA init, data order, random baseline).
+        output_dir: where `quality.json`, `quality.md`, `plots/` and the per-run folders go.
+        families: world families (`rose_hf.synthetic.worlds`), each with its own base model.
+        seeds: one world per seed (task, warmup slice, LoRA init, data order, random baseline).
+        warmup_epochs: warmup lengths; the selection is measured after each, final models only after `epochs`.
         pool_size, target_correct_fraction, target_wrong_fraction, n_per_subtask, n_test_pairs, n_test_prompts:
             the synthetic task (`SyntheticTaskConfig`).
         warmup_fraction: share of the pool in the warmup.
@@ -123,7 +110,9 @@ class QualityBenchConfig:
     """
 
     output_dir: str = "outputs/bench_quality"
+    families: tuple[str, ...] = ("sort", "drop_chat", "letters_ends")
     seeds: tuple[int, ...] = (0, 1, 2)
+    warmup_epochs: tuple[int, ...] = (2, 4, 8)
     pool_size: int = 4000
     target_correct_fraction: float = 0.04
     target_wrong_fraction: float = 0.04
@@ -155,6 +144,10 @@ class QualityBenchConfig:
 
     def __post_init__(self) -> None:
         self.seeds = tuple(int(s) for s in self.seeds)
+        self.families = tuple(self.families)
+        self.warmup_epochs = tuple(int(e) for e in self.warmup_epochs)
+        if self.epochs not in self.warmup_epochs:
+            self.warmup_epochs = tuple(sorted(set(self.warmup_epochs) | {self.epochs}))
         self.budgets = tuple(float(b) for b in self.budgets)
         self.methods = tuple(self.methods)
         if not self.seeds:
@@ -174,7 +167,8 @@ class QualityBenchConfig:
         Everything else (warmup epochs, learning rate, LoRA, features) is the full design, so the quick run tests the
         same method at a smaller scale (warmup 50 rows -> 7 steps per epoch).
         """
-        values = dict(seeds=(0,), pool_size=1000, n_test_pairs=100, n_test_prompts=50)
+        values = dict(families=("sort",), seeds=(0,), warmup_epochs=(4,), pool_size=1000, n_test_pairs=100,
+                      n_test_prompts=50)
         return cls(**(values | overrides))
 
 
@@ -194,10 +188,11 @@ def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe
     )
 
 
-def _rose_config(config: QualityBenchConfig, seed: int):
+def _rose_config(config: QualityBenchConfig, seed: int, scoring: str):
     from rose_hf import RoseConfig
 
     return RoseConfig(
+        scoring=scoring,
         beta=config.beta,
         projection=config.projection,
         projection_dim=config.projection_dim,
@@ -214,28 +209,32 @@ def _rose_config(config: QualityBenchConfig, seed: int):
 
 
 def warmup_and_gradient_scores(
-    config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int
+    config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int
 ) -> dict[str, Any]:
-    """ONE warmup and selection with `RoseTrainer`, then LESS's scores from the same cached features.
+    """ONE warmup with `RoseTrainer` serves paper ROSE, LESS and robust ROSE, through the public API only.
 
-    Every checkpoint caches the validation features of both objectives, so LESS (`validation_objective="sft"`) and
-    ROSE (`"dpo"`) are scored from the same pool features: they differ ONLY in the validation gradient, and LESS's
-    scores are exactly those a separate LESS run with this warmup would give.
+    - ROSE, paper scoring: `RoseTrainer`'s own selection (`scoring="paper"`: features at every checkpoint).
+    - LESS: `score_store` on the same cache with `validation_objective="sft"` (both objectives' validation features
+      are cached), so LESS and ROSE differ ONLY in the validation gradient.
+    - ROSE, robust scoring: `select_from_checkpoints` on the warmup's last checkpoint (adapter + optimizer.pt), which
+      computes the robust features (one pool pass) from the very same adapter and Adam state.
 
     Returns:
-        `{"scores": {"rose": (N,), "less": (N,)}, "valid": (N,), "warmup": {...diagnostics}}`.
+        `{"scores": {"rose", "less", "robust"}, "health": {"rose", "robust"}, "warmup": {...}}`.
     """
     import dataclasses
 
     import numpy as np
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, set_seed
 
     from rose_hf import RoseTrainer
+    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
     from rose_hf.selection import score_store
     from rose_hf.store import FeatureStore
 
     start = time.perf_counter()
-    recipe = _recipe(config)
+    recipe = _recipe(config, epochs)
     set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
     trainer = RoseTrainer(
         model=AutoModelForCausalLM.from_pretrained(base_path),
@@ -243,57 +242,71 @@ def warmup_and_gradient_scores(
         train_dataset=task.pool,
         preference_dataset=task.validation,
         peft_config=recipe.lora_config(),
-        rose_config=_rose_config(config, seed),
+        rose_config=_rose_config(config, seed, scoring="paper"),
         processing_class=tokenizer,
     )
     trainer.run_warmup()
-    result = trainer.run_selection()
+    paper = trainer.run_selection()
     store = FeatureStore(trainer.rose_config.output_dir)
-    subtasks = list(task.validation["subtask"])
     less = dataclasses.replace(trainer.rose_config, validation_objective="sft")
-    less_scores, _, _, _, _ = score_store(store, subtasks, less, num_rows=len(task.pool))
+    less_scores = score_store(store, list(task.validation["subtask"]), less, num_rows=len(task.pool)).scores
+    paper_seconds = time.perf_counter() - start
+
+    tick = time.perf_counter()
+    last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
+    robust_config = dataclasses.replace(
+        _rose_config(config, seed, scoring="robust"), output_dir=os.path.join(run_dir, "robust")
+    )
+    robust = select_from_checkpoints(model, [last], task.pool, task.validation, tokenizer, robust_config)
+    robust_seconds = time.perf_counter() - tick
+
     checkpoints = store.completed_checkpoints()
-    log_history = trainer.warmup_trainer.state.log_history if trainer.warmup_trainer else []
-    losses = [e["loss"] for e in log_history if "loss" in e]
+    robust_meta = FeatureStore(robust_config.output_dir).completed_checkpoints()[-1].meta
     info = {
+        "epochs": epochs,
         "rows": len(trainer.warmup_indices),
         "steps": int(checkpoints[-1].step),
         "checkpoint_steps": [int(c.step) for c in checkpoints],
-        "checkpoint_weights": [float(w) for w in result.weights],
-        "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
+        "checkpoint_weights": [float(w) for w in paper.weights],
         "projection": checkpoints[0].meta["projection"],
-        "num_invalid": int((~result.valid).sum()),
+        "num_invalid": int((~paper.valid).sum()),
         "seconds": time.perf_counter() - start,
-        "feature_seconds": sum(
-            c.meta.get("pool_seconds", 0.0) + c.meta.get("validation_seconds", 0.0) for c in checkpoints
-        ),
+        # Feature cost of each scoring: pool + validation passes (paper: every checkpoint; robust: the last one).
+        "feature_seconds": {
+            "paper": sum(c.meta.get("pool_seconds", 0.0) + c.meta.get("validation_seconds", 0.0) for c in checkpoints),
+            "robust": robust_meta.get("pool_seconds", 0.0) + robust_meta.get("validation_seconds", 0.0),
+        },
+        "wall_seconds": {"paper_and_less": paper_seconds, "robust": robust_seconds},
     }
-    return {"scores": {"rose": np.asarray(result.scores), "less": less_scores}, "valid": result.valid, "warmup": info}
+    return {
+        "scores": {"rose": np.asarray(paper.scores), "less": less_scores, "robust": np.asarray(robust.scores)},
+        "health": {"rose": paper.info["health"], "robust": robust.info["health"]},
+        "warmup": info,
+    }
 
 
 # --- one seed ---------------------------------------------------------------------------------------------------------
-def make_task(config: QualityBenchConfig, seed: int) -> SyntheticTask:
-    """The seed's synthetic task with the benchmark's sizes."""
-    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+def make_task(config: QualityBenchConfig, family: str, seed: int) -> SyntheticTask:
+    """The world of `family` and `seed` with the benchmark's sizes."""
+    from rose_hf.synthetic.worlds import make_world
 
-    return make_synthetic_task(
-        SyntheticTaskConfig(
-            pool_size=config.pool_size,
-            target_correct_fraction=config.target_correct_fraction,
-            target_wrong_fraction=config.target_wrong_fraction,
-            n_per_subtask=config.n_per_subtask,
-            n_test_pairs=config.n_test_pairs,
-            n_test_prompts=config.n_test_prompts,
-            seed=seed,
-        )
+    return make_world(
+        family,
+        seed,
+        pool_size=config.pool_size,
+        target_correct_fraction=config.target_correct_fraction,
+        target_wrong_fraction=config.target_wrong_fraction,
+        n_per_subtask=config.n_per_subtask,
+        n_test_pairs=config.n_test_pairs,
+        n_test_prompts=config.n_test_prompts,
     )
 
 
 def method_scores(
-    config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int
+    config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Scores of every configured method (plus the oracle) on the seed's pool, and timing/warmup info."""
+    """Scores of every configured method (plus the oracle) on the pool, and timing/warmup/health info."""
     from transformers import AutoModelForCausalLM
 
     from rose_hf.synthetic.evaluation import oracle_scores, random_scores
@@ -302,13 +315,12 @@ def method_scores(
 
     scores: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"seconds": {}}
-    if {"less", "rose"} & set(config.methods):
-        gradient = warmup_and_gradient_scores(config, task, base_path, tokenizer, os.path.join(run_dir, "rose"), seed)
+    if {"less", "rose", "robust"} & set(config.methods):
+        gradient = warmup_and_gradient_scores(config, task, base_path, tokenizer, run_dir, seed, epochs)
         info["warmup"] = gradient["warmup"]
+        info["health"] = gradient["health"]
         info["seconds"]["warmup_and_features"] = gradient["warmup"]["seconds"]
-        for name in ("less", "rose"):
-            if name in config.methods:
-                scores[name] = gradient["scores"][name]
+        scores.update({k: v for k, v in gradient["scores"].items() if k in config.methods})
     if "random" in config.methods:
         scores["random"] = random_scores(len(task.pool), seed)
     if "bm25" in config.methods:
@@ -324,14 +336,9 @@ def method_scores(
     return {m: scores[m] for m in (*config.methods, "oracle")}, info
 
 
-def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str, Any]:
-    """Selections, final models and evaluations of one seed; cached in `<output_dir>/seed_<seed>/result.json`.
-
-    Args:
-        config: the benchmark settings.
-        seed: the seed.
-        base_path: the tiny base model folder.
-    """
+def run_world(config: QualityBenchConfig, family: str, seed: int, epochs: int, base_path: str) -> dict[str, Any]:
+    """Selections (and, after the design's warmup length, final models) of one world and warmup length; cached in
+    `<output_dir>/<family>/seed_<seed>_e<epochs>/result.json`."""
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -339,26 +346,26 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
     from rose_hf.synthetic.evaluation import evaluate_model, selection_metrics
     from rose_hf.synthetic.recipe import train_lora, training_rows
 
-    run_dir = os.path.join(config.output_dir, f"seed_{seed}")
+    run_dir = os.path.join(config.output_dir, family, f"seed_{seed}_e{epochs}")
     result_path = os.path.join(run_dir, "result.json")
     fingerprint = _config_fingerprint(config, base_path)
     if os.path.exists(result_path):
         with open(result_path) as handle:
             saved = json.load(handle)
         if saved.get("fingerprint") == fingerprint:
-            log(f"rose_hf: seed {seed} already done in {run_dir}; reusing it.")
+            log(f"{family} seed {seed}, {epochs} epochs: already done in {run_dir}; reusing it.")
             return saved
     if os.path.isdir(run_dir):  # a run with other settings, or an unfinished one: start clean
         shutil.rmtree(run_dir)
     os.makedirs(run_dir)
     start = time.perf_counter()
-    task = make_task(config, seed)
+    task = make_task(config, family, seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     source = list(task.pool["source"])
 
-    log(f"rose_hf: seed {seed}: scoring the pool with {', '.join(config.methods)}.")
-    scores, info = method_scores(config, task, base_path, tokenizer, run_dir, seed)
+    log(f"{family} seed {seed}, {epochs}-epoch warmup: scoring the pool with {', '.join(config.methods)}.")
+    scores, info = method_scores(config, task, base_path, tokenizer, run_dir, seed, epochs)
     np.savez_compressed(os.path.join(run_dir, "scores.npz"), **scores)
     selection = {
         method: {
@@ -368,45 +375,34 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         for method, method_scores_array in scores.items()
     }
     out: dict[str, Any] = {
+        "family": family,
         "seed": seed,
+        "epochs": epochs,
         "fingerprint": fingerprint,
         "selection": selection,
         "ground_truth": {"helpful": int(helpful.sum()), "harmful": int(harmful.sum()), "pool": len(task.pool)},
         **info,
     }
 
-    if config.train_final:
+    if config.train_final and epochs == config.epochs:
         final: dict[str, Any] = {}
         training: dict[str, Any] = {}
+        evaluate = dict(beta=config.beta, max_new_tokens=config.max_new_tokens)
         base = AutoModelForCausalLM.from_pretrained(base_path)
-        log(f"rose_hf: seed {seed}: evaluating the base model.")
-        base_metrics = evaluate_model(
-            base, tokenizer, task.test_pairs, task.test_prompts, beta=config.beta, max_new_tokens=config.max_new_tokens
-        )
-        reference = (np.asarray(base_metrics["chosen_logps"]), np.asarray(base_metrics["rejected_logps"]))
-        final[BASE] = base_metrics
+        final[BASE] = evaluate_model(base, tokenizer, task.test_pairs, task.test_prompts, **evaluate)
+        reference = (np.asarray(final[BASE]["chosen_logps"]), np.asarray(final[BASE]["rejected_logps"]))
         del base
         runs = {method: select_top(scores[method], fraction=config.final_budget) for method in scores}
         if config.train_full_pool:
             runs[FULL] = np.arange(len(task.pool))
         for name, indices in runs.items():
-            log(f"rose_hf: seed {seed}: training on {name} ({len(indices)} rows).")
+            log(f"{family} seed {seed}: final model on {name} ({len(indices)} rows).")
             model, training[name] = train_lora(
-                _recipe(config),
-                base_path,
-                tokenizer,
-                training_rows(task.pool, indices),
-                os.path.join(run_dir, "final", name),
-                seed,
+                _recipe(config), base_path, tokenizer, training_rows(task.pool, indices),
+                os.path.join(run_dir, "final", name), seed,
             )
             final[name] = evaluate_model(
-                model,
-                tokenizer,
-                task.test_pairs,
-                task.test_prompts,
-                reference_logps=reference,
-                beta=config.beta,
-                max_new_tokens=config.max_new_tokens,
+                model, tokenizer, task.test_pairs, task.test_prompts, reference_logps=reference, **evaluate
             )
             del model
         for metrics in final.values():  # per-pair log-probs are only needed as the reference above
@@ -417,7 +413,7 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
         out["seconds"]["final_training"] = sum(t["seconds"] for t in training.values())
     out["seconds"]["total"] = time.perf_counter() - start
     if not config.keep_checkpoints:
-        for name in ("rose", "final"):
+        for name in ("warmup", "selection", "robust", "final"):
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
     with open(result_path, "w") as handle:
         json.dump(out, handle, indent=2)
@@ -426,295 +422,51 @@ def run_seed(config: QualityBenchConfig, seed: int, base_path: str) -> dict[str,
 
 def _config_fingerprint(config: QualityBenchConfig, base_path: str) -> dict[str, Any]:
     values = asdict(config)
-    for key in ("output_dir", "seeds", "num_threads", "cache_dir", "keep_checkpoints"):
+    for key in ("output_dir", "families", "seeds", "warmup_epochs", "num_threads", "cache_dir", "keep_checkpoints"):
         values.pop(key)
     return json.loads(json.dumps({**values, "base_model": os.path.basename(base_path)}))
 
 
-# --- aggregation over seeds ---------------------------------------------------------------------------------------------
-def _stats(values: list[float]) -> dict[str, Any]:
-    import numpy as np
-
-    clean = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not clean:
-        return {"mean": None, "std": None, "values": values}
-    return {
-        "mean": float(np.mean(clean)),
-        "std": float(np.std(clean, ddof=1)) if len(clean) > 1 else 0.0,
-        "values": clean,
-    }
-
-
-def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of every selection and final-model metric."""
-    methods = list(per_seed[0]["selection"])
-    budgets = list(per_seed[0]["selection"][methods[0]])
-    selection = {
-        method: {
-            budget: {m: _stats([s["selection"][method][budget][m] for s in per_seed]) for m in SELECTION_METRICS}
-            for budget in budgets
-        }
-        for method in methods
-    }
-    summary: dict[str, Any] = {"selection": selection}
-    if "final" in per_seed[0]:
-        models = list(per_seed[0]["final"])
-        summary["final"] = {
-            model: {m: _stats([s["final"][model].get(m) for s in per_seed]) for m in FINAL_METRICS} for model in models
-        }
-    return summary
-
-
-def check_expectations(summary: dict[str, Any], per_seed: list[dict[str, Any]], final_budget: float) -> dict[str, Any]:
-    """The three claims the benchmark tests, each with its numbers and a plain verdict (no tuning towards it).
-
-    - ROSE's harmful share at the final budget is clearly below LESS's: lower in EVERY seed and by at least 0.05 on
-      average.
-    - ROSE's precision at the final budget is near the best possible: at least 90% of the oracle's (the oracle's is
-      below 1 whenever the budget exceeds the number of helpful rows).
-    - ROSE's final model matches the full-pool model: preference accuracy and exact match each within
-      max(0.02, 2 standard errors of the per-seed difference) of the full pool's, or better.
-    """
-    import numpy as np
-
-    budget = f"{final_budget:g}"
-    out: dict[str, Any] = {}
-    sel = summary["selection"]
-    if "rose" in sel and "less" in sel:
-        rose = [s["selection"]["rose"][budget]["harmful_share"] for s in per_seed]
-        less = [s["selection"]["less"][budget]["harmful_share"] for s in per_seed]
-        gap = float(np.mean(np.subtract(less, rose)))
-        holds = all(r < le for r, le in zip(rose, less)) and gap >= 0.05
-        out["rose_harmful_below_less"] = {"rose": rose, "less": less, "mean_gap": gap, "holds": bool(holds)}
-    if "rose" in sel:
-        rose = sel["rose"][budget]["precision"]["mean"]
-        oracle = sel["oracle"][budget]["precision"]["mean"]
-        out["rose_precision_near_best"] = {
-            "rose": rose,
-            "oracle": oracle,
-            "ratio_to_oracle": rose / oracle if oracle else None,
-            "holds": bool(oracle and rose / oracle >= 0.9),
-        }
-    if "final" in summary and "rose" in summary["final"] and FULL in summary["final"]:
-        verdict: dict[str, Any] = {}
-        for metric in ("preference_accuracy", "exact_match"):
-            diffs = [s["final"]["rose"][metric] - s["final"][FULL][metric] for s in per_seed]
-            sem = float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
-            tolerance = max(0.02, 2 * sem)
-            verdict[metric] = {
-                "rose_minus_full": diffs,
-                "mean_diff": float(np.mean(diffs)),
-                "tolerance": tolerance,
-                "holds": bool(np.mean(diffs) >= -tolerance),
-            }
-        verdict["holds"] = all(v["holds"] for v in verdict.values() if isinstance(v, dict))
-        out["rose_matches_full_pool"] = verdict
-    return out
-
-
-# --- outputs ------------------------------------------------------------------------------------------------------------
-def plot_selection(summary: dict[str, Any], path: str) -> str:
-    """Precision, harmful share and recall against the budget, one line per method (mean ± std over seeds)."""
-    sel = summary["selection"]
-    figure, axes = agg_figure(13, 3.8, ncols=3)
-    for ax, metric in zip(axes, SELECTION_METRICS):
-        for method, per_budget in sel.items():
-            budgets = [float(b) for b in per_budget]
-            means = [per_budget[b][metric]["mean"] for b in per_budget]
-            stds = [per_budget[b][metric]["std"] for b in per_budget]
-            style = dict(linestyle="--", color="black", alpha=0.6) if method == "oracle" else dict(marker="o")
-            ax.errorbar(
-                [100 * b for b in budgets], means, yerr=stds, label=LABELS.get(method, method), capsize=3, **style
-            )
-        ax.set_xlabel("budget (% of pool)")
-        ax.set_title(metric.replace("_", " "))
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.savefig(path, format="png")
-    return path
-
-
-def plot_final(summary: dict[str, Any], path: str) -> str:
-    """Grouped bars of the final-model metrics per model (mean ± std over seeds)."""
-    import numpy as np
-
-    final = summary["final"]
-    models = list(final)
-    metrics = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
-    figure, ax = agg_figure(max(7, 1.3 * len(models)), 4)
-    width = 0.8 / len(metrics)
-    x = np.arange(len(models))
-    for i, metric in enumerate(metrics):
-        means = [final[m][metric]["mean"] if final[m][metric]["mean"] is not None else 0.0 for m in models]
-        stds = [final[m][metric]["std"] or 0.0 for m in models]
-        ax.bar(
-            x + (i - (len(metrics) - 1) / 2) * width,
-            means,
-            width,
-            yerr=stds,
-            capsize=2,
-            label=metric.replace("_", " "),
-        )
-    ax.set_xticks(x, [LABELS.get(m, m).replace(" (", "\n(") for m in models], fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_ylabel("share of test pairs / prompts")
-    ax.legend(fontsize=8, ncols=2)
-    ax.grid(axis="y", alpha=0.3)
-    figure.savefig(path, format="png")
-    return path
-
-
-def _seed_cell(selection: dict[str, Any], budget: str, method: str, metric: str) -> str:
-    return f"{selection[method][budget][metric]:.3f}" if method in selection else "n/a"
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """`quality.md`: design, selection table, final-model table, expectations with verdicts, per-seed details."""
-    config = results["config"]
-    summary = results["summary"]
-    per_seed = results["per_seed"]
-    seeds = config["seeds"]
-    lines = [
-        "# Quality benchmark: ROSE vs baselines on the synthetic `sort` task",
-        "",
-        f"Seeds {seeds} (mean ± standard deviation over seeds). Pool {config['pool_size']} rows: "
-        f"{per_seed[0]['ground_truth']['helpful']} helpful (sort, correct), {per_seed[0]['ground_truth']['harmful']} "
-        "harmful (sort, descending = wrong), the rest five other tasks, all correct. Warmup "
-        f"{config['warmup_fraction']:.0%} of the pool, {config['epochs']} epochs, lr {config['learning_rate']:g}, batch "
-        f"{config['batch_size']}, LoRA r={config['lora_r']} alpha={config['lora_alpha']}; final models trained on "
-        f"{config['final_budget']:.0%} with the same settings. Command: `make bench-quality`.",
-        "",
-    ]
-    warm = per_seed[0].get("warmup")
-    if warm:
-        lines += [
-            f"Warmup (seed {per_seed[0]['seed']}): {warm['rows']} rows, {warm['steps']} steps, checkpoints at "
-            f"{warm['checkpoint_steps']} with weights {[round(w, 3) for w in warm['checkpoint_weights']]}; "
-            f"projection `{warm['projection'].get('kind')}` "
-            f"({warm['projection'].get('out_dim', warm['projection'].get('dim'))} dims); train loss "
-            f"{warm['first_logged_loss']:.3f} -> {warm['last_logged_loss']:.3f}.",
-            "",
-        ]
-    budgets = list(next(iter(summary["selection"].values())))
-    lines += ["## Selection quality", ""]
-    for metric, title in (
-        ("precision", "Precision (share of the selection that is helpful)"),
-        ("harmful_share", "Harmful share (share of the selection that is sort/wrong)"),
-        ("recall", "Recall of the helpful rows"),
-    ):
-        lines += [f"**{title}**", "", "| Method | " + " | ".join(f"{float(b):.0%}" for b in budgets) + " |"]
-        lines += ["|---|" + "---|" * len(budgets)]
-        for method, per_budget in summary["selection"].items():
-            lines.append(
-                f"| {LABELS.get(method, method)} | "
-                + " | ".join(fmt_stat(per_budget[b][metric]) for b in budgets)
-                + " |"
-            )
-        lines.append("")
-    final_budget = f"{config['final_budget']:g}"
-    lines += [f"**Composition of the {config['final_budget']:.0%} selection (seed {per_seed[0]['seed']})**", ""]
-    lines += ["| Method | Selected rows by source |", "|---|---|"]
-    for method, per_budget in per_seed[0]["selection"].items():
-        parts = ", ".join(f"{k} {v}" for k, v in per_budget[final_budget].get("by_source", {}).items())
-        lines.append(f"| {LABELS.get(method, method)} | {parts} |")
-    lines += ["", f"![selection vs budget]({PLOT_DIR}/selection_vs_budget.png)", ""]
-    if "final" in summary:
-        lines += [
-            "## Final models",
-            "",
-            f"Each method's model is a fresh LoRA on the base model trained on its {config['final_budget']:.0%} "
-            "selection. *Preference acc.*: share of held-out pairs with log p(chosen) > log p(rejected). *Reward "
-            "acc.*: share with a DPO implicit reward margin > 0 against the base model (the pair's margin grew). "
-            "*Exact match*: greedy generation equals the reference. *Wrong match*: the generation is the systematic "
-            "wrong answer (descending).",
-            "",
-            "| Model | Preference acc. | Reward acc. | Exact match | Wrong match | Mean log-prob margin |",
-            "|---|---|---|---|---|---|",
-        ]
-        for model, metrics in summary["final"].items():
-            lines.append(
-                f"| {LABELS.get(model, model)} | {fmt_stat(metrics['preference_accuracy'])} | "
-                f"{fmt_stat(metrics['reward_accuracy'])} | {fmt_stat(metrics['exact_match'])} | "
-                f"{fmt_stat(metrics['wrong_match'])} | {fmt_stat(metrics['mean_margin'], 2)} |"
-            )
-        lines += ["", f"![final models]({PLOT_DIR}/final_models.png)", ""]
-    lines += ["## Expectations", ""]
-    exp = results["expectations"]
-    if "rose_harmful_below_less" in exp:
-        e = exp["rose_harmful_below_less"]
-        lines.append(
-            f"- ROSE's harmful share at {config['final_budget']:.0%} clearly below LESS's (lower in every seed, mean "
-            f"gap >= 0.05): **{'holds' if e['holds'] else 'does not hold'}** — ROSE {[round(v, 3) for v in e['rose']]}"
-            f", LESS {[round(v, 3) for v in e['less']]}, mean gap {e['mean_gap']:.3f}."
-        )
-    if "rose_precision_near_best" in exp:
-        e = exp["rose_precision_near_best"]
-        lines.append(
-            f"- ROSE's precision at {config['final_budget']:.0%} near the best possible (>= 90% of the oracle's "
-            f"{e['oracle']:.3f}; 1.0 is impossible when the budget exceeds the helpful rows): "
-            f"**{'holds' if e['holds'] else 'does not hold'}** — ROSE {e['rose']:.3f} "
-            f"({e['ratio_to_oracle']:.0%} of the oracle)."
-        )
-    if "rose_matches_full_pool" in exp:
-        e = exp["rose_matches_full_pool"]
-        parts = []
-        for metric in ("preference_accuracy", "exact_match"):
-            m = e[metric]
-            parts.append(f"{metric} ROSE − full = {m['mean_diff']:+.3f} (tolerance {m['tolerance']:.3f})")
-        lines.append(
-            f"- ROSE's final model matches the full-pool model (no worse than the tolerance): "
-            f"**{'holds' if e['holds'] else 'does not hold'}** — " + "; ".join(parts) + "."
-        )
-    lines += ["", "## Per seed", ""]
-    lines += [
-        "| Seed | Warmup loss (first -> last) | ROSE prec. @5% | LESS prec. @5% | ROSE harm @5% | LESS harm @5% | Time (s) |"
-    ]
-    lines += ["|---|---|---|---|---|---|---|"]
-    for s in per_seed:
-        w = s.get("warmup") or {}
-        cell = functools.partial(_seed_cell, s["selection"], final_budget)
-        loss = f"{w['first_logged_loss']:.3f} -> {w['last_logged_loss']:.3f}" if w else "n/a"
-        lines.append(
-            f"| {s['seed']} | {loss} | {cell('rose', 'precision')} | {cell('less', 'precision')} | "
-            f"{cell('rose', 'harmful_share')} | {cell('less', 'harmful_share')} | {s['seconds']['total']:.0f} |"
-        )
-    lines += ["", f"Total wall time: {results['seconds']:.0f} s. Every number is in `{RESULT_FILE}`.", ""]
-    return "\n".join(lines)
-
-
 def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str, Any]:
-    """Run every seed, aggregate, check the expectations, and write `quality.json`, `quality.md` and the plots.
+    """Run every (family, seed, warmup length), aggregate, check the targets, and write `quality.json`,
+    `quality.md` and the plots.
 
     Args:
         config: the settings (`QualityBenchConfig()`: the fixed design; `QualityBenchConfig.quick()`: reduced).
 
     Returns:
-        The results: `config`, `per_seed`, `summary` (mean/std over seeds), `expectations`, `seconds`, `files`.
+        The results: `config`, `runs`, `summary` (over all runs), `by_family`, `targets`, `seconds`, `files`.
     """
     import torch
 
-    from rose_hf.synthetic.base_model import DEFAULT_CACHE, TinyBaseConfig, tiny_base_model
+    from rose_hf.synthetic.base_model import DEFAULT_CACHE, world_base_model
+
+    from .render import plot_final, plot_selection, render_markdown
+    from .targets import check_targets, summarize
 
     config = config or QualityBenchConfig()
     start = time.perf_counter()
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    runs, bases = [], {}
     try:
         os.makedirs(config.output_dir, exist_ok=True)
-        base_path = tiny_base_model(TinyBaseConfig(), cache_dir=config.cache_dir or DEFAULT_CACHE)
-        per_seed = [run_seed(config, seed, base_path) for seed in config.seeds]
+        for family in config.families:
+            bases[family] = world_base_model(family, cache_dir=config.cache_dir or DEFAULT_CACHE)
+            for seed in config.seeds:
+                for epochs in config.warmup_epochs:
+                    runs.append(run_world(config, family, seed, epochs, bases[family]))
     finally:
         torch.set_num_threads(threads)
-    summary = summarize(per_seed)
+    summary = summarize(runs)
     results: dict[str, Any] = {
         "config": asdict(config),
-        "base_model": base_path,
-        "per_seed": per_seed,
+        "base_models": bases,
+        "runs": runs,
         "summary": summary,
-        "expectations": check_expectations(summary, per_seed, config.final_budget),
+        "by_family": {family: summarize([r for r in runs if r["family"] == family]) for family in config.families},
+        "targets": check_targets(summary, runs, f"{config.final_budget:g}"),
         "seconds": time.perf_counter() - start,
     }
     plot_dir = os.path.join(config.output_dir, PLOT_DIR)
@@ -729,7 +481,7 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str,
         handle.write(render_markdown(results))
     with open(json_path, "w") as handle:
         json.dump(results, handle, indent=2)
-    log(f"rose_hf: quality benchmark done in {results['seconds']:.0f}s -> {markdown_path}")
+    log(f"quality benchmark done in {results['seconds']:.0f}s -> {markdown_path}")
     return results
 
 
@@ -741,7 +493,9 @@ def make_parser() -> argparse.ArgumentParser:
         "on the synthetic task (offline, CPU).",
     )
     parser.add_argument("--output_dir", default="outputs/bench_quality", help="Where results, tables and plots go.")
+    parser.add_argument("--families", nargs="+", default=None, help="World families (default: all three).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds (default 0 1 2; --quick: 0).")
+    parser.add_argument("--warmup_epochs", type=int, nargs="+", default=None, help="Warmup lengths (default 2 4 8).")
     parser.add_argument("--quick", action="store_true", help="Reduced version: 1 seed, 1000-row pool, fewer tests.")
     parser.add_argument("--pool_size", type=int, default=None, help="Pool rows (default 4000; --quick: 1000).")
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="Selectors to compare.")
@@ -755,7 +509,7 @@ def make_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> QualityBenchConfig:
     """The `QualityBenchConfig` that parsed flags describe."""
     overrides: dict[str, Any] = {"output_dir": args.output_dir, "num_threads": args.num_threads or None}
-    for name in ("seeds", "pool_size", "methods"):
+    for name in ("families", "seeds", "warmup_epochs", "pool_size", "methods"):
         if getattr(args, name) is not None:
             overrides[name] = tuple(getattr(args, name)) if name != "pool_size" else getattr(args, name)
     if args.no_final:

@@ -14,9 +14,8 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-from accelerate.logging import get_logger
 
-logger = get_logger(__name__)
+from ..logs import log
 
 DEFAULT_CACHE = os.environ.get("ROSE_HF_CACHE", os.path.join("outputs", "cache"))
 
@@ -62,7 +61,7 @@ def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str = DEFAU
     from .tasks import SyntheticTaskConfig, make_synthetic_task, vocabulary
     from .tiny import build_model, build_tokenizer
 
-    logger.info(f"rose_hf: pretraining a tiny base model into {path} (once; cached afterwards).")
+    log(f"rose_hf: pretraining a tiny base model into {path} (once; cached afterwards).")
     task = make_synthetic_task(
         SyntheticTaskConfig(target_family=config.target_family, n_pretrain=config.n_pretrain, seed=config.seed + 1000)
     )
@@ -161,7 +160,7 @@ def world_base_model(family: str, cache_dir: str = DEFAULT_CACHE, base=None) -> 
 
     from .tiny import build_model
 
-    logger.info(f"rose_hf: pretraining the {family!r} base model into {path} (once; cached afterwards).")
+    log(f"rose_hf: pretraining the {family!r} base model into {path} (once; cached afterwards).")
     rows = make_world(family, seed=base.seed + 1000, n_pretrain=base.n_pretrain).pretrain
     tokenizer = world_tokenizer(family)
     model = build_model(

@@ -1,0 +1,199 @@
+"""The quality benchmark's tables (`quality.md`) and plots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..common import agg_figure, fmt_stat, table
+from .targets import FULL, SELECTION_METRICS, summarize
+
+LABELS = {
+    "random": "Random",
+    "bm25": "BM25",
+    "rds": "RDS (hidden states)",
+    "less": "LESS (SFT gradient)",
+    "rose": "ROSE, paper scoring",
+    "robust": "ROSE, robust scoring (default)",
+    "oracle": "Oracle (ground truth)",
+    FULL: "Full pool",
+    "base": "Base model (untrained)",
+}
+GRADIENT_METHODS = ("rose", "less", "robust")
+
+
+def _yes(holds: bool) -> str:
+    return "**met**" if holds else "**missed**"
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    text = fmt_stat(stat)
+    return f"{text} (min {stat['min']:.3f})" if stat.get("min") is not None and len(stat.get("values", [])) > 1 else text
+
+
+def targets_section(targets: dict[str, Any]) -> list[str]:
+    rows = []
+    p = targets.get("precision")
+    if p:
+        rows.append(["precision at 5% >= 0.9 x oracle; every run >= 0.6 x oracle",
+                     f"{p['ratio']:.2f} x oracle (robust {p['robust_mean']:.3f}, oracle {p['oracle_mean']:.3f}, "
+                     f"paper {p.get('rose_mean', float('nan')):.3f}, LESS {p.get('less_mean', float('nan')):.3f}); "
+                     f"worst run {p['worst_run_ratio']:.2f} x", _yes(p["holds"])])
+    h = targets.get("harmful_share")
+    if h:
+        rows.append(["harmful share <= paper's and <= half of LESS's",
+                     f"robust {h['robust']:.3f}, paper {h['rose']:.3f}, LESS {h['less']:.3f}", _yes(h["holds"])])
+    f = targets.get("final_model")
+    if f:
+        parts = [f"{m.replace('_', ' ')}: robust {v['robust']:.3f} vs " + ", ".join(
+            f"{LABELS.get(k, k)} {x:.3f}" for k, x in v.items() if k not in ("robust", "holds")
+        ) for m, v in f.items() if isinstance(v, dict)]
+        rows.append(["final model >= paper, LESS and full pool (preference accuracy and exact match)",
+                     "; ".join(parts), _yes(f["holds"])])
+    hc = targets.get("health")
+    if hc:
+        t = hc["robust"]["table"]
+        rows.append(["health check warns on every run < 2 x random, on none >= 0.7 x oracle",
+                     f"warned on {t['bad']['warned']}/{t['bad']['runs']} bad, {t['middling']['warned']}/"
+                     f"{t['middling']['runs']} middling, {t['good']['warned']}/{t['good']['runs']} good runs",
+                     _yes(hc["holds"])])
+    c = targets.get("feature_cost")
+    if c:
+        rows.append(["robust's feature time <= 1.05 x paper's", f"{c['robust_over_paper']:.2f} x",
+                     _yes(c["holds"])])
+    return ["## Targets (issue 11)", "", table(["target", "measured", "verdict"], rows), ""]
+
+
+def selection_table(summary: dict[str, Any], budget: str) -> str:
+    rows = [[LABELS.get(m, m), _cell(v[budget]["precision"]), _cell(v[budget]["harmful_share"]),
+             fmt_stat(v[budget]["recall"])] for m, v in summary["selection"].items()]
+    return table(["method", "precision", "harmful share", "recall"], rows)
+
+
+def grouped_table(runs: list[dict[str, Any]], key: str, budget: str) -> str:
+    """Precision / harmful share at `budget` of the gradient methods and the oracle, one row per value of `key`."""
+    methods = [m for m in (*GRADIENT_METHODS, "oracle") if m in runs[0]["selection"]]
+    rows = []
+    for value in dict.fromkeys(r[key] for r in runs):
+        group = summarize([r for r in runs if r[key] == value])["selection"]
+        rows.append([str(value), *(f"{fmt_stat(group[m][budget]['precision'])} / "
+                                   f"{fmt_stat(group[m][budget]['harmful_share'])}" for m in methods)])
+    return table([key, *(LABELS[m] for m in methods)], rows)
+
+
+def runs_table(runs: list[dict[str, Any]], budget: str) -> str:
+    rows = []
+    for r in runs:
+        sel = r["selection"]
+        cells = [f"{sel[m][budget]['precision']:.2f} / {sel[m][budget]['harmful_share']:.2f}"
+                 for m in (*GRADIENT_METHODS, "oracle") if m in sel]
+        health = r.get("health", {})
+        verdicts = " / ".join(str(health.get(m, {}).get("verdict", "-")) for m in ("robust", "rose"))
+        share = health.get("robust", {}).get("signals", {}).get("preferred_share")
+        rows.append([r["family"], r["seed"], r["epochs"], *cells, verdicts,
+                     "-" if share is None else f"{share:.2f}"])
+    methods = [m for m in (*GRADIENT_METHODS, "oracle") if m in runs[0]["selection"]]
+    return table(["family", "seed", "warmup epochs", *(LABELS[m] for m in methods), "health robust / paper",
+                  "preferred share (robust)"], rows)
+
+
+def health_section(targets: dict[str, Any]) -> list[str]:
+    health = targets.get("health")
+    if not health:
+        return []
+    lines = ["## Health check", "",
+             "Verdict `noise` when fewer than half of the 5% most relevant rows pass the preference gate "
+             "(`rose_hf.robust.selection_health`). Bands by precision: bad < 2 x random, good >= 0.7 x oracle.", ""]
+    rows = []
+    for method in ("robust", "rose"):
+        if method in health:
+            t = health[method]["table"]
+            rows.append([LABELS[method], *(f"{t[b]['warned']} of {t[b]['runs']}" for b in ("bad", "middling", "good"))])
+    lines += [table(["selection", "warned on bad runs", "warned on middling runs", "warned on good runs"], rows), ""]
+    return lines
+
+
+def final_table(summary: dict[str, Any]) -> str:
+    metrics = ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
+    rows = [[LABELS.get(m, m), *(fmt_stat(v[k]) for k in metrics)] for m, v in summary["final"].items()]
+    return table(["model", *(k.replace("_", " ") for k in metrics)], rows)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    config, runs, summary = results["config"], results["runs"], results["summary"]
+    budget = f"{config['final_budget']:g}"
+    lines = [
+        "# Quality benchmark: which rows does each method select, and how good is the model trained on them?",
+        "",
+        f"{len(runs)} runs: world families {', '.join(config['families'])} x seeds {list(config['seeds'])} x warmups "
+        f"of {list(config['warmup_epochs'])} epochs. Pool {config['pool_size']} rows per world: "
+        f"{config['target_correct_fraction']:.0%} target task done right (helpful), "
+        f"{config['target_wrong_fraction']:.0%} its on-topic but wrong twin (harmful), the rest distractor tasks; "
+        f"{2 * config['n_per_subtask']} preference pairs (chosen = right, rejected = twin). Warmup on "
+        f"{config['warmup_fraction']:.0%} of the pool (LoRA r={config['lora_r']}, lr {config['learning_rate']:g}); "
+        f"final models on each method's {config['final_budget']:.0%} after the {config['epochs']}-epoch warmup. "
+        "Cells are mean ± std over runs (min in brackets). Command: `make bench-quality`.",
+        "",
+        *targets_section(results["targets"]),
+        f"## Selection at {float(budget):.0%}, all runs", "", selection_table(summary, budget), "",
+        "## By world family (precision / harmful share)", "", grouped_table(runs, "family", budget), "",
+        "## By warmup length (precision / harmful share)", "", grouped_table(runs, "epochs", budget), "",
+        *health_section(results["targets"]),
+    ]
+    if "final" in summary:
+        lines += [f"## Final models ({summary['num_final_runs']} worlds x seeds, {config['epochs']}-epoch warmup)",
+                  "", final_table(summary), "",
+                  "*Preference accuracy*: the model gives the right answer a higher summed log-probability than the "
+                  "wrong twin on held-out pairs. *Exact match*: greedy generation equals the reference; *wrong "
+                  "match*: it equals the twin's answer.", ""]
+    lines += ["## Every run (precision / harmful share)", "", runs_table(runs, budget), "",
+              "![selection vs budget](plots/selection_vs_budget.png)", ""]
+    if "final" in summary:
+        lines += ["![final models](plots/final_models.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_selection(summary: dict[str, Any], path: str) -> str:
+    """Precision, harmful share and recall against the budget, one line per method (mean ± std over runs)."""
+    sel = summary["selection"]
+    figure, axes = agg_figure(13, 4.2, ncols=3)
+    for ax, metric in zip(axes, SELECTION_METRICS):
+        for method, per_budget in sel.items():
+            budgets = [100 * float(b) for b in per_budget]
+            means = [per_budget[b][metric]["mean"] for b in per_budget]
+            stds = [per_budget[b][metric]["std"] for b in per_budget]
+            style = dict(linestyle="--", color="black", alpha=0.6) if method == "oracle" else dict(marker="o")
+            ax.errorbar(budgets, means, yerr=stds, label=LABELS.get(method, method), capsize=3, **style)
+        ax.set_xlabel("budget (% of pool)")
+        ax.set_title(metric.replace("_", " "))
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    figure.suptitle(f"Selection quality over {summary['num_runs']} runs")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8)
+    figure.savefig(path, format="png")
+    return path
+
+
+def plot_final(summary: dict[str, Any], path: str) -> str:
+    """Grouped bars of the final-model metrics per model (mean ± std over worlds and seeds)."""
+    final = summary["final"]
+    models = list(final)
+    metrics = [m for m in ("preference_accuracy", "reward_accuracy", "exact_match", "wrong_match")
+               if any((final[x][m]["mean"] or 0) > 0 for x in models)]
+    figure, ax = agg_figure(max(8, 1.3 * len(models)), 4.4)
+    width = 0.8 / max(1, len(metrics))
+    x = np.arange(len(models))
+    for i, metric in enumerate(metrics):
+        means = [final[m][metric]["mean"] or 0.0 for m in models]
+        stds = [final[m][metric]["std"] or 0.0 for m in models]
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               label=metric.replace("_", " "))
+    ax.set_xticks(x, [LABELS.get(m, m).replace(", ", ",\n").replace(" (", "\n(") for m in models], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Final models ({summary['num_final_runs']} worlds x seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=len(metrics), fontsize=8)
+    figure.savefig(path, format="png")
+    return path
