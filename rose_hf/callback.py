@@ -11,6 +11,7 @@ from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .fingerprint import warmup_arguments
 from .gradients import find_lora_parameters
 from .pipeline import SelectionPipeline
 from .preconditioner import adam_state_from_optimizer, check_adam_optimizer
@@ -84,6 +85,8 @@ class RoseDataSelector(TrainerCallback):
         self.result: SelectionResult | None = None
         self._learning_rates: list[float] = []
         self._last_step = 0
+        self._start_step = 0
+        self._steps: set[int] = set()  # checkpoints whose features this warmup computed or found cached for its state
 
     # --- results -------------------------------------------------------------------------------------------------
     @property
@@ -111,8 +114,8 @@ class RoseDataSelector(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
             check_adam_optimizer(optimizer)
-        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"))
-        self._last_step = state.global_step
+        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), warmup_arguments(args))
+        self._last_step = self._start_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
         if state.global_step > 0 and not self.pipeline.store.checkpoint(state.global_step).is_complete():
@@ -137,14 +140,17 @@ class RoseDataSelector(TrainerCallback):
     def _featurize(self, model, optimizer, state: TrainerState, learning_rates: list[float]) -> None:
         step = state.global_step
         checkpoint = self.pipeline.store.checkpoint(step)
+        adam = None
+        if self.config.preconditioner == "adam":
+            adam = adam_state_from_optimizer(optimizer, self.pipeline.featurizer.collector.parameters, model)
+        # First: features cached at this step for another model state are discarded (the records below with them).
+        fingerprint = self.pipeline.open_checkpoint(model, step, adam)
         # Kept apart from the features (meta.json comes last), so a run killed while featurizing can resume.
         if state.is_world_process_zero and not checkpoint.is_complete():
             os.makedirs(checkpoint.path, exist_ok=True)
             atomic_write_json(os.path.join(checkpoint.path, LEARNING_RATES_FILE), [float(lr) for lr in learning_rates])
-        adam = None
-        if self.config.preconditioner == "adam":
-            adam = adam_state_from_optimizer(optimizer, self.pipeline.featurizer.collector.parameters, model)
-        self.pipeline.featurize(model, step, adam, learning_rates, lockstep=_zero3_enabled())
+        self._steps.add(step)
+        self.pipeline.featurize(model, step, adam, learning_rates, lockstep=_zero3_enabled(), fingerprint=fingerprint)
 
     def _resumed_learning_rates(self, state: TrainerState) -> list[float]:
         path = os.path.join(self.pipeline.store.checkpoint(state.global_step).path, LEARNING_RATES_FILE)
@@ -156,6 +162,8 @@ class RoseDataSelector(TrainerCallback):
         )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # Only this warmup's checkpoints count: those it featurized, and on a resumed run those from before the resume.
+        self.pipeline.discard_other_checkpoints(lambda step: step in self._steps or step <= self._start_step)
         if not self.pipeline.store.completed_checkpoints():
             logger.warning("rose_hf: training ended without any checkpoint, so there is nothing to select from.")
             return

@@ -68,4 +68,6 @@ def select_from_checkpoints(
         rates = logged_learning_rates(history, previous, step, f"{path}/trainer_state.json")
         pipeline.featurize(model, step, adam, rates)
         previous = step
+    done = {int(os.path.basename(os.path.normpath(path)).split("-")[1]) for path in checkpoints}
+    pipeline.discard_other_checkpoints(lambda step: step in done)
     return pipeline.select()

@@ -31,10 +31,18 @@ from .data import (
     prepare_sft_dataset,
 )
 from .features import Featurizer, checkpoint_features
+from .fingerprint import (
+    base_model_fingerprint,
+    describe_argument_changes,
+    describe_change,
+    pool_fingerprint,
+    preference_fingerprint,
+    state_fingerprint,
+)
 from .preconditioner import AdamState
 from .rose_config import RoseConfig
 from .selection import SelectionResult, select_from_store
-from .store import FeatureStore, check_writable, read_json
+from .store import RUN_INFO_KEY, FeatureStore, check_writable, read_json
 
 logger = get_logger(__name__)
 
@@ -61,18 +69,14 @@ def _sorted_sets(value: Any) -> Any:
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
-    """What the features depend on in the model: the base model's identity and the adapter's configuration."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """What the features depend on in the model: the base model (name, config and sampled weights, see
+    `fingerprint.base_model_fingerprint`; collective under ZeRO-3) and the adapter's configuration."""
     peft_config = getattr(model, "peft_config", {})
     adapters = {name: cfg.to_dict() for name, cfg in peft_config.items()}
     for adapter in adapters.values():  # paths and runtime flags say nothing about the features
         for key in ("base_model_name_or_path", "revision", "inference_mode", "runtime_config"):
             adapter.pop(key, None)
-    return {
-        "base_model": getattr(base.config, "_name_or_path", ""),
-        "base_config_hash": _hash(base.config.to_dict() | {"_name_or_path": None, "transformers_version": None}),
-        "adapter_config_hash": _hash(adapters),
-    }
+    return {"base_model": base_model_fingerprint(model), "adapter_config_hash": _hash(adapters)}
 
 
 @contextmanager
@@ -117,6 +121,9 @@ class SelectionPipeline:
         self.pair_tokens: Dataset | None = None
         self.pad_token_id: int | None = None
         self.stats: dict[str, Any] = {}
+        self.base_fingerprint: dict[str, Any] | None = None
+        self.training_args: dict[str, Any] | None = None
+        self._data_fingerprints: dict[str, str] | None = None
 
     @property
     def subtasks(self) -> list[str]:
@@ -125,8 +132,11 @@ class SelectionPipeline:
             return [str(value) for value in self.pairs[SUBTASK_COLUMN]]
         return [DEFAULT_SUBTASK] * len(self.pairs)
 
-    def prepare(self, model: nn.Module, tokenizer) -> None:
-        """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process."""
+    def prepare(self, model: nn.Module, tokenizer, training_args: dict[str, Any] | None = None) -> None:
+        """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process.
+
+        `training_args` (`fingerprint.warmup_arguments`) are recorded in `run.json` for the report.
+        """
         state = PartialState()
         config = self.config
         if state.is_main_process:
@@ -156,24 +166,87 @@ class SelectionPipeline:
             f"{self.featurizer.projector.describe()['kind']} projection to {self.featurizer.dim} dims.",
             main_process_only=True,
         )
+        self.training_args = training_args
+        described = describe_model(model)
+        # The base model keys each checkpoint's features with the adapter and Adam state (`featurize`), not run.json.
+        self.base_fingerprint = described.pop("base_model")
         run_args = {
-            **describe_model(model),
+            **described,
             "tokenizer_hash": _hash(sorted(tokenizer.get_vocab().items())),
             **self.data_run_args(),
+            RUN_INFO_KEY: {"base_model": self.base_fingerprint, "training_args": training_args},
         }
         self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
         if state.is_main_process:
             self.store.prepare()
         state.wait_for_everyone()
 
+    @property
+    def data_fingerprints(self) -> dict[str, str]:
+        """Content hashes of the pool and the pairs (the same rows loaded any way give the same ones)."""
+        if self._data_fingerprints is None:
+            self._data_fingerprints = {
+                "pool_fingerprint": pool_fingerprint(self.pool),
+                "validation_fingerprint": preference_fingerprint(self.pairs),
+            }
+        return self._data_fingerprints
+
     def data_run_args(self) -> dict[str, Any]:
         """The part of `run.json` known before any model: the data and the feature settings."""
+        fingerprints = self.data_fingerprints
         return {
-            "pool_fingerprint": self.pool._fingerprint,
+            "pool_fingerprint": fingerprints["pool_fingerprint"],
             "pool_size": len(self.pool),
-            "validation_fingerprint": self.pairs._fingerprint,
+            "validation_fingerprint": fingerprints["validation_fingerprint"],
             **{key: getattr(self.config, key) for key in FEATURE_CONFIG_FIELDS},
         }
+
+    def open_checkpoint(self, model: nn.Module, step: int, adam: AdamState | None) -> dict[str, Any]:
+        """Key the features of `step` on the model state, and discard any cached there for another state.
+
+        Features cached at `step` (finished or partial) whose recorded fingerprint differs from this model's adapter
+        weights, Adam moments and base model are deleted, with a warning naming what changed, and are recomputed by
+        `featurize`. Returns the fingerprint. Collective: call on every process.
+        """
+        if self.base_fingerprint is None:
+            raise RuntimeError("Call `prepare(model, tokenizer)` first.")
+        if self.config.preconditioner == "sgd":
+            adam = None
+        fingerprint = state_fingerprint(model, adam, self.base_fingerprint)
+        state, checkpoint = PartialState(), self.store.checkpoint(step)
+        if state.is_main_process:
+            recorded = checkpoint.fingerprint
+            if checkpoint.exists() and recorded != fingerprint:
+                previous = self.store.previous_info.get("training_args")
+                arguments = describe_argument_changes(previous, self.training_args)
+                logger.warning(
+                    f"rose_hf: the features cached for step {step} in {checkpoint.path} were computed from another "
+                    f"model state ({describe_change(recorded, fingerprint)}"
+                    + (f"; the warmup's arguments changed: {arguments}" if arguments else "")
+                    + "): discarding them and computing them again for this run.",
+                    main_process_only=True,
+                )
+                checkpoint.discard()
+            if recorded != fingerprint:
+                checkpoint.record_fingerprint(fingerprint)
+        state.wait_for_everyone()
+        return fingerprint
+
+    def discard_other_checkpoints(self, keep) -> list[int]:
+        """Delete the cached checkpoints for which `keep(step)` is false (left by another warmup in this folder, so
+        that a selection only ever weighs this warmup's checkpoints). Returns their steps. Collective."""
+        state = PartialState()
+        stale = [c for c in self.store.completed_checkpoints() if not keep(c.step)]
+        if stale and state.is_main_process:
+            logger.warning(
+                f"rose_hf: {self.config.output_dir} holds features of checkpoint(s) {[c.step for c in stale]} that "
+                "this warmup did not produce (another run in the same folder): discarding them.",
+                main_process_only=True,
+            )
+            for checkpoint in stale:
+                checkpoint.discard()
+        state.wait_for_everyone()
+        return [c.step for c in stale]
 
     def featurize(
         self,
@@ -183,12 +256,16 @@ class SelectionPipeline:
         learning_rates: list[float],
         lockstep: bool = False,
         on_chunk=None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Cache pool and validation features of the checkpoint at `step` (resumable; a finished one is skipped)."""
+        """Cache pool and validation features of the checkpoint at `step` (resumable; a finished one with the same
+        fingerprint is skipped). `fingerprint` is `open_checkpoint`'s, if the caller already opened it."""
         if self.featurizer is None:
             raise RuntimeError("Call `prepare(model, tokenizer)` first.")
         if self.config.preconditioner == "sgd":
             adam = None
+        if fingerprint is None:
+            fingerprint = self.open_checkpoint(model, step, adam)
         with preserved_rng():
             return checkpoint_features(
                 model,
@@ -198,7 +275,7 @@ class SelectionPipeline:
                 self.store.checkpoint(step),
                 adam,
                 self.pad_token_id,
-                meta={"learning_rates": [float(lr) for lr in learning_rates]},
+                meta={"learning_rates": [float(lr) for lr in learning_rates], "fingerprint": fingerprint},
                 featurizer=self.featurizer,
                 lockstep=lockstep,
                 on_chunk=on_chunk,
@@ -211,7 +288,7 @@ class SelectionPipeline:
                 "attached first, or point `output_dir` at the folder where it ran."
             )
         saved = read_json(self.store.run_file)
-        for key, value in (("pool_fingerprint", self.pool._fingerprint), ("validation_fingerprint", self.pairs._fingerprint)):
+        for key, value in self.data_fingerprints.items():
             if saved.get(key) != value:
                 raise ValueError(
                     f"The features in {self.config.output_dir} were computed for another "

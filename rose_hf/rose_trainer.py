@@ -15,6 +15,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .callback import RoseDataSelector
+from .fingerprint import warmup_arguments
 from .pipeline import _hash, describe_model
 from .rose_config import RoseConfig
 from .selection import SelectionResult
@@ -99,6 +100,7 @@ class RoseTrainer(SFTTrainer):
                 {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
             ),
             "warmup_indices": self.warmup_indices,
+            "training_args": warmup_arguments(args),
             **self.selector.pipeline.data_run_args(),
         }
         final_args = dataclasses.replace(args, output_dir=os.path.join(self.root_dir, FINAL_DIR))

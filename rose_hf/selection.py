@@ -83,7 +83,8 @@ def select_from_store(
             "attached (it writes features at every save), or point `output_dir` at the run that did."
         )
     steps = [c.step for c in checkpoints]
-    args = _selection_args(config, steps)
+    # Keyed on each checkpoint's model state too: recomputed features must never meet a selection made from others.
+    args = {**_selection_args(config, steps), "fingerprints": [c.meta.get("fingerprint") for c in checkpoints]}
     summary_path = os.path.join(store.root, "selection.json")
     if os.path.exists(summary_path) and os.path.exists(os.path.join(store.root, "scores.npy")):
         saved = read_json(summary_path)

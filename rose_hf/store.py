@@ -9,6 +9,7 @@ features/checkpoint-<step>/
     pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no completion token, 3 non-finite gradient
     chunks/<id>.done              completion record of one chunk, written after its rows are flushed
     validation.npy                (V, d) float32 validation features
+    fingerprint.json              the model state the features are computed from: adapter weights, Adam moments, base
     meta.json                     checkpoint step, learning rates, counts; written last, marks the checkpoint done
 ```
 A chunk is complete only when its record exists, and the record is written (atomically: temp file + rename) after the
@@ -92,9 +93,14 @@ def check_writable(output_dir: str) -> None:
         ) from error
 
 
+# `run.json` key of what is recorded for the report but not compared: the warmup's training arguments and base model.
+# Those shape each checkpoint's model state, which keys that checkpoint's features (fingerprint.py) instead.
+RUN_INFO_KEY = "warmup"
+
+
 def diff_run_args(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the fields whose values differ between two run descriptions."""
-    keys = sorted(set(saved) | set(current))
+    """Names of the fields whose values differ between two run descriptions (the `RUN_INFO_KEY` record aside)."""
+    keys = sorted((set(saved) | set(current)) - {RUN_INFO_KEY})
     return [key for key in keys if saved.get(key) != current.get(key)]
 
 
@@ -112,6 +118,7 @@ class FeatureStore:
         self.root = root
         self.run_args = run_args
         self.overwrite = overwrite
+        self.previous_info: dict[str, Any] = {}  # the `RUN_INFO_KEY` record `prepare` found, before writing its own
 
     @property
     def run_file(self) -> str:
@@ -124,8 +131,14 @@ class FeatureStore:
     def prepare(self) -> None:
         """Main process: check or record `run.json`. Raises on a cache of another run unless `overwrite`."""
         check_writable(self.root)
+        record = _jsonable(self.run_args)
         if os.path.exists(self.run_file):
             saved = read_json(self.run_file)
+            self.previous_info = saved.get(RUN_INFO_KEY) or {}
+            # What this run does not know (e.g. offline selection: no training arguments) stays as recorded.
+            info = {k: v for k, v in (record.get(RUN_INFO_KEY) or {}).items() if v is not None}
+            if info or self.previous_info:
+                record[RUN_INFO_KEY] = {**self.previous_info, **info}
             differing = diff_run_args(saved, _jsonable(self.run_args))
             if differing and not self.overwrite:
                 details = "; ".join(f"{k}: cached={saved.get(k)!r}, now={_jsonable(self.run_args).get(k)!r}" for k in differing)
@@ -136,7 +149,7 @@ class FeatureStore:
             if differing:
                 self.clear()
         os.makedirs(self.features_dir, exist_ok=True)
-        atomic_write_json(self.run_file, _jsonable(self.run_args))
+        atomic_write_json(self.run_file, record)
 
     def clear(self) -> None:
         """Delete every cached artifact of this run (features, scores, selection)."""
@@ -170,6 +183,25 @@ class CheckpointFeatures:
 
     def is_complete(self) -> bool:
         return os.path.exists(self._file("meta.json"))
+
+    # --- the model state the features are computed from (fingerprint.py) -----------------------------------------
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The state fingerprint recorded before the first chunk was written (`None` if none was)."""
+        path = self._file("fingerprint.json")
+        return read_json(path) if os.path.exists(path) else None
+
+    def record_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        atomic_write_json(self._file("fingerprint.json"), fingerprint)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def discard(self) -> None:
+        """Delete everything cached for this checkpoint (main process)."""
+        if os.path.isdir(self.path):
+            shutil.rmtree(self.path)
 
     @property
     def meta(self) -> dict[str, Any]:
