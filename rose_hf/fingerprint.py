@@ -31,6 +31,13 @@ from torch import nn
 # Elements sampled from each frozen base tensor: enough that two different trainings or checkpoints of a base never
 # agree on all of them, few enough that an 8B model is sampled in well under a second.
 BASE_SAMPLE = 1024
+# Config entries that say nothing about what the weights compute in a training forward pass: where they came from,
+# which library wrote them, and the runtime switches and special-token ids trainers set (`Trainer` turns `use_cache`
+# off, TRL aligns the token ids with the tokenizer), which would otherwise make the same base look different.
+RUNTIME_CONFIG_KEYS = (
+    "_name_or_path", "transformers_version", "_commit_hash", "use_cache", "output_attentions", "output_hidden_states",
+    "return_dict", "pad_token_id", "bos_token_id", "eos_token_id",
+)
 # Per-row columns besides the format's own that change the tokenisation (TRL's chat template arguments).
 TOKENIZATION_COLUMNS = ("tools", "chat_template_kwargs")
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "subtask")
@@ -97,8 +104,7 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
     if config is None:
         return {}
     values = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
-    # Where the weights came from and which library wrote them say nothing about what they compute.
-    for key in ("_name_or_path", "transformers_version", "_commit_hash"):
+    for key in RUNTIME_CONFIG_KEYS:
         values.pop(key, None)
     return values
 

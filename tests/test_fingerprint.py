@@ -121,6 +121,9 @@ def test_a_model_built_from_config_gets_a_real_fingerprint(tokenizer):
     assert base_model_fingerprint(build_model("llama", tokenizer, seed=0, dtype=torch.bfloat16)) != fingerprint
     other_config = base_model_fingerprint(build_model("llama", tokenizer, seed=0, max_position_embeddings=256))
     assert other_config["config_hash"] != fingerprint["config_hash"]
+    switched = build_model("llama", tokenizer, seed=0)
+    switched.config.use_cache = False  # as the Trainer does: a runtime switch, the same base
+    assert base_model_fingerprint(switched) == fingerprint
     # The same base under a LoRA adapter: the adapter is not the base.
     wrapped = make_lora_model(tokenizer, seed=0)
     assert base_model_fingerprint(wrapped)["weights_hash"] == fingerprint["weights_hash"]
