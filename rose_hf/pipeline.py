@@ -42,7 +42,7 @@ from .fingerprint import (
 from .preconditioner import AdamState
 from .rose_config import RoseConfig
 from .selection import SelectionResult, select_from_store
-from .store import RUN_INFO_KEY, FeatureStore, check_writable, read_json
+from .store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable, read_json
 
 logger = get_logger(__name__)
 
@@ -106,6 +106,7 @@ class SelectionPipeline:
     def __init__(self, pool: Dataset, pairs: Dataset, config: RoseConfig):
         check_sft_dataset(pool, "train_dataset")
         check_preference_dataset(pairs, "preference_dataset")
+        check_output_dir(config.output_dir)  # read-only: nothing is created before the run starts
         # Otherwise `select_top` would refuse the budget only after the whole warmup.
         if config.selection_size is not None and config.selection_size > len(pool):
             raise ValueError(
@@ -161,7 +162,8 @@ class SelectionPipeline:
         }
         logger.info(
             f"rose_hf: {len(self.pool)} pool rows ({truncated} truncated to max_length={config.max_length}, {empty} "
-            f"with no completion token left: scored lowest), {len(self.pairs)} preference pairs in "
+            f"without a training target (blank or missing completion or assistant turn, or none left after "
+            f"truncation): scored lowest, never selected), {len(self.pairs)} preference pairs in "
             f"{len(set(self.subtasks))} subtask(s); {self.featurizer.collector.num_params} LoRA parameters -> "
             f"{self.featurizer.projector.describe()['kind']} projection to {self.featurizer.dim} dims.",
             main_process_only=True,

@@ -79,6 +79,44 @@ class StoreError(OSError):
     """A feature-cache write failed in a way the user can fix; the cache is left consistent."""
 
 
+def check_output_dir(output_dir: str, name: str = "output_dir") -> None:
+    """Fail, without creating anything, if `output_dir` could not be created and written.
+
+    The path must be free of NUL bytes, each folder name to create short enough for the filesystem, the path itself
+    a folder if it exists, and its nearest existing parent a folder this process may write into. (As root, only a
+    read-only filesystem makes a folder unwritable; `check_writable` probes for real when the run starts.)
+    """
+    if not isinstance(output_dir, str) or not output_dir:
+        raise ValueError(f"{name}={output_dir!r} is not a folder path: name a folder for the cache and the selection.")
+    if "\0" in output_dir:
+        raise ValueError(f"{name}={output_dir!r} contains a NUL byte, which no filesystem accepts: fix the path.")
+    path, missing = os.path.abspath(output_dir), []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path, child = os.path.dirname(path), os.path.basename(path)
+        missing.append(child)
+    if not os.path.isdir(path):
+        where = "it" if not missing else f"its parent {path!r}"
+        raise ValueError(
+            f"{name}={output_dir!r} cannot be a folder: {where} is a file (or a broken link). Choose another path."
+        )
+    try:
+        name_max = os.pathconf(path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    too_long = [child for child in missing if len(os.fsencode(child)) > name_max]
+    if too_long:
+        raise ValueError(
+            f"{name}={output_dir!r}: the folder name {too_long[0][:40]!r}... is "
+            f"{len(os.fsencode(too_long[0]))} bytes, over this filesystem's limit of {name_max}: choose a shorter name."
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        action = "written into" if not missing else f"used to create {os.path.join(path, *reversed(missing))!r}"
+        raise ValueError(
+            f"{name}={output_dir!r} is not writable: {path!r} cannot be {action} by this user. Choose a folder you "
+            "can write to (or fix its permissions)."
+        )
+
+
 def check_writable(output_dir: str) -> None:
     """Fail before any work if `output_dir` cannot be created or written."""
     try:
