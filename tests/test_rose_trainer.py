@@ -27,11 +27,12 @@ def lora_config():
                       task_type="CAUSAL_LM")
 
 
-def sft_args(output_dir):
-    return SFTConfig(
-        output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
+def sft_args(output_dir, **kwargs):
+    defaults = dict(
+        num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
         logging_steps=1, report_to=[], use_cpu=True, bf16=False, max_length=64, disable_tqdm=True, seed=0,
     )
+    return SFTConfig(output_dir=str(output_dir), **{**defaults, **kwargs})
 
 
 def rose_config(**kwargs):
@@ -53,12 +54,12 @@ def base_name(peft_name):
     return peft_name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
-def rose_trainer(tokenizer, root, data, probe=None, **config):
+def rose_trainer(tokenizer, root, data, probe=None, training=None, **config):
     pool, pairs = data
     model = build_model("llama", tokenizer, seed=0)
     base = {name: param.detach().clone() for name, param in model.named_parameters()}
     trainer = RoseTrainer(
-        model=model, args=sft_args(root), train_dataset=pool, preference_dataset=pairs,
+        model=model, args=sft_args(root, **(training or {})), train_dataset=pool, preference_dataset=pairs,
         rose_config=rose_config(**config), peft_config=lora_config(), processing_class=tokenizer,
         callbacks=[probe] if probe else None,
     )
@@ -204,8 +205,9 @@ def test_interrupted_warmup_resumes_to_the_same_selection(full_run, tokenizer, d
 
 @pytest.mark.parametrize(
     "change,differing",
-    [({"validation_objective": "sft"}, "validation_objective"), ({"warmup_fraction": 0.2}, "warmup_indices")],
-)
+    [({"validation_objective": "sft"}, "validation_objective"), ({"warmup_fraction": 0.2}, "warmup_indices"),
+     ({"training": {"learning_rate": 5e-3}}, "training_args")],
+)  # fmt: skip
 def test_changed_settings_refuse_a_finished_warmup(full_run, tokenizer, data, tmp_path, change, differing):
     root = copy_stages(full_run.root, tmp_path)
     trainer, _ = rose_trainer(tokenizer, root, data, **change)
