@@ -191,6 +191,11 @@ def tokenize_sft_example(example: dict[str, Any], tokenizer, fmt: str, max_lengt
     return {"input_ids": input_ids, "labels": labels, "rose_num_tokens": num_tokens, "rose_truncated": truncated}
 
 
+def _values(dataset: Dataset, column: str) -> list[Any]:
+    """A column as a list, read in one batch (iterating `dataset[column]` reads it row by row: 7 s per 270k rows)."""
+    return dataset[column][:]
+
+
 def check_dataset_type(dataset: Any, name: str) -> None:
     """A `datasets.Dataset` in memory or on disk, which selection needs (it scores and indexes every row)."""
     from datasets import DatasetDict, IterableDataset, IterableDatasetDict
@@ -224,15 +229,15 @@ def check_sft_dataset(dataset: Dataset, name: str = "train_dataset") -> str:
     check_dataset_type(dataset, name)
     fmt = sft_format(dataset, name)
     columns = SFT_FORMATS[fmt]
-    first = dataset[0]
-    reference = {column: next((v for v in dataset[column] if not _is_empty(v)), first[column]) for column in columns}
+    values = {column: _values(dataset, column) for column in columns}
+    reference = {column: next((v for v in values[column] if not _is_empty(v)), values[column][0]) for column in columns}
     conversational = {column: _conversational(value) for column, value in reference.items()}
     if fmt in ("messages", "conversations"):
         conversational = {column: True for column in columns}
     for column in columns:
-        for index, value in enumerate(dataset[column]):
+        for index, value in enumerate(values[column]):
             _check_row(value, column, index, name, conversational[column], allow_empty=True)
-    blank = sum(blank_target(row, fmt) for row in dataset.select_columns(list(columns)))
+    blank = sum(blank_target(dict(zip(columns, row)), fmt) for row in zip(*(values[c] for c in columns)))
     if blank == len(dataset):
         raise ValueError(
             f"Every row of `{name}` lacks a training target (missing or blank {' / '.join(columns)}, or no non-empty "
@@ -269,23 +274,23 @@ def check_preference_dataset(dataset: Dataset, name: str = "preference_dataset")
             "`rejected` (and optionally `prompt` and `subtask`), as in TRL's preference format."
         )
     used = [column for column in ("prompt", "chosen", "rejected") if column in columns]
-    first = dataset[0]
+    values = {column: _values(dataset, column) for column in columns}
     for column in used:
-        conversational = _conversational(first[column])
-        for index, value in enumerate(dataset[column]):
+        conversational = _conversational(values[column][0])
+        for index, value in enumerate(values[column]):
             _check_row(value, column, index, name, conversational)
             if column != "prompt" and conversational and _blank_turns(value):  # as an empty string answer is
                 raise ValueError(
                     f"`{name}` row {index} has an empty `{column}` (no assistant turn with content): drop that row "
                     "(e.g. `dataset.filter(...)`) or fill it."
                 )
-    for index, (chosen, rejected) in enumerate(zip(dataset["chosen"], dataset["rejected"])):
+    for index, (chosen, rejected) in enumerate(zip(values["chosen"], values["rejected"])):
         if chosen == rejected:
             raise ValueError(
                 f"`{name}` row {index}: `chosen` is identical to `rejected`, so the pair carries no preference: "
                 "fix or drop that row."
             )
-    if SUBTASK_COLUMN in columns and any(value is None or str(value) == "" for value in dataset[SUBTASK_COLUMN]):
+    if SUBTASK_COLUMN in columns and any(value is None or str(value) == "" for value in values[SUBTASK_COLUMN]):
         raise ValueError(f"`{name}` has rows with an empty `{SUBTASK_COLUMN}`: give every row a subtask name.")
 
 

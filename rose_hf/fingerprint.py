@@ -312,8 +312,8 @@ def dataset_fingerprint(dataset, columns: Iterable[str], batch_size: int = 65_53
     if arrow is not None:
         for batch in arrow.iter(batch_size=batch_size):
             for column in used:
-                for chunk in batch.column(column).chunks:
-                    hasher.add(column, chunk)
+                # One array per batch: rows gathered through an indices mapping come as one chunk per row.
+                hasher.add(column, batch.column(column).combine_chunks())
     hasher.rows = len(dataset)
     return hasher.hexdigest(",".join(used))
 
