@@ -6,7 +6,7 @@ run.json                          arguments every cached artifact depends on (ch
 features/checkpoint-<step>/
     pool.npy                      (N, d) pool features, memory-mapped, written chunk by chunk
     pool_scales.npy               (N,) float32 row scales (int8 storage only)
-    pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no completion token, 3 non-finite gradient
+    pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no training target, 3 non-finite gradient
     chunks/<id>.done              completion record of one chunk, written after its rows are flushed
     validation.npy                (V, d) float32 validation features
     fingerprint.json              the model state the features are computed from: adapter weights, Adam moments, base
