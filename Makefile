@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rose_hf_installed
+# One torch thread for the jobs on tiny models (the README's timings): they gain nothing from a second one, and torch's
+# default of one per core ran them 8-12x slower on a 2-core machine as soon as anything else used the cores. Override:
+# `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
+THREADS ?= 1
 
 .PHONY: install test test-fast demo bench-speed bench-quality lint clean
 
@@ -17,21 +21,20 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q -ra tests
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q -ra tests
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow and not distributed" tests
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow and not distributed" tests
 
-# One torch thread: on a shared 2-core machine torch's default of 2 was measured 8-12x slower under any other load.
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/rose-hf demo --output_dir outputs/demo
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/rose-hf demo --output_dir outputs/demo
 
 # Benchmarks live in benchmarks/ at the repo root (not installed) and use rose_hf's public API.
 bench-speed: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.speed.run --output_dir outputs/bench_speed
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.speed.run --output_dir outputs/bench_speed
 
 bench-quality: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --output_dir outputs/bench_quality
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --output_dir outputs/bench_quality
 
 lint: $(STAMP)
 	$(BIN)/ruff check rose_hf tests examples benchmarks

@@ -1,6 +1,6 @@
 """An ordinary TRL SFT LoRA script, plus ONE line: `callbacks=[selector]`. Runs offline on a CPU in about a minute.
 
-    python examples/add_callback.py
+    OMP_NUM_THREADS=1 python examples/add_callback.py     # one torch thread: see README "Two commands"
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml examples/add_callback.py
 
 The tiny base model is pretrained once on the bundled synthetic data (cached in outputs/cache); with your own model,

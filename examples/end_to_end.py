@@ -1,6 +1,6 @@
 """ROSE end to end with `RoseTrainer`: warmup -> selection -> final LoRA training on the top 5%, offline, on a CPU.
 
-    python examples/end_to_end.py
+    OMP_NUM_THREADS=1 python examples/end_to_end.py       # one torch thread: see README "Two commands"
     accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero2.yaml examples/end_to_end.py
 
 Stages land in outputs/end_to_end/{warmup,selection,final}; run it again and finished stages are skipped.

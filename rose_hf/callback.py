@@ -81,6 +81,8 @@ class RoseDataSelector(TrainerCallback):
         self.result: SelectionResult | None = None
         self._learning_rates: list[float] = []
         self._last_step = 0
+        self._start_step = 0
+        self._steps: set[int] = set()  # checkpoints whose features this warmup computed or found cached for its state
 
     # --- results -------------------------------------------------------------------------------------------------
     @property
@@ -118,7 +120,7 @@ class RoseDataSelector(TrainerCallback):
         if self.config.preconditioner == "adam" and optimizer is not None:
             check_adam_optimizer(optimizer)
         self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), args)
-        self._last_step = state.global_step
+        self._last_step = self._start_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
         if state.global_step > 0 and state.global_step not in self.pipeline.completed_steps() and (
@@ -151,6 +153,7 @@ class RoseDataSelector(TrainerCallback):
         checkpoint = TrainingCheckpoint.from_trainer(
             step, learning_rates, optimizer, self.pipeline.lora_parameters, model, self.config.preconditioner
         )
+        self._steps.add(step)
         self.pipeline.featurize(model, checkpoint, lockstep=_zero3_enabled())
 
     def _resumed_learning_rates(self, state: TrainerState) -> list[float]:
@@ -170,6 +173,8 @@ class RoseDataSelector(TrainerCallback):
                 state.log_history, self._last_step, state.global_step, "The trainer"
             )
             self._featurize(kwargs["model"], kwargs.get("optimizer"), state.global_step, rates)
+        # Only this warmup's checkpoints count: those it featurized, and on a resumed run those from before the resume.
+        self.pipeline.discard_other_checkpoints(lambda step: step in self._steps or step <= self._start_step)
         if not self.pipeline.completed_steps():
             logger.warning("rose_hf: training ended without any checkpoint, so there is nothing to select from.")
             return

@@ -68,15 +68,40 @@ def _shadow_rose_config(taken: set[str]):
     return shadow, renamed
 
 
-def make_parser():
-    """The TRL parser of every command: `(RoseScriptArguments, RoseConfig, SFTConfig, ModelConfig)`."""
+def make_parser(command: str | None = None):
+    """The TRL parser of every command: `(RoseScriptArguments, RoseConfig, SFTConfig, ModelConfig)`.
+
+    Its `--help` lists `--config` and rose_hf's own fields first, then the ~900 inherited SFTConfig/ModelConfig
+    flags under their own heading.
+    """
     from trl import ModelConfig, SFTConfig, TrlParser
 
     taken = {f.name for cls in (RoseScriptArguments, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
     shadow, renamed = _shadow_rose_config(taken)
+    own = {f.name for cls in (RoseScriptArguments, shadow) for f in dataclasses.fields(cls)}
+    prog = f"rose-hf {command}" if command else "rose-hf"
 
     class RoseParser(TrlParser):
         """TrlParser that returns a real `RoseConfig` (validated by its `__post_init__`)."""
+
+        def format_help(self):
+            # argparse would list every flag in one block, in the usage line too: rose_hf's own go first instead.
+            formatter = self._get_formatter()
+            formatter.add_usage(self.usage, [], [])
+            formatter.add_text(self.description)
+            config = argparse.Action(["--config"], dest="config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
+                                     help="YAML recipe with values for any of the flags below; flags override it.")
+            mine = [action for action in self._actions if action.dest in own | {"help"}]
+            inherited = [action for action in self._actions if action not in mine]
+            for title, actions in (
+                ("rose_hf options (recipe, data, RoseConfig)", [config, *mine]),
+                ("inherited options (trl.SFTConfig for training, trl.ModelConfig for the model and LoRA; see their "
+                 "documentation)", inherited),
+            ):  # fmt: skip
+                formatter.start_section(title)
+                formatter.add_arguments(actions)
+                formatter.end_section()
+            return formatter.format_help()
 
         def parse_args_and_config(self, args=None, **kwargs):
             from .rose_config import RoseConfig
@@ -87,12 +112,17 @@ def make_parser():
                     output[i] = RoseConfig(**{renamed[k]: v for k, v in dataclasses.asdict(value).items()})
             return tuple(output)
 
-    return RoseParser((RoseScriptArguments, shadow, SFTConfig, ModelConfig))
+    return RoseParser(
+        (RoseScriptArguments, shadow, SFTConfig, ModelConfig),
+        prog=prog,
+        usage=f"{prog} [--config RECIPE.yaml] [--ROSE_FLAG VALUE ...] [--SFTCONFIG_OR_MODELCONFIG_FLAG VALUE ...]",
+        description=COMMANDS.get(command),
+    )
 
 
-def parse(argv: list[str]):
+def parse(argv: list[str], command: str | None = None):
     """`(script_args, rose_config, training_args, model_args)` from recipe + flags."""
-    return make_parser().parse_args_and_config(argv)
+    return make_parser(command).parse_args_and_config(argv)
 
 
 def load_data(script_args: RoseScriptArguments, seed: int = 0):
@@ -176,14 +206,14 @@ def _trainer(script_args, rose_config, training_args, model_args):
 
 
 def cmd_select(argv: list[str]) -> None:
-    trainer = _trainer(*parse(argv))
+    trainer = _trainer(*parse(argv, "select"))
     trainer.run_warmup()
     result = trainer.run_selection()
     _print_summary(trainer.rose_config.output_dir, result)
 
 
 def cmd_train(argv: list[str]) -> None:
-    trainer = _trainer(*parse(argv))
+    trainer = _trainer(*parse(argv, "train"))
     trainer.train()
     trainer.save_model()
     _print_summary(trainer.rose_config.output_dir, trainer.selection)
@@ -195,7 +225,7 @@ def cmd_score(argv: list[str]) -> None:
     from .pipeline import SelectionPipeline
 
     PartialState()
-    script_args, rose_config, training_args, _ = parse(argv)
+    script_args, rose_config, training_args, _ = parse(argv, "score")
     # Features live where RoseTrainer put them unless the recipe names rose_output_dir explicitly.
     if rose_config.output_dir == "rose_output":
         rose_config = dataclasses.replace(rose_config, output_dir=os.path.join(training_args.output_dir, "selection"))

@@ -63,11 +63,42 @@ def sft_format(dataset: Dataset, name: str = "train_dataset") -> str:
 
 
 def _conversational(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
+    # `from` is ShareGPT's `role` (the `conversations` format).
+    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and (
+        "role" in value[0] or "from" in value[0]
+    )
 
 
 def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+
+
+ASSISTANT_ROLES = ("assistant", "gpt")  # ShareGPT's `gpt`
+
+
+def _blank_turns(messages: Any) -> bool:
+    """A conversation (or conversational completion) with nothing to learn: no assistant turn, or one whose content
+    is missing or blank (and that calls no tool)."""
+    if _is_empty(messages):
+        return True
+    if not isinstance(messages, list):
+        return False
+    turns = [m for m in messages if isinstance(m, dict) and (m.get("role") or m.get("from")) in ASSISTANT_ROLES]
+    return not turns or any(
+        _is_empty(m.get("content", m.get("value"))) and not m.get("tool_calls") for m in turns
+    )  # fmt: skip
+
+
+def blank_target(example: dict[str, Any], fmt: str) -> bool:
+    """Whether a pool row has no training target: a missing or blank `completion` or `text`, or a conversation
+    without an assistant turn or with a blank one. Such a row is flagged, scored lowest and never selected (one rule
+    for all formats, see README "Failure and resume")."""
+    if fmt == "text":
+        return _is_empty(example.get("text"))
+    if fmt == "prompt_completion":
+        completion = example.get("completion")
+        return _blank_turns(completion) if isinstance(completion, list) else _is_empty(completion)
+    return _blank_turns(example.get(fmt))
 
 
 def _check_row(value: Any, column: str, index: int, name: str, conversational: bool, allow_empty: bool = False) -> None:
@@ -125,7 +156,7 @@ def tokenize_sft_example(
         example = maybe_convert_to_chatml(dict(example))
         fmt = "messages"
     eos = tokenizer.eos_token
-    if fmt in ("prompt_completion", "text") and _is_empty(example["completion" if fmt != "text" else "text"]):
+    if blank_target(example, fmt):
         # Nothing to learn from: no loss token, so the row is flagged (no gradient) instead of scored on EOS alone.
         text = example.get("prompt") or ""
         input_ids = _tokenize(tokenizer, text)["input_ids"] if isinstance(text, str) and text else []
@@ -173,23 +204,59 @@ def tokenize_sft_example(
     return {"input_ids": input_ids, "labels": labels, "rose_num_tokens": num_tokens, "rose_truncated": truncated}
 
 
+def _values(dataset: Dataset, column: str) -> list[Any]:
+    """A column as a list, read in one batch (iterating `dataset[column]` reads it row by row: 7 s per 270k rows)."""
+    return dataset[column][:]
+
+
+def check_dataset_type(dataset: Any, name: str) -> None:
+    """A `datasets.Dataset` in memory or on disk, which selection needs (it scores and indexes every row)."""
+    from datasets import DatasetDict, IterableDataset, IterableDatasetDict
+
+    if isinstance(dataset, Dataset):
+        return
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(
+            f"`{name}` is an IterableDataset (streaming, or `to_iterable_dataset()`), but selection scores every row "
+            f"by its index: materialise it, e.g. `Dataset.from_generator(lambda: (yield from {name}), "
+            f"features={name}.features)`, or load it with `load_dataset(..., streaming=False)`."
+        )
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise ValueError(
+            f"`{name}` is a {type(dataset).__name__} with splits {list(dataset)}: pass one split, e.g. "
+            f"`{name}['{next(iter(dataset), 'train')}']`."
+        )
+    raise ValueError(
+        f"`{name}` is a {type(dataset).__name__}, not a `datasets.Dataset`: convert it, e.g. "
+        "`Dataset.from_list(rows)` or `Dataset.from_pandas(frame)`."
+    )
+
+
 def check_sft_dataset(dataset: Dataset, name: str = "train_dataset") -> str:
     """Validate the pool before any work: one format, no mixed rows. Returns the format.
 
-    Empty prompts are fine; an empty completion or text is not an error in a large pool: that row is flagged as
-    having nothing to learn, scored lowest and never selected (see `tokenize_sft_example`).
+    Empty prompts are fine; a row without a training target (`blank_target`: a missing or blank completion or text,
+    no assistant turn or a blank one) is not an error in a large pool: it is flagged, scored lowest and never
+    selected. A pool of nothing but such rows is refused.
     """
+    check_dataset_type(dataset, name)
     fmt = sft_format(dataset, name)
     columns = SFT_FORMATS[fmt]
-    first = dataset[0]
-    reference = {column: next((v for v in dataset[column] if not _is_empty(v)), first[column]) for column in columns}
+    values = {column: _values(dataset, column) for column in columns}
+    reference = {column: next((v for v in values[column] if not _is_empty(v)), values[column][0]) for column in columns}
     conversational = {column: _conversational(value) for column, value in reference.items()}
     if fmt in ("messages", "conversations"):
         conversational = {column: True for column in columns}
     for column in columns:
-        for index, value in enumerate(dataset[column]):
-            _check_row(value, column, index, name, conversational[column], allow_empty=column != "messages")
-    return fmt
+        for index, value in enumerate(values[column]):
+            _check_row(value, column, index, name, conversational[column], allow_empty=True)
+    blank = sum(blank_target(dict(zip(columns, row)), fmt) for row in zip(*(values[c] for c in columns)))
+    if blank == len(dataset):
+        raise ValueError(
+            f"Every row of `{name}` lacks a training target (missing or blank {' / '.join(columns)}, or no non-empty "
+            "assistant turn): there is nothing to select. Check the column mapping of your pool."
+        )
+    return fmt  # the blank rows are counted and logged with the truncated ones when tokenized
 
 
 def prepare_sft_dataset(
@@ -216,6 +283,7 @@ def prepare_sft_dataset(
 
 def check_preference_dataset(dataset: Dataset, name: str = "preference_dataset") -> None:
     """Validate the preference pairs before any work: columns, no empty rows, no pair whose chosen == rejected."""
+    check_dataset_type(dataset, name)
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty: pass at least one (prompt, chosen, rejected) preference pair.")
     columns = set(dataset.column_names)
@@ -226,18 +294,23 @@ def check_preference_dataset(dataset: Dataset, name: str = "preference_dataset")
             "`rejected` (and optionally `prompt` and `subtask`), as in TRL's preference format."
         )
     used = [column for column in ("prompt", "chosen", "rejected") if column in columns]
-    first = dataset[0]
+    values = {column: _values(dataset, column) for column in columns}
     for column in used:
-        conversational = _conversational(first[column])
-        for index, value in enumerate(dataset[column]):
+        conversational = _conversational(values[column][0])
+        for index, value in enumerate(values[column]):
             _check_row(value, column, index, name, conversational)
-    for index, (chosen, rejected) in enumerate(zip(dataset["chosen"], dataset["rejected"])):
+            if column != "prompt" and conversational and _blank_turns(value):  # as an empty string answer is
+                raise ValueError(
+                    f"`{name}` row {index} has an empty `{column}` (no assistant turn with content): drop that row "
+                    "(e.g. `dataset.filter(...)`) or fill it."
+                )
+    for index, (chosen, rejected) in enumerate(zip(values["chosen"], values["rejected"])):
         if chosen == rejected:
             raise ValueError(
                 f"`{name}` row {index}: `chosen` is identical to `rejected`, so the pair carries no preference: "
                 "fix or drop that row."
             )
-    if SUBTASK_COLUMN in columns and any(value is None or str(value) == "" for value in dataset[SUBTASK_COLUMN]):
+    if SUBTASK_COLUMN in columns and any(value is None or str(value) == "" for value in values[SUBTASK_COLUMN]):
         raise ValueError(f"`{name}` has rows with an empty `{SUBTASK_COLUMN}`: give every row a subtask name.")
 
 

@@ -240,6 +240,7 @@ def checkpoint_features(
     adam: AdamState | None,
     pad_token_id: int,
     learning_rates: list[float],
+    fingerprint: dict[str, Any] | None = None,
     featurizer: Featurizer | None = None,
     lockstep: bool = False,
     on_chunk: Callable[[int], None] | None = None,
@@ -272,7 +273,7 @@ def checkpoint_features(
     timings["validation_rank_max_diff"] = _validation_agreement(validation)
     if state.is_main_process:
         checkpoint.write_validation(validation)
-        checkpoint.finalize({**timings, "projection": featurizer.projector.describe()})
+        checkpoint.finalize({**timings, "projection": featurizer.projector.describe(), "fingerprint": fingerprint})
     state.wait_for_everyone()
     result = checkpoint.meta
     logger.info(

@@ -69,4 +69,6 @@ def select_from_checkpoints(
         )
         pipeline.featurize(model, checkpoint)
         previous = checkpoint.step
+    done = {_step(path) for path in checkpoints}
+    pipeline.discard_other_checkpoints(lambda step: step in done)
     return pipeline.select()

@@ -32,11 +32,21 @@ from .data import (
     prepare_sft_dataset,
 )
 from .features import Featurizer, checkpoint_features
+from .fingerprint import (
+    base_model_fingerprint,
+    describe_argument_changes,
+    describe_change,
+    pool_fingerprint,
+    preference_fingerprint,
+    state_fingerprint,
+    warmup_arguments,
+)
 from .gradients import LoraParameter
 from .logs import summary
+from .preconditioner import AdamState
 from .rose_config import RoseConfig
 from .selection import SelectionResult, describe_selection, select_from_store
-from .store import FeatureStore, check_writable, read_json
+from .store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable, read_json
 
 logger = get_logger(__name__)
 
@@ -64,18 +74,14 @@ def _sorted_sets(value: Any) -> Any:
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
-    """What the features depend on in the model: the base model's identity and the adapter's configuration."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """What the features depend on in the model: the base model (name, config and sampled weights, see
+    `fingerprint.base_model_fingerprint`; collective under ZeRO-3) and the adapter's configuration."""
     peft_config = getattr(model, "peft_config", {})
     adapters = {name: cfg.to_dict() for name, cfg in peft_config.items()}
     for adapter in adapters.values():  # paths and runtime flags say nothing about the features
         for key in ("base_model_name_or_path", "revision", "inference_mode", "runtime_config"):
             adapter.pop(key, None)
-    return {
-        "base_model": getattr(base.config, "_name_or_path", ""),
-        "base_config_hash": stable_hash(base.config.to_dict() | {"_name_or_path": None, "transformers_version": None}),
-        "adapter_config_hash": stable_hash(adapters),
-    }
+    return {"base_model": base_model_fingerprint(model), "adapter_config_hash": stable_hash(adapters)}
 
 
 @contextmanager
@@ -105,6 +111,7 @@ class SelectionPipeline:
     def __init__(self, pool: Dataset, pairs: Dataset, config: RoseConfig):
         check_sft_dataset(pool, "train_dataset")
         check_preference_dataset(pairs, "preference_dataset")
+        check_output_dir(config.output_dir)  # read-only: nothing is created before the run starts
         # Otherwise `select_top` would refuse the budget only after the whole warmup.
         if config.selection_size is not None and config.selection_size > len(pool):
             raise ValueError(
@@ -120,6 +127,9 @@ class SelectionPipeline:
         self.pair_tokens: Dataset | None = None
         self.pad_token_id: int | None = None
         self.stats: dict[str, Any] = {}
+        self.base_fingerprint: dict[str, Any] | None = None
+        self.training_args: dict[str, Any] | None = None
+        self._data_fingerprints: dict[str, str] | None = None
 
     @property
     def subtasks(self) -> list[str]:
@@ -132,7 +142,8 @@ class SelectionPipeline:
         """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process.
 
         `training_args` (the warmup's `SFTConfig`) decides which tokens carry the pool's loss, as in `SFTTrainer`
-        (`assistant_only_loss`, `completion_only_loss`); without it, TRL's defaults.
+        (`assistant_only_loss`, `completion_only_loss`; without it, TRL's defaults), and the arguments that shape
+        the warmup (`fingerprint.warmup_arguments`) are recorded in `run.json` for the report.
         """
         state = PartialState()
         config = self.config
@@ -162,28 +173,45 @@ class SelectionPipeline:
         }
         logger.info(
             f"rose_hf: {len(self.pool)} pool rows ({truncated} truncated to max_length={config.max_length}, {empty} "
-            f"with no completion token left: scored lowest), {len(self.pairs)} preference pairs in "
+            f"without a training target (blank or missing completion or assistant turn, or none left after "
+            f"truncation): scored lowest, never selected), {len(self.pairs)} preference pairs in "
             f"{len(set(self.subtasks))} subtask(s); {self.featurizer.collector.num_params} LoRA parameters -> "
             f"{self.featurizer.projector.describe()['kind']} projection to {self.featurizer.dim} dims.",
             main_process_only=True,
         )
+        self.training_args = warmup_arguments(training_args) if training_args is not None else None
+        described = describe_model(model)
+        # The base model keys each checkpoint's features with the adapter and Adam state (`featurize`), not run.json.
+        self.base_fingerprint = described.pop("base_model")
         run_args = {
-            **describe_model(model),
+            **described,
             "tokenizer_hash": stable_hash(sorted(tokenizer.get_vocab().items())),
             **self.loss_tokens,
             **self.data_run_args(),
+            RUN_INFO_KEY: {"base_model": self.base_fingerprint, "training_args": self.training_args},
         }
         self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
         if state.is_main_process:
             self.store.prepare()
         state.wait_for_everyone()
 
+    @property
+    def data_fingerprints(self) -> dict[str, str]:
+        """Content hashes of the pool and the pairs (the same rows loaded any way give the same ones)."""
+        if self._data_fingerprints is None:
+            self._data_fingerprints = {
+                "pool_fingerprint": pool_fingerprint(self.pool),
+                "validation_fingerprint": preference_fingerprint(self.pairs),
+            }
+        return self._data_fingerprints
+
     def data_run_args(self) -> dict[str, Any]:
         """The part of `run.json` known before any model: the data and the feature settings."""
+        fingerprints = self.data_fingerprints
         return {
-            "pool_fingerprint": self.pool._fingerprint,
+            "pool_fingerprint": fingerprints["pool_fingerprint"],
             "pool_size": len(self.pool),
-            "validation_fingerprint": self.pairs._fingerprint,
+            "validation_fingerprint": fingerprints["validation_fingerprint"],
             **{key: getattr(self.config, key) for key in FEATURE_CONFIG_FIELDS},
         }
 
@@ -202,12 +230,65 @@ class SelectionPipeline:
         """The learning rates recorded when the features of `step` were started (None if they never were)."""
         return self.store.checkpoint(step).recorded_learning_rates()
 
+    def open_checkpoint(self, model: nn.Module, step: int, adam: AdamState | None) -> dict[str, Any]:
+        """Key the features of `step` on the model state, and discard any cached there for another state.
+
+        Features cached at `step` (finished or partial) whose recorded fingerprint differs from this model's adapter
+        weights, Adam moments and base model are deleted, with a warning naming what changed, and are recomputed by
+        `featurize`. Returns the fingerprint. Collective: call on every process.
+        """
+        if self.base_fingerprint is None:
+            raise RuntimeError("Call `prepare(model, tokenizer)` first.")
+        fingerprint = state_fingerprint(model, adam, self.base_fingerprint)
+        state, checkpoint = PartialState(), self.store.checkpoint(step)
+        if state.is_main_process:
+            recorded = checkpoint.fingerprint
+            if checkpoint.exists() and recorded != fingerprint:
+                previous = self.store.previous_info.get("training_args")
+                arguments = describe_argument_changes(previous, self.training_args)
+                logger.warning(
+                    f"rose_hf: the features cached for step {step} in {checkpoint.path} were computed from another "
+                    f"model state ({describe_change(recorded, fingerprint)}"
+                    + (f"; the warmup's arguments changed: {arguments}" if arguments else "")
+                    + "): discarding them and computing them again for this run.",
+                    main_process_only=True,
+                )
+                checkpoint.discard()
+            if recorded != fingerprint:
+                checkpoint.record_fingerprint(fingerprint)
+        state.wait_for_everyone()
+        return fingerprint
+
+    def discard_other_checkpoints(self, keep) -> list[int]:
+        """Delete the cached checkpoints for which `keep(step)` is false (left by another warmup in this folder, so
+        that a selection only ever weighs this warmup's checkpoints). Returns their steps. Collective."""
+        state = PartialState()
+        stale = [c for c in self.store.completed_checkpoints() if not keep(c.step)]
+        if stale and state.is_main_process:
+            logger.warning(
+                f"rose_hf: {self.config.output_dir} holds features of checkpoint(s) {[c.step for c in stale]} that "
+                "this warmup did not produce (another run in the same folder): discarding them.",
+                main_process_only=True,
+            )
+            for checkpoint in stale:
+                checkpoint.discard()
+        state.wait_for_everyone()
+        return [c.step for c in stale]
+
     def featurize(
-        self, model: nn.Module, checkpoint: TrainingCheckpoint, lockstep: bool = False, on_chunk=None
+        self,
+        model: nn.Module,
+        checkpoint: TrainingCheckpoint,
+        lockstep: bool = False,
+        on_chunk=None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Cache pool and validation features of `checkpoint` (resumable; a finished one is skipped)."""
+        """Cache pool and validation features of `checkpoint` (resumable; a finished one with the same fingerprint
+        is skipped). `fingerprint` is `open_checkpoint`'s, if the caller already opened it."""
         if self.featurizer is None:
             raise RuntimeError("Call `prepare(model, tokenizer)` first.")
+        if fingerprint is None:
+            fingerprint = self.open_checkpoint(model, checkpoint.step, checkpoint.adam)
         with preserved_rng():
             return checkpoint_features(
                 model,
@@ -218,6 +299,7 @@ class SelectionPipeline:
                 checkpoint.adam,
                 self.pad_token_id,
                 learning_rates=checkpoint.learning_rates,
+                fingerprint=fingerprint,
                 featurizer=self.featurizer,
                 lockstep=lockstep,
                 on_chunk=on_chunk,
@@ -230,7 +312,7 @@ class SelectionPipeline:
                 "attached first, or point `output_dir` at the folder where it ran."
             )
         saved = read_json(self.store.run_file)
-        for key, value in (("pool_fingerprint", self.pool._fingerprint), ("validation_fingerprint", self.pairs._fingerprint)):
+        for key, value in self.data_fingerprints.items():
             if saved.get(key) != value:
                 raise ValueError(
                     f"The features in {self.config.output_dir} were computed for another "

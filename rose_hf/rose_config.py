@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+import os
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .dpo import check_loss_type
@@ -129,6 +132,9 @@ class RoseConfig:
     report: bool = field(default=True, metadata={"help": "Write report.md with plots after selection."})
 
     def __post_init__(self):
+        # One rule for every field, from Python as from the command line: the value HfArgumentParser would parse.
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
         _choice("scoring", self.scoring, SCORINGS)
         _choice("validation_objective", self.validation_objective, VALIDATION_OBJECTIVES)
         _choice("projection", self.projection, PROJECTIONS)
@@ -169,6 +175,65 @@ class RoseConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")  # HfArgumentParser's string_to_bool
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """`value` as the type of the field (`annotation`, e.g. `"int | None"`), as the command line would parse it.
+
+    A number written as a string (`"8192"`, `"1e-3"`) becomes that number; an int field takes integers only (not
+    2.5, not True), a float field finite numbers, a bool field booleans or true/false strings, a str field strings
+    (or paths). Anything else is a `ValueError` naming the field.
+    """
+    parts = [part.strip() for part in str(annotation).split("|")]
+    kind = next(part for part in parts if part != "None")
+    expected = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}.get(kind)
+    if value is None:
+        if "None" in parts or expected is None:
+            return value
+        raise ValueError(f"{name}=None is not allowed: {name} must be {expected}.")
+    text = value.strip() if isinstance(value, str) else None
+    if kind == "int":
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        try:
+            return int(text) if text is not None else _not(name, value, expected)
+        except ValueError:
+            pass
+        try:  # a whole number is what is missing: show the nearest one
+            nearest = int(float(text if text is not None else value)) if not isinstance(value, bool) else None
+        except (TypeError, ValueError, OverflowError):
+            nearest = None
+        return _not(name, value, expected + (f", e.g. {name}={nearest}" if nearest is not None else ""))
+    if kind == "float":
+        number = None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+        elif text is not None:
+            try:
+                number = float(text)
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
+            return _not(name, value, expected)
+        return number
+    if kind == "bool":
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            return bool(value)
+        if text is not None and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        return _not(name, value, expected)
+    if kind == "str":
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        return value if isinstance(value, str) else _not(name, value, expected)
+    return value
+
+
+def _not(name: str, value: Any, expected: str):
+    raise ValueError(f"{name}={value!r} ({type(value).__name__}) is not valid: {name} must be {expected}.")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -22,6 +22,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .callback import RoseDataSelector
+from .fingerprint import warmup_arguments
 from .pipeline import describe_model, stable_hash
 from .rose_config import RoseConfig
 from .selection import SelectionResult
@@ -121,6 +122,7 @@ class RoseTrainer:
                 {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
             ),
             "warmup_indices": self.warmup_indices,
+            "training_args": warmup_arguments(args),
             **self.selector.pipeline.data_run_args(),
         }
         self.warmup_trainer: SFTTrainer | None = None

@@ -245,8 +245,10 @@ def select_from_store(
         write: save the artifacts (main process only).
         extra_info: more to record in `selection.json` (e.g. the tokenization counts).
     """
-    steps = [c.step for c in store.completed_checkpoints()]
-    args = _selection_args(config, steps)
+    checkpoints = store.completed_checkpoints()
+    steps = [c.step for c in checkpoints]
+    # Keyed on each checkpoint's model state too: recomputed features must never meet a selection made from others.
+    args = {**_selection_args(config, steps), "fingerprints": [c.meta.get("fingerprint") for c in checkpoints]}
     summary_path = os.path.join(store.root, "selection.json")
     if steps and os.path.exists(summary_path) and os.path.exists(os.path.join(store.root, "scores.npy")):
         saved = read_json(summary_path)

@@ -6,10 +6,11 @@ run.json                          arguments every cached artifact depends on (ch
 features/checkpoint-<step>/
     pool.npy                      (N, d) pool features, memory-mapped, written chunk by chunk
     pool_scales.npy               (N,) float32 row scales (int8 storage only)
-    pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no completion token, 3 non-finite gradient
+    pool_status.npy               (N,) int8: 0 pending, 1 ok, 2 no training target, 3 non-finite gradient
     chunks/<id>.done              completion record of one chunk, written after its rows are flushed
     layout.json                   rows, dim, dtype, chunk size, and the learning rates of the steps that led here
     validation_<objective>.npy    (V, d) float32 validation features, one file per objective (dpo, sft)
+    fingerprint.json              the model state the features are computed from: adapter weights, Adam moments, base
     meta.json                     checkpoint step, counts, timings; written last, marks the checkpoint done
 ```
 A chunk is complete only when its record exists, and the record is written (atomically: temp file + rename) after the
@@ -86,6 +87,44 @@ class StoreError(OSError):
     """A feature-cache write failed in a way the user can fix; the cache is left consistent."""
 
 
+def check_output_dir(output_dir: str, name: str = "output_dir") -> None:
+    """Fail, without creating anything, if `output_dir` could not be created and written.
+
+    The path must be free of NUL bytes, each folder name to create short enough for the filesystem, the path itself
+    a folder if it exists, and its nearest existing parent a folder this process may write into. (As root, only a
+    read-only filesystem makes a folder unwritable; `check_writable` probes for real when the run starts.)
+    """
+    if not isinstance(output_dir, str) or not output_dir:
+        raise ValueError(f"{name}={output_dir!r} is not a folder path: name a folder for the cache and the selection.")
+    if "\0" in output_dir:
+        raise ValueError(f"{name}={output_dir!r} contains a NUL byte, which no filesystem accepts: fix the path.")
+    path, missing = os.path.abspath(output_dir), []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path, child = os.path.dirname(path), os.path.basename(path)
+        missing.append(child)
+    if not os.path.isdir(path):
+        where = "it" if not missing else f"its parent {path!r}"
+        raise ValueError(
+            f"{name}={output_dir!r} cannot be a folder: {where} is a file (or a broken link). Choose another path."
+        )
+    try:
+        name_max = os.pathconf(path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    too_long = [child for child in missing if len(os.fsencode(child)) > name_max]
+    if too_long:
+        raise ValueError(
+            f"{name}={output_dir!r}: the folder name {too_long[0][:40]!r}... is "
+            f"{len(os.fsencode(too_long[0]))} bytes, over this filesystem's limit of {name_max}: choose a shorter name."
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        action = "written into" if not missing else f"used to create {os.path.join(path, *reversed(missing))!r}"
+        raise ValueError(
+            f"{name}={output_dir!r} is not writable: {path!r} cannot be {action} by this user. Choose a folder you "
+            "can write to (or fix its permissions)."
+        )
+
+
 def check_writable(output_dir: str) -> None:
     """Fail before any work if `output_dir` cannot be created or written."""
     try:
@@ -100,9 +139,14 @@ def check_writable(output_dir: str) -> None:
         ) from error
 
 
+# `run.json` key of what is recorded for the report but not compared: the warmup's training arguments and base model.
+# Those shape each checkpoint's model state, which keys that checkpoint's features (fingerprint.py) instead.
+RUN_INFO_KEY = "warmup"
+
+
 def diff_run_args(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the fields whose values differ between two run descriptions."""
-    keys = sorted(set(saved) | set(current))
+    """Names of the fields whose values differ between two run descriptions (the `RUN_INFO_KEY` record aside)."""
+    keys = sorted((set(saved) | set(current)) - {RUN_INFO_KEY})
     return [key for key in keys if saved.get(key) != current.get(key)]
 
 
@@ -120,6 +164,7 @@ class FeatureStore:
         self.root = root
         self.run_args = run_args
         self.overwrite = overwrite
+        self.previous_info: dict[str, Any] = {}  # the `RUN_INFO_KEY` record `prepare` found, before writing its own
 
     @property
     def run_file(self) -> str:
@@ -132,8 +177,14 @@ class FeatureStore:
     def prepare(self) -> None:
         """Main process: check or record `run.json`. Raises on a cache of another run unless `overwrite`."""
         check_writable(self.root)
+        record = jsonable(self.run_args)
         if os.path.exists(self.run_file):
             saved = read_json(self.run_file)
+            self.previous_info = saved.get(RUN_INFO_KEY) or {}
+            # What this run does not know (e.g. offline selection: no training arguments) stays as recorded.
+            info = {k: v for k, v in (record.get(RUN_INFO_KEY) or {}).items() if v is not None}
+            if info or self.previous_info:
+                record[RUN_INFO_KEY] = {**self.previous_info, **info}
             differing = diff_run_args(saved, jsonable(self.run_args))
             if differing and not self.overwrite:
                 details = "; ".join(f"{k}: cached={saved.get(k)!r}, now={jsonable(self.run_args).get(k)!r}" for k in differing)
@@ -144,7 +195,7 @@ class FeatureStore:
             if differing:
                 self.clear()
         os.makedirs(self.features_dir, exist_ok=True)
-        atomic_write_json(self.run_file, jsonable(self.run_args))
+        atomic_write_json(self.run_file, record)
 
     def clear(self) -> None:
         """Delete every cached artifact of this run (features, scores, selection)."""
@@ -178,6 +229,25 @@ class CheckpointFeatures:
 
     def is_complete(self) -> bool:
         return os.path.exists(self._file("meta.json"))
+
+    # --- the model state the features are computed from (fingerprint.py) -----------------------------------------
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The state fingerprint recorded before the first chunk was written (`None` if none was)."""
+        path = self._file("fingerprint.json")
+        return read_json(path) if os.path.exists(path) else None
+
+    def record_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        atomic_write_json(self._file("fingerprint.json"), fingerprint)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def discard(self) -> None:
+        """Delete everything cached for this checkpoint (main process)."""
+        if os.path.isdir(self.path):
+            shutil.rmtree(self.path)
 
     @property
     def meta(self) -> dict[str, Any]:

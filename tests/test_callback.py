@@ -20,7 +20,7 @@ from rose_hf.callback import RoseDataSelector
 from rose_hf.data import prepare_sft_dataset
 from rose_hf.rose_config import RoseConfig
 from rose_hf.scoring import INVALID_SCORE
-from rose_hf.store import STATUS_EMPTY, StoreError
+from rose_hf.store import STATUS_EMPTY
 from rose_hf.synthetic.tiny import build_model
 
 EXTRA_COLUMNS = ["family", "correct", "source", "id"]
@@ -173,12 +173,12 @@ def test_training_arguments_fail_before_training(tokenizer, data, tmp_path, args
     assert_fails_before_training(sft_trainer(tokenizer, tmp_path / "out", pool, [selector], **args), match)
 
 
-def test_unwritable_output_dir_fails_before_training(tokenizer, data, tmp_path):
+def test_unwritable_output_dir_fails_when_the_selector_is_built(data, tmp_path):
     pool, pairs = data
     (tmp_path / "a_file").write_text("not a folder")
-    selector = RoseDataSelector(pool, pairs, rose_config(tmp_path / "a_file" / "rose"))
-    trainer = sft_trainer(tokenizer, tmp_path / "out", pool, [selector])
-    assert_fails_before_training(trainer, "output_dir=.*not writable", StoreError)
+    with pytest.raises(ValueError, match="output_dir=.*cannot be a folder: its parent .*a_file.* is a file"):
+        RoseDataSelector(pool, pairs, rose_config(tmp_path / "a_file" / "rose"))
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
 def test_missing_tokenizer_fails_before_training(tokenizer, data, tmp_path):

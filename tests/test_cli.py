@@ -58,6 +58,27 @@ def test_help_is_instant():
     print(f"rose-hf --help: {elapsed:.2f}s")
 
 
+@pytest.mark.parametrize("command", ["select", "train", "score"])
+def test_command_help_puts_rose_hf_first(command, capsys):
+    import dataclasses
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith(f"usage: rose-hf {command} [--config RECIPE.yaml]") and len(lines[0]) < 120
+    heading = text.index("inherited options (trl.SFTConfig")
+    assert text.index("--config RECIPE.yaml  YAML recipe") < heading
+    from rose_hf.cli import RoseScriptArguments
+
+    for f in [*dataclasses.fields(RoseScriptArguments), *dataclasses.fields(RoseConfig)]:
+        flag = f"--rose_{f.name} " if f.name in ("output_dir", "loss_type", "max_length", "seed") else f"--{f.name} "
+        assert 0 < text.index("  " + flag) < heading, f.name
+    for inherited in ("--learning_rate ", "--num_train_epochs ", "--lora_r ", "--model_name_or_path "):
+        assert text.index("  " + inherited) > heading, inherited
+
+
 @pytest.mark.slow
 def test_cli_select_score_report_on_the_tiny_recipe(tmp_path):
     output_dir = str(tmp_path / "tiny")

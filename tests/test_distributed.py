@@ -86,7 +86,11 @@ def test_two_processes_match_one(tmp_path, config, zero_stage):
     assert len(steps) == 2
     for step in steps:
         with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
-            assert json.load(handle)["validation_rank_max_diff"] <= 1e-6  # both processes computed the same
+            meta = json.load(handle)
+        assert meta["validation_rank_max_diff"] <= 1e-6  # both processes computed the same
+        with open(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "meta.json")) as handle:
+            # The same adapter, Adam state and base hash the same in 2 processes (ZeRO-3: gathered) and in one.
+            assert meta["fingerprint"] == json.load(handle)["fingerprint"]
         ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy")).astype(np.float32)
         theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy")).astype(np.float32)
         assert ours.shape == theirs.shape == (45, 256)

@@ -61,13 +61,13 @@ def base_name(peft_name):
     return peft_name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
-def rose_trainer(tokenizer, root, data, probe=None, eval_dataset=None, **config):
+def rose_trainer(tokenizer, root, data, probe=None, eval_dataset=None, training=None, **config):
     pool, pairs = data
     model = build_model("llama", tokenizer, seed=0)
     base = {name: param.detach().clone() for name, param in model.named_parameters()}
     evaluation = dict(eval_strategy="epoch") if eval_dataset is not None else {}
     trainer = RoseTrainer(
-        model=model, args=sft_args(root, **evaluation), train_dataset=pool, preference_dataset=pairs,
+        model=model, args=sft_args(root, **evaluation, **(training or {})), train_dataset=pool, preference_dataset=pairs,
         rose_config=rose_config(**config), peft_config=lora_config(), processing_class=tokenizer,
         callbacks=[probe] if probe else None, eval_dataset=eval_dataset,
     )
@@ -224,8 +224,9 @@ def test_interrupted_warmup_resumes_to_the_same_selection(full_run, tokenizer, d
 
 @pytest.mark.parametrize(
     "change,differing",
-    [({"beta": 0.5}, "beta"), ({"warmup_fraction": 0.2}, "warmup_indices")],
-)
+    [({"beta": 0.5}, "beta"), ({"warmup_fraction": 0.2}, "warmup_indices"),
+     ({"training": {"learning_rate": 5e-3}}, "training_args")],
+)  # fmt: skip
 def test_changed_settings_refuse_a_finished_warmup(full_run, tokenizer, data, tmp_path, change, differing):
     root = copy_stages(full_run.root, tmp_path)
     trainer, _ = rose_trainer(tokenizer, root, data, **change)

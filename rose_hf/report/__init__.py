@@ -197,9 +197,10 @@ def report_from_output_dir(
 
             selected_rows = load_from_disk(selected_dir)
     else:
+        from ..fingerprint import pool_fingerprint
+
         fingerprint = _run_args(output_dir).get("pool_fingerprint")
-        if fingerprint and getattr(pool, "_fingerprint", None) != fingerprint and len(pool) == len(result.scores):
-            # Fingerprints differ for identical data loaded another way, so this is only worth a note.
+        if fingerprint and pool_fingerprint(pool) != fingerprint and len(pool) == len(result.scores):
             log(
                 f"rose_hf: the pool's fingerprint differs from the one in {output_dir}/run.json; check it is "
                 "the same pool, in the same order."
