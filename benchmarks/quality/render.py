@@ -135,6 +135,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"final models on each method's {config['final_budget']:.0%} after the {config['epochs']}-epoch warmup. "
         "Cells are mean ± std over runs (min in brackets). Command: `make bench-quality`.",
         "",
+        *([f"**Incomplete: {len(results['missing_runs'])} of the design's runs had not finished** and are not in "
+           f"these tables ({', '.join(results['missing_runs'])}); rerun `make bench-quality` to complete them "
+           "(finished runs are cached).", ""] if results.get("missing_runs") else []),
         *targets_section(results["targets"]),
         f"## Selection at {float(budget):.0%}, all runs", "", selection_table(summary, budget), "",
         "## By world family (precision / harmful share)", "", grouped_table(runs, "family", budget), "",

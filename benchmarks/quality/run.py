@@ -336,9 +336,11 @@ def method_scores(
     return {m: scores[m] for m in (*config.methods, "oracle")}, info
 
 
-def run_world(config: QualityBenchConfig, family: str, seed: int, epochs: int, base_path: str) -> dict[str, Any]:
+def run_world(
+    config: QualityBenchConfig, family: str, seed: int, epochs: int, base_path: str, only_cached: bool = False
+) -> dict[str, Any] | None:
     """Selections (and, after the design's warmup length, final models) of one world and warmup length; cached in
-    `<output_dir>/<family>/seed_<seed>_e<epochs>/result.json`."""
+    `<output_dir>/<family>/seed_<seed>_e<epochs>/result.json`. With `only_cached`, None when it is not cached."""
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -355,6 +357,8 @@ def run_world(config: QualityBenchConfig, family: str, seed: int, epochs: int, b
         if saved.get("fingerprint") == fingerprint:
             log(f"{family} seed {seed}, {epochs} epochs: already done in {run_dir}; reusing it.")
             return saved
+    if only_cached:
+        return None
     if os.path.isdir(run_dir):  # a run with other settings, or an unfinished one: start clean
         shutil.rmtree(run_dir)
     os.makedirs(run_dir)
@@ -427,12 +431,14 @@ def _config_fingerprint(config: QualityBenchConfig, base_path: str) -> dict[str,
     return json.loads(json.dumps({**values, "base_model": os.path.basename(base_path)}))
 
 
-def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str, Any]:
+def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached: bool = False) -> dict[str, Any]:
     """Run every (family, seed, warmup length), aggregate, check the targets, and write `quality.json`,
     `quality.md` and the plots.
 
     Args:
         config: the settings (`QualityBenchConfig()`: the fixed design; `QualityBenchConfig.quick()`: reduced).
+        only_cached: aggregate the runs already finished (e.g. by several processes, one per family) and run none;
+            the report lists the runs it is missing.
 
     Returns:
         The results: `config`, `runs`, `summary` (over all runs), `by_family`, `targets`, `seconds`, `files`.
@@ -449,14 +455,18 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str,
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    runs, bases = [], {}
+    runs, bases, missing = [], {}, []
     try:
         os.makedirs(config.output_dir, exist_ok=True)
         for family in config.families:
             bases[family] = world_base_model(family, cache_dir=config.cache_dir or DEFAULT_CACHE)
             for seed in config.seeds:
                 for epochs in config.warmup_epochs:
-                    runs.append(run_world(config, family, seed, epochs, bases[family]))
+                    run = run_world(config, family, seed, epochs, bases[family], only_cached)
+                    if run is None:
+                        missing.append(f"{family}/seed_{seed}_e{epochs}")
+                    else:
+                        runs.append(run)
     finally:
         torch.set_num_threads(threads)
     summary = summarize(runs)
@@ -464,6 +474,7 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None) -> dict[str,
         "config": asdict(config),
         "base_models": bases,
         "runs": runs,
+        "missing_runs": missing,
         "summary": summary,
         "by_family": {family: summarize([r for r in runs if r["family"] == family]) for family in config.families},
         "targets": check_targets(summary, runs, f"{config.final_budget:g}"),
@@ -503,6 +514,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_full_pool", action="store_true", help="Skip the full-pool reference model.")
     parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (0: leave torch's default).")
     parser.add_argument("--keep_checkpoints", action="store_true", help="Keep warmup checkpoints and feature caches.")
+    parser.add_argument("--only_cached", action="store_true",
+                        help="Aggregate the finished runs in --output_dir (e.g. of one process per family); run none.")
     return parser
 
 
@@ -530,7 +543,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     PartialState()  # accelerate's logger needs it
     quiet_libraries()
-    results = run_quality_benchmark(config_from_args(args))
+    results = run_quality_benchmark(config_from_args(args), only_cached=args.only_cached)
     print(f"rose_hf: quality benchmark -> {os.path.join(results['config']['output_dir'], MARKDOWN_FILE)}")
     return results
 
