@@ -26,6 +26,7 @@ from .preconditioner import AdamState
 from .projection import make_projector, resolve_projection
 from .rose_config import RoseConfig
 from .scoring import quantize_int8
+from .sharding import reshard, uses_fsdp2
 from .store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK, CheckpointFeatures
 
 logger = get_logger(__name__)
@@ -253,6 +254,8 @@ def checkpoint_features(
         logger.info(f"rose_hf: features @ step {checkpoint.step} already cached in {checkpoint.path}; skipping.")
         return checkpoint.meta
     featurizer = featurizer or Featurizer(model, config)
+    # FSDP2 all-gathers parameters in every forward and backward (collectives), as ZeRO-3 does.
+    lockstep = lockstep or uses_fsdp2(model)
     with state.main_process_first():
         if state.is_main_process:
             checkpoint.create(len(pool), featurizer.dim, config.feature_dtype, config.chunk_size)
@@ -265,6 +268,7 @@ def checkpoint_features(
             featurizer, pairs, config.feature_batch_size, pad_token_id, config.max_length
         )
         timings["validation_seconds"] = time.perf_counter() - start
+    reshard(model)  # leave FSDP2's parameters sharded, as the optimizer expects them
     timings["validation_rank_max_diff"] = _validation_agreement(validation)
     if state.is_main_process:
         checkpoint.write_validation(validation)
