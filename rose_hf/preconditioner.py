@@ -79,8 +79,13 @@ class AdamState:
 
 
 def _unwrap_optimizer(optimizer):
-    # accelerate's AcceleratedOptimizer and DeepSpeed wrappers both keep the torch optimizer in `.optimizer`.
-    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, torch.optim.Optimizer):
+    # accelerate's AcceleratedOptimizer and DeepSpeed wrappers both keep the torch optimizer in `.optimizer`; the
+    # former is itself a torch Optimizer (proxying state and groups), but only the inner class says what it is.
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    while hasattr(optimizer, "optimizer") and (
+        isinstance(optimizer, AcceleratedOptimizer) or not isinstance(optimizer, torch.optim.Optimizer)
+    ):
         optimizer = optimizer.optimizer
     return optimizer
 
