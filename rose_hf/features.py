@@ -56,7 +56,10 @@ class Featurizer:
         self.model = model
         self.config = config
         self.collector = LoraGradientCollector(model)
-        self.device = device or next(p.device for p in model.parameters())
+        # FSDP2 with CPU offload keeps the sharded parameters on the CPU and computes on the accelerator.
+        if device is None:
+            device = PartialState().device if uses_fsdp2(model) else next(p.device for p in model.parameters())
+        self.device = device
         kind, dim = resolve_projection(config.projection, self.collector.num_params, config.projection_dim)
         self.projector = make_projector(
             kind,

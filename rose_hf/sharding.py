@@ -61,12 +61,22 @@ def reshard(model: nn.Module) -> None:
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: a `DTensor` is gathered from every process (collective), any other tensor is returned."""
+    """The whole tensor: a `DTensor` is gathered from every process (collective), any other tensor is returned.
+
+    With CPU offload (`fsdp_offload_params`) the shards live on the CPU while the mesh communicates on the
+    accelerator (NCCL cannot gather CPU tensors), so they travel to the mesh's device first.
+    """
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover
         return tensor
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    if not isinstance(tensor, DTensor):
+        return tensor
+    mesh = tensor.device_mesh
+    if tensor.device.type != mesh.device_type:  # untested here: needs an accelerator
+        local = tensor.to_local().to(torch.device(mesh.device_type, torch.accelerator.current_device_index()))
+        tensor = DTensor.from_local(local, mesh, tensor.placements, shape=tensor.shape, stride=tensor.stride())
+    return tensor.full_tensor()
 
 
 def fsdp_version(model: nn.Module | None = None) -> int:

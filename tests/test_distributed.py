@@ -125,8 +125,9 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     for step in steps:
         with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
             assert json.load(handle)["validation_rank_max_diff"] <= 1e-6
-        ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy")).astype(np.float32)
-        theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy")).astype(np.float32)
+        ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy"))
+        theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy"))
+        ours, theirs = ours.astype(np.float32), theirs.astype(np.float32)
         assert ours.shape == theirs.shape == (45, 256)
         assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2
         np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)

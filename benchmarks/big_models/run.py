@@ -160,7 +160,9 @@ def _replay(model, optimizer, warm: dict) -> None:
 def _floor_epoch(model, optimizer, batches: list[dict]) -> None:
     model.train()
     for batch in batches:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -200,7 +202,9 @@ def run_setting(config: BigModelsBenchConfig, model, optimizer_kind: str, warm: 
     feature_seconds = time.perf_counter() - start
     selector.on_train_end(args, trainer_state, control, **events)
 
-    batches = _batches(_rows(pool, tokenizer, config.max_length), config.batch_size, SFTCollator(tokenizer.pad_token_id))
+    batches = _batches(
+        _rows(pool, tokenizer, config.max_length), config.batch_size, SFTCollator(tokenizer.pad_token_id)
+    )
     mine = batches[state.process_index :: state.num_processes]
     state.wait_for_everyone()
     start = time.perf_counter()
@@ -214,7 +218,9 @@ def run_setting(config: BigModelsBenchConfig, model, optimizer_kind: str, warm: 
 
 
 # --- the warmup and the settings ------------------------------------------------------------------------------------
-def warmup(config: BigModelsBenchConfig, base: str = "float", optimizer_kind: str = "adamw_torch", seed_offset: int = 0) -> dict:
+def warmup(
+    config: BigModelsBenchConfig, base: str = "float", optimizer_kind: str = "adamw_torch", seed_offset: int = 0
+) -> dict:
     """1-process LoRA warmup: final adapter weights, every step's gradients and learning rate, Adam's betas.
     `seed_offset` changes the adapter's initialisation and the data order (not the data)."""
     import torch
@@ -241,7 +247,9 @@ def warmup(config: BigModelsBenchConfig, base: str = "float", optimizer_kind: st
         order = torch.randperm(len(rows), generator=generator).tolist()
         for start in range(0, len(order), config.warmup_batch):
             batch = collate([rows[i] for i in order[start : start + config.warmup_batch]])
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+            model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss.backward()
             grads.append({n: p.grad.detach().clone() for n, p in named.items()})
             learning_rates.append(float(scheduler.get_last_lr()[0]))
             optimizer.step()
@@ -338,7 +346,11 @@ def run_big_models_benchmark(config: BigModelsBenchConfig) -> dict[str, Any]:
         if name == "fsdp2":
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                        os.path.abspath(__file__), "--fsdp2_worker", work_dir]  # fmt: skip
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            }
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
                 raise RuntimeError(f"FSDP2 worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
@@ -358,7 +370,8 @@ def run_big_models_benchmark(config: BigModelsBenchConfig) -> dict[str, Any]:
         rows.append({
             "setting": name, "description": description, "optimizer": optimizer_kind,
             "processes": result["processes"], "feature_seconds": result["feature_seconds"],
-            "floor_seconds": result["floor_seconds"], "features_over_floor": result["feature_seconds"] / result["floor_seconds"],
+            "floor_seconds": result["floor_seconds"],
+            "features_over_floor": result["feature_seconds"] / result["floor_seconds"],
             **compare(reference, result["scores"], k),
         })  # fmt: skip
     warm = warmups["float"]
@@ -367,9 +380,13 @@ def run_big_models_benchmark(config: BigModelsBenchConfig) -> dict[str, Any]:
     tokens = [len(row["input_ids"]) for row in _rows(pool, tokenizer, config.max_length)]
     report = {
         "config": asdict(config),
-        "environment": {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "load_average": list(os.getloadavg())},  # fmt: skip
+        "environment": {
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()),
+        },  # fmt: skip
         "lora_parameters": lora_params,
         "mean_tokens_per_row": float(np.mean(tokens)),
         "warmup_steps": len(warm["learning_rates"]),
@@ -403,7 +420,8 @@ def markdown(report: dict) -> str:
         f"{c['pool_size']} synthetic rows in chunks of {c['chunk_size']}, {c['num_pairs']} DPO pairs, sjlt projection "
         f"to {c['projection_dim']}, feature batch {c['batch_size']}. Top 5% = {report['top_k']} rows.",
         "",
-        "| setting | processes | Spearman vs float | top-5% overlap | max score diff | feature pass s | floor epoch s | features / floor |",
+        "| setting | processes | Spearman vs float | top-5% overlap | max score diff | feature pass s | floor epoch s "
+        "| features / floor |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["settings"]:
@@ -420,7 +438,8 @@ def markdown(report: dict) -> str:
         f"selection (overlap {by['fsdp2']['top5_overlap']:.2f}): the hooks see full activations under sharding and "
         "the gathered DTensor moments are the moments.",
         f"- QLoRA with the same adapter: Spearman {by['qlora']['spearman']:.3f}, top-5% overlap "
-        f"{by['qlora']['top5_overlap']:.2f}. Nearly all of it is the 4-bit base (alone: {by['4bit_base']['spearman']:.3f}, "
+        f"{by['qlora']['top5_overlap']:.2f}. Nearly all of it is the 4-bit base (alone: "
+        f"{by['4bit_base']['spearman']:.3f}, "
         f"{by['4bit_base']['top5_overlap']:.2f}); the 8-bit Adam moments alone move scores by at most "
         f"{by['8bit_adam']['max_score_diff']:.1e} (Spearman {by['8bit_adam']['spearman']:.4f}). On the 4-bit model "
         "rose_hf's features equal those of a float model holding the dequantized weights exactly "

@@ -22,7 +22,9 @@ def load_in_4bit(path: str, compute_dtype: torch.dtype = torch.float32, quant_ty
     """The causal LM saved at `path` with every linear layer (but the output head) quantized to 4 bits."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type=quant_type)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type=quant_type
+    )
     return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=compute_dtype)
 
 

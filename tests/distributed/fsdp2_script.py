@@ -116,7 +116,9 @@ def main():
             batch_rows = rows[step * BATCH : (step + 1) * BATCH][state.process_index :: state.num_processes]
             batch = collate(batch_rows)
             model.train()
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+            model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
