@@ -228,6 +228,12 @@ def adam_state_from_checkpoint(checkpoint_dir: str, parameters: list[LoraParamet
         model: the PEFT model the checkpoint was trained with, adapter loaded.
     """
     path = os.path.join(checkpoint_dir, "optimizer.pt")
+    fsdp_files = [f for f in ("optimizer_0", "optimizer.bin") if os.path.exists(os.path.join(checkpoint_dir, f))]
+    if not os.path.isfile(path) and fsdp_files:
+        raise FileNotFoundError(
+            f"{checkpoint_dir} holds an FSDP optimizer checkpoint ({fsdp_files[0]}), whose format rose_hf does not "
+            "read: attach RoseDataSelector to the FSDP2 warmup itself (it reads the live sharded state at every save)."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No optimizer.pt in {checkpoint_dir}: Adam preconditioning needs the optimizer state. Keep "

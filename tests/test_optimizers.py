@@ -146,3 +146,10 @@ def test_adafactor_is_refused_before_the_first_step(tmp_path):
         trainer.train()
     assert trainer.state.global_step == 0
     assert not glob.glob(os.path.join(tmp_path, "out", "checkpoint-*"))
+
+
+@pytest.mark.parametrize("saved", ["optimizer_0", "optimizer.bin"])
+def test_fsdp_optimizer_checkpoints_say_what_to_do(model, saved, tmp_path):
+    (tmp_path / saved).mkdir() if saved == "optimizer_0" else (tmp_path / saved).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=f"FSDP optimizer checkpoint \\({saved}\\).*RoseDataSelector"):
+        adam_state_from_checkpoint(str(tmp_path), find_lora_parameters(model), model)
