@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned: a local CPU build; an unpinned torch pulls several GB of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,deepspeed]"
+	$(BIN)/python -m pip install -q -e ".[dev,deepspeed,qlora]"
 	touch $(STAMP)
 
 install: $(STAMP)

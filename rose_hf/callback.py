@@ -17,20 +17,14 @@ from .pipeline import SelectionPipeline
 from .preconditioner import check_adam_optimizer
 from .rose_config import RoseConfig
 from .selection import SelectionResult, selection_log_metrics
+from .sharding import check_fsdp_version
 
 logger = get_logger(__name__)
 
 
-def check_distributed_type(distributed_type: str) -> None:
-    """Refuse, before training, the settings whose features could be wrong. FSDP flattens and shards parameters
-    into DTensors/FlatParameters that hide the LoRA weights from the per-example hooks and the Adam-state lookup."""
-    if "FSDP" in str(distributed_type).upper():
-        raise ValueError(
-            "RoseDataSelector does not support FSDP: its sharded flat parameters hide the LoRA weights that the "
-            "per-example gradient hooks and the Adam-state lookup need. Launch the warmup with DDP "
-            "(recipes/accelerate_configs/multi_gpu.yaml) or DeepSpeed ZeRO-2/3 (deepspeed_zero2.yaml, "
-            "deepspeed_zero3.yaml): ZeRO-3 shards the frozen base weights as FSDP would."
-        )
+def check_distributed_type(distributed_type: str, model=None) -> None:
+    """Refuse, before training, the settings whose features could be wrong: FSDP1 (FSDP2 works; see sharding.py)."""
+    check_fsdp_version(distributed_type, model)
 
 
 def _zero3_enabled() -> bool:
@@ -113,7 +107,7 @@ class RoseDataSelector(TrainerCallback):
         # Fail before the first training step on anything that would waste the warmup.
         follow_trainer_verbosity(args)
         model = kwargs.get("model")
-        check_distributed_type(PartialState().distributed_type)
+        check_distributed_type(PartialState().distributed_type, model)
         find_lora_parameters(model)  # raises with the fix when there is no usable LoRA adapter
         self._check_saves(args, state)
         optimizer = kwargs.get("optimizer")

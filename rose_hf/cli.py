@@ -187,13 +187,28 @@ def _peft_config(model_args):
     return get_peft_config(model_args)
 
 
+def model_init_kwargs(model_args) -> dict | None:
+    """`from_pretrained` kwargs of the recipe's base model: its `dtype` and, for QLoRA (`load_in_4bit: true`), TRL's
+    bitsandbytes config. It goes into `model_init_kwargs` (as a dict, which `from_pretrained` accepts and JSON
+    keeps) so that the warmup and the final training both load the base in 4 bits."""
+    from trl import get_quantization_config
+
+    kwargs = {}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization.to_dict()
+    return kwargs or None
+
+
 def _trainer(script_args, rose_config, training_args, model_args):
     from .rose_trainer import RoseTrainer
 
     pool, pairs = load_data(script_args, seed=rose_config.seed)
     model_name, tokenizer = load_model_and_tokenizer(model_args, training_args)
-    if training_args.model_init_kwargs is None and model_args.dtype not in (None, "auto"):
-        training_args.model_init_kwargs = {"dtype": model_args.dtype}
+    if training_args.model_init_kwargs is None:
+        training_args.model_init_kwargs = model_init_kwargs(model_args)
     return RoseTrainer(
         model=model_name,
         args=training_args,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gradients import LoraGradientCollector, sequence_log_probs
+from .sharding import reshard
 
 PER_PAIR_LOSS_TYPES = (
     "sigmoid",
@@ -146,8 +147,13 @@ def dpo_pair_gradients(
     from trl.trainer.utils import use_adapter
 
     peft_config = getattr(model, "peft_config", {})
+    # PEFT disables and re-enables the adapter by setting `requires_grad` on the parameters registered at that moment;
+    # under FSDP2 a forward without backward leaves the root group's unsharded tensors registered in place of the
+    # optimizer's DTensors. Resharding on both sides makes PEFT flip the same (sharded) parameters back on.
+    reshard(model)
     with torch.no_grad(), use_adapter(model, adapter_name="ref" if "ref" in peft_config else None):
         ref_chosen, ref_rejected = sequence_log_probs(model, batch).chunk(2)
+        reshard(model)
     lengths = batch["completion_mask"][:, 1:].sum(dim=1).float()
     chosen_lengths, rejected_lengths = lengths.chunk(2)
     with collector.capture():

@@ -25,6 +25,7 @@ from .gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
 from .preconditioner import AdamState
 from .projection import make_projector, resolve_projection
 from .rose_config import VALIDATION_OBJECTIVES, RoseConfig
+from .sharding import reshard, uses_fsdp2
 from .store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK, CheckpointFeatures, quantize_int8
 
 logger = get_logger(__name__)
@@ -54,7 +55,10 @@ class Featurizer:
         self.model = model
         self.config = config
         self.collector = LoraGradientCollector(model)
-        self.device = device or next(p.device for p in model.parameters())
+        # FSDP2 with CPU offload keeps the sharded parameters on the CPU and computes on the accelerator.
+        if device is None:
+            device = PartialState().device if uses_fsdp2(model) else next(p.device for p in model.parameters())
+        self.device = device
         kind, dim = resolve_projection(config.projection, self.collector.num_params, config.projection_dim)
         self.projector = make_projector(
             kind,
@@ -254,6 +258,8 @@ def checkpoint_features(
         logger.info(f"rose_hf: features @ step {checkpoint.step} already cached in {checkpoint.path}; skipping.")
         return checkpoint.meta
     featurizer = featurizer or Featurizer(model, config)
+    # FSDP2 all-gathers parameters in every forward and backward (collectives), as ZeRO-3 does.
+    lockstep = lockstep or uses_fsdp2(model)
     with state.main_process_first():
         if state.is_main_process:
             checkpoint.create(len(pool), featurizer.dim, config.feature_dtype, config.chunk_size, learning_rates)
@@ -270,6 +276,7 @@ def checkpoint_features(
             for objective in VALIDATION_OBJECTIVES
         }
         timings["validation_seconds"] = time.perf_counter() - start
+    reshard(model)  # leave FSDP2's parameters sharded, as the optimizer expects them
     timings["validation_rank_max_diff"] = _validation_agreement(validation)
     if state.is_main_process:
         checkpoint.write_validation(validation)

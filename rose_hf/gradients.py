@@ -7,9 +7,10 @@ its tokens. A forward hook on each `A`/`B` module keeps its input and puts a ten
 receives `grad_y` during backward and forms the per-example outer-product sums with one `bmm`.
 
 This is exact under SDPA/flash/eager attention, gradient checkpointing (reentrant or not: hooks fire on whichever
-forward builds the graph that backward walks) and DeepSpeed ZeRO-3 (activations and output gradients are never
-sharded), which `torch.func.vmap` approaches are not. Padding needs no special care: right-padded positions carry no
-loss and, under a causal mask, influence no other position, so their output gradients are exactly zero.
+forward builds the graph that backward walks), DeepSpeed ZeRO-3 and FSDP2 (activations and output gradients are never
+sharded), and on a 4-bit (QLoRA) base, whose LoRA `A`/`B` stay float `nn.Linear`s; `torch.func.vmap` approaches are
+not. Padding needs no special care: right-padded positions carry no loss and, under a causal mask, influence no other
+position, so their output gradients are exactly zero.
 
 Example:
 ```python
@@ -55,6 +56,14 @@ class LoraParameter:
         return self.shape[0] * self.shape[1]
 
 
+def _is_plain_linear(module: nn.Module) -> bool:
+    """An `nn.Linear`, or one that FSDP2's `fully_shard` re-classed as `FSDPLinear(FSDPModule, nn.Linear)`."""
+    if type(module) is nn.Linear:
+        return True
+    bases = type(module).__bases__
+    return len(bases) == 2 and bases[1] is nn.Linear and bases[0].__name__ == "FSDPModule"
+
+
 def find_lora_parameters(model: nn.Module, adapter_name: str | None = None) -> list[LoraParameter]:
     """The trainable LoRA `A`/`B` weights of `model`, in `named_parameters()` order.
 
@@ -86,7 +95,7 @@ def find_lora_parameters(model: nn.Module, adapter_name: str | None = None) -> l
                     "sums: set `use_dora=False` in your LoraConfig."
                 )
             for part in (module.lora_A[adapter], module.lora_B[adapter]):
-                if type(part) is not nn.Linear or part.bias is not None:
+                if not _is_plain_linear(part) or part.bias is not None:
                     raise ValueError(
                         f"`{module_name}` has a LoRA part of type {type(part).__name__} (bias={part.bias is not None}); "
                         "only bias-free `nn.Linear` LoRA parts are supported: set `lora_bias=False` and target "

@@ -1,5 +1,5 @@
-"""The callback in 2 processes (DDP, DeepSpeed ZeRO-2, ZeRO-3 on CPU) gives the features, scores and selection of
-one process computing from the SAME adapter and Adam state.
+"""The callback in 2 processes (DDP, DeepSpeed ZeRO-2, ZeRO-3, FSDP2 on CPU) gives the features, scores and selection
+of one process computing from the SAME adapter and Adam state.
 
 The warmup runs under `accelerate launch` with the recipes in recipes/accelerate_configs/. Its rank 0 also saves the
 LoRA weights and Adam moments at every checkpoint (gathered with torch's/DeepSpeed's own APIs), and this test
@@ -17,10 +17,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import DISTRIBUTED_ROSE, distributed_setup
+from accelerate.utils import DistributedType
+from helpers import DISTRIBUTED_ROSE, distributed_setup, make_lora_model
 from peft import get_peft_model
 
 from rose_hf import RoseConfig
+from rose_hf.callback import check_distributed_type
 from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.preconditioner import AdamState
@@ -104,12 +106,57 @@ def test_two_processes_match_one(tmp_path, config, zero_stage):
         assert json.load(handle) == reference.selected_indices
 
 
-def test_fsdp_is_refused_with_a_clear_error():
-    from accelerate.utils import DistributedType
+FSDP2_SCRIPT = os.path.join(ROOT, "tests", "distributed", "fsdp2_script.py")
 
-    from rose_hf.callback import check_distributed_type
 
-    with pytest.raises(ValueError, match="does not support FSDP.*deepspeed_zero3"):
+@pytest.mark.distributed
+def test_fsdp2_two_processes_match_one(tmp_path):
+    """Under `fully_shard` (gloo, 2 processes): LoRA weights and Adam moments are sharded DTensors; the features,
+    scores and selection equal one process's from the same (gathered) adapter and Adam state, to the DDP/ZeRO
+    tolerances, and a save interrupted after each process's first chunk is finished by a resumed run."""
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FSDP2_SCRIPT,
+               "--output_dir", run_dir]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    with open(os.path.join(run_dir, "launch.json")) as handle:
+        assert json.load(handle)["num_processes"] == 2
+
+    reference, steps = single_process_reference(run_dir, str(tmp_path / "reference"))
+    assert steps == [4, 8]
+    state = torch.load(os.path.join(run_dir, "state-8.pt"))
+    assert all(torch.count_nonzero(v) > 0 for v in state["exp_avg_sq"].values())  # every shard gathered
+    for step in steps:
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
+            assert json.load(handle)["validation_rank_max_diff"] <= 1e-6
+        ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy"))
+        theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy"))
+        ours, theirs = ours.astype(np.float32), theirs.astype(np.float32)
+        assert ours.shape == theirs.shape == (45, 256)
+        assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2
+        np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)
+        print(f"fsdp2 step {step}: max feature difference {np.abs(ours - theirs).max():.2e}")
+    scores = np.load(os.path.join(run_dir, "rose", "scores.npy"))
+    np.testing.assert_allclose(scores, reference.scores, atol=1e-3, rtol=0)
+    print(f"fsdp2: max score difference {np.abs(scores - reference.scores).max():.2e}")
+    with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
+        assert json.load(handle) == reference.selected_indices
+
+
+def test_fsdp1_is_refused_and_fsdp2_accepted(monkeypatch, tokenizer):
+    monkeypatch.setenv("FSDP_VERSION", "1")  # what `accelerate launch` exports for an fsdp_version 1 config
+    with pytest.raises(ValueError, match="not FSDP1.*fsdp_version: 2.*fsdp2.yaml"):
         check_distributed_type(DistributedType.FSDP)
-    check_distributed_type(DistributedType.DEEPSPEED)  # supported: no error
-    check_distributed_type(DistributedType.MULTI_GPU)
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    fsdp2 = load_config_from_file(os.path.join(CONFIGS, "fsdp2.yaml"))  # what `accelerate launch` reads
+    assert fsdp2.distributed_type == DistributedType.FSDP
+    monkeypatch.setenv("FSDP_VERSION", str(fsdp2.fsdp_config["fsdp_version"]))
+    check_distributed_type(DistributedType.FSDP)
+    model = make_lora_model(tokenizer)
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="not FSDP1"):  # FSDP without fully_shard modules is FSDP1
+        check_distributed_type(DistributedType.FSDP, model)
+    check_distributed_type(DistributedType.DEEPSPEED, model)  # supported: no error
+    check_distributed_type(DistributedType.MULTI_GPU, model)
