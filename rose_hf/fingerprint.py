@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .sharding import full_tensor
+
 # Elements sampled from each frozen base tensor: enough that two different trainings or checkpoints of a base never
 # agree on all of them, few enough that an 8B model is sampled in well under a second.
 BASE_SAMPLE = 1024
@@ -158,7 +160,7 @@ def base_model_fingerprint(model: nn.Module) -> dict[str, Any]:
         with _gathered([param]):
             if param.device.type == "meta":  # offloaded without values here: its shape and dtype are all we have
                 continue
-            flat = param.detach().reshape(-1)
+            flat = full_tensor(param.detach()).reshape(-1)  # an FSDP2 shard is gathered (collective)
             stride = max(1, flat.numel() // BASE_SAMPLE)
             hasher.update(_tensor_bytes(flat[::stride][:BASE_SAMPLE]))  # read before ZeRO-3 frees the gathered copy
     weights = hasher.hexdigest()[:16]
@@ -174,7 +176,7 @@ def adapter_fingerprint(model: nn.Module) -> str:
     trainable = sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda item: item[0])
     for name, param in trainable:
         with _gathered([param]):
-            _update(hasher, name, param)
+            _update(hasher, name, full_tensor(param.detach()))
     return hasher.hexdigest()[:16]
 
 
