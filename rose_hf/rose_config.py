@@ -45,12 +45,13 @@ class RoseConfig:
         metadata={"help": "Folder for the feature cache, scores, selection and report (one run per folder)."},
     )
     scoring: str = field(
-        default="robust",
+        default="paper",
         metadata={
-            "help": "'robust' (rose_hf's ranking: features at the last warmup checkpoint with Adam's scaling but not "
-            "its momentum; rows ranked by their nearest validation chosen answer (SFT gradient) among those whose "
-            "DPO-gradient alignment is positive) or 'paper' (the paper's learning-rate-weighted cosine to the DPO "
-            "gradient over every checkpoint, exactly as published). See the README's quality table for why."
+            "help": "'paper' (the published ranking: learning-rate-weighted cosine to the DPO gradient over every "
+            "warmup checkpoint, bit-for-bit) or 'robust' (rose_hf's: features at the end of the warmup with Adam's "
+            "scaling but not its momentum, rows ranked by their nearest validation chosen answer among those whose "
+            "DPO alignment is positive; one pool pass instead of one per checkpoint, the same precision on the "
+            "benchmark but more harmful rows). See the README's quality table."
         },
     )
     validation_objective: str = field(

@@ -164,8 +164,8 @@ def test_qlora_warmup_with_paged_adamw_8bit_selects(tokenizer, tmp_path):
     optimizer = trainer.optimizer.optimizer
     assert type(optimizer).__module__.startswith("bitsandbytes") and optimizer.is_paged
     assert {s["state1"].dtype for s in optimizer.state.values()} == {torch.uint8, torch.float32}
-    # The default (robust) scoring featurizes the end of the warmup: 16 rows, batch 8, 2 epochs -> step 4.
-    assert [c.step for c in selector.pipeline.store.completed_checkpoints()] == [4]
+    # The default (paper) scoring featurizes every checkpoint: 16 rows, batch 8, one per epoch.
+    assert [c.step for c in selector.pipeline.store.completed_checkpoints()] == [2, 4]
     assert len(selector.selected_indices) == 2  # 5% of 40
     assert np.isfinite(selector.scores).all() and len(set(selector.scores.tolist())) > 30
     assert selector.result.info["health"]["verdict"] in ("ok", "noise")

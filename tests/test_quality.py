@@ -38,7 +38,7 @@ def test_reduced_benchmark(tmp_path):
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(results["summary"]))
     markdown = (tmp_path / "quality.md").read_text()
-    for text in ("## Targets (issue 11)", "## Final models", "## Health check", "ROSE, robust scoring", "LESS"):
+    for text in ("## Targets (issue 11)", "## Final models", "## Health check", "ROSE, robust scoring", "ROSE, paper scoring (default)", "LESS"):
         assert text in markdown
 
     summary = results["summary"]
