@@ -1,29 +1,22 @@
-"""Quality benchmark: does ROSE pick the helpful examples, avoid the harmful ones, and train a better model?
+"""Quality benchmark: does a method pick the helpful rows, avoid the harmful ones, and train a better model?
 
-On the synthetic task (`rose_hf.synthetic.tasks`: target `sort`; the pool holds 4% correct sorts, 4% plausible but
-wrong sorts (descending) and 92% other tasks) every method selects from the SAME pool for the SAME tiny pretrained
-base model (`rose_hf.synthetic.base_model`), at the same budgets:
+Three world families (`rose_hf.synthetic.worlds`: `sort`, `drop_chat` conversational, `letters_ends` in a letter
+vocabulary), each a pool of 4% target task done right (helpful), 4% its on-topic but wrong twin (harmful) and the
+rest distractor tasks, with its own tiny pretrained base model. In every (family, seed, warmup length) every method
+selects from the SAME pool at the same budgets:
 
 - random; BM25 (`bm25s`); RDS (representation similarity under the base model);
-- LESS (`validation_objective="sft"`: cross-entropy gradient of prompt + chosen);
-- ROSE (`validation_objective="dpo"`: DPO-loss gradient of the preference pairs);
+- LESS (`validation_objective="sft"`), ROSE with the paper's scoring, ROSE with the robust scoring;
 - and, as references, an oracle (all helpful rows first, harmful rows last) and the full pool.
 
-LESS and ROSE share ONE warmup run per seed: `RoseDataSelector` (ROSE) computes the Adam-preconditioned pool features
-at every checkpoint, and a second callback computes LESS's validation features at the same checkpoints from the same
-adapter and optimizer state. Pool features do not depend on the validation objective, so LESS's scores are exactly
-those a separate LESS run with this warmup would give, at half the feature cost, and the two methods differ ONLY in
-the validation gradient. One feature computation serves every budget (the ranking is cut at 1, 5, 10, 20%).
+The three gradient methods share ONE `RoseTrainer` warmup (see `warmup_and_gradient_scores`), so they differ only in
+how its features are scored. Targets, aggregation and tables: `targets.py`, `render.py`.
 
-Measured per seed, then mean and spread over seeds:
-- selection at each budget: precision (share of the selection that is helpful), harmful share, recall of helpful;
-- final models (fresh LoRA from the base model on each method's 5% selection, warmup settings; the full pool as
-  the reference; the untrained base model as the floor): preference accuracy on held-out pairs, DPO implicit-reward
-  accuracy against the base model, exact match of greedy generations (and how often they are the WRONG behaviour).
-
-Run (measured: about 8 minutes on 2 shared CPU cores for 3 seeds; `--quick` about a minute):
+Run (measured: 55 min on 2 CPU cores with one process per family, as `make bench-quality` does; `--quick` a few
+minutes):
 ```
-python -m benchmarks.quality.run --output_dir outputs/bench_quality
+python -m benchmarks.quality.run --families sort --output_dir outputs/bench_quality     # one per family, then
+python -m benchmarks.quality.run --only_cached --output_dir outputs/bench_quality       # aggregate
 python -m benchmarks.quality.run --output_dir outputs/bench_quality_quick --quick
 ```
 Writes `quality.json` (everything), `quality.md` (tables) and `plots/*.png` into `--output_dir`.
@@ -41,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import log
 
+from .targets import BASE, FULL
+
 if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is instant
     import numpy as np
 
@@ -51,11 +46,13 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 # DESIGN — fixed from ROSE_METHOD.md's paper setting, scaled down to a 64-dim, 2-layer model on 2 CPU cores, BEFORE
 # any result was looked at. Not to be changed after seeing results except to fix bugs.
 #
-# Data      pool 4000 rows: 4% sort/correct (helpful, 160), 4% sort/wrong (harmful, 160), 92% five other tasks;
-#           10 validation pairs (5 per subtask: short / long lists); 200 held-out test pairs, 100 test prompts.
-#           The seed changes the task (pool, validation, test), the warmup slice, the LoRA init, the data order and
-#           the random baseline; the base model is the same for every seed (pretrained once, cached).
-# Warmup    paper: LoRA on a random 5% of the pool, 4 epochs, one checkpoint per epoch, linear decay, warmup ratio
+# Worlds    sort, drop_chat, letters_ends (added for issue 11 and fixed before any selection method ran on them).
+# Data      pool 4000 rows per world: 4% target/correct (helpful, 160), 4% target/wrong twin (harmful, 160), the
+#           rest distractor tasks; 10 validation pairs (5 per subtask: short / long inputs); 200 held-out test
+#           pairs, 100 test prompts. The seed changes the world (pool, validation, test), the warmup slice, the LoRA
+#           init, the data order and the random baseline; the base model is one per family (pretrained once, cached).
+# Warmup    2, 4 and 8 epochs (issue 11), final models after 4 only.
+#           paper: LoRA on a random 5% of the pool, 4 epochs, one checkpoint per epoch, linear decay, warmup ratio
 #           0.03, weight decay 0, AdamW, loss on completion tokens. Same here: 200 rows, batch 8 -> 25 steps per
 #           epoch, 100 steps, 4 checkpoints. LoRA r=8, alpha=32 (the paper's alpha/r = 4), dropout 0.1, on
 #           q,k,v,o. Learning rate 1e-3: the paper's 2e-5 is for a 7B model with r=128; a LoRA on a 64-dim model
@@ -71,14 +68,13 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 #           full pool: the same settings over all 4000 rows (2000 steps); base model untrained as the floor.
 # Eval      preference accuracy (summed completion log-probs, chosen > rejected) on the 200 test pairs; DPO reward
 #           accuracy against the base model with beta 0.1; greedy exact match on the 100 test prompts.
-# Seeds     3 (0, 1, 2): mean and standard deviation over seeds.
+# Seeds     3 (0, 1, 2) per family: 27 runs; mean, standard deviation and minimum over runs.
 # Threads   1 torch thread: ops on a 64-dim model are too small to split, and two threads on a shared 2-core
 #           machine were measured ~100x slower per step (spin-waiting). Results do not depend on it.
 # =====================================================================================================================
 
 METHODS: tuple[str, ...] = ("random", "bm25", "rds", "less", "rose", "robust")
 RESULT_FILE, MARKDOWN_FILE, PLOT_DIR = "quality.json", "quality.md", "plots"
-FULL, BASE = "full_pool", "base"  # the two reference models (see targets.py)
 
 
 @dataclass
