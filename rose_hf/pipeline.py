@@ -6,8 +6,6 @@ each checkpoint (model + Adam state + learning rates) into cached features, and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import time
@@ -36,6 +34,7 @@ from .fingerprint import (
     base_model_fingerprint,
     describe_argument_changes,
     describe_change,
+    json_hash,
     pool_fingerprint,
     preference_fingerprint,
     state_fingerprint,
@@ -58,21 +57,6 @@ FEATURE_CONFIG_FIELDS = (
 )
 
 
-def stable_hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(_sorted_sets(payload), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _sorted_sets(value: Any) -> Any:
-    """Sets (e.g. PEFT's `target_modules`) as sorted lists: their iteration order changes from process to process."""
-    if isinstance(value, (set, frozenset)):
-        return sorted(str(v) for v in value)
-    if isinstance(value, dict):
-        return {str(k): _sorted_sets(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sorted_sets(v) for v in value]
-    return value
-
-
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """What the features depend on in the model: the base model (name, config and sampled weights, see
     `fingerprint.base_model_fingerprint`; collective under ZeRO-3) and the adapter's configuration."""
@@ -81,7 +65,7 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     for adapter in adapters.values():  # paths and runtime flags say nothing about the features
         for key in ("base_model_name_or_path", "revision", "inference_mode", "runtime_config"):
             adapter.pop(key, None)
-    return {"base_model": base_model_fingerprint(model), "adapter_config_hash": stable_hash(adapters)}
+    return {"base_model": base_model_fingerprint(model), "adapter_config_hash": json_hash(adapters)}
 
 
 @contextmanager
@@ -185,7 +169,7 @@ class SelectionPipeline:
         self.base_fingerprint = described.pop("base_model")
         run_args = {
             **described,
-            "tokenizer_hash": stable_hash(sorted(tokenizer.get_vocab().items())),
+            "tokenizer_hash": json_hash(sorted(tokenizer.get_vocab().items())),
             **self.loss_tokens,
             **self.data_run_args(),
             RUN_INFO_KEY: {"base_model": self.base_fingerprint, "training_args": self.training_args},

@@ -22,8 +22,8 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .callback import RoseDataSelector
-from .fingerprint import warmup_arguments
-from .pipeline import describe_model, stable_hash
+from .fingerprint import json_hash, warmup_arguments
+from .pipeline import describe_model
 from .rose_config import RoseConfig
 from .selection import SelectionResult
 from .store import FeatureStore, atomic_write_json, diff_run_args, jsonable, read_json
@@ -118,7 +118,7 @@ class RoseTrainer:
         # Taken before PEFT wraps a model object in place. The warmup's features depend on all of it.
         self._warmup_inputs = {
             "model": model if isinstance(model, str) else describe_model(model),
-            "adapter_config_hash": stable_hash(
+            "adapter_config_hash": json_hash(
                 {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
             ),
             "warmup_indices": self.warmup_indices,
