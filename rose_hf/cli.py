@@ -5,7 +5,8 @@ rose-hf select --config recipes/tiny/rose_tiny.yaml          # warmup + selectio
 rose-hf train  --config recipes/tiny/rose_tiny.yaml          # warmup + selection + final training
 rose-hf score  --config recipes/tiny/rose_tiny.yaml          # scores + selection from cached features
 rose-hf report --output_dir out/selection                    # report of a finished selection
-rose-hf demo | rose-hf bench speed | rose-hf bench quality
+rose-hf demo                                                 # the offline end-to-end demo
+make bench-speed | make bench-quality                        # benchmarks, from a source checkout
 accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml -m rose_hf.cli select --config X.yaml
 ```
 Recipes hold the fields of `RoseScriptArguments`, `RoseConfig`, `trl.SFTConfig` and `trl.ModelConfig`; the
