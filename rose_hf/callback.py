@@ -6,13 +6,12 @@ from typing import Any
 
 import numpy as np
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .checkpoint import TrainingCheckpoint, logged_learning_rates
 from .gradients import find_lora_parameters
-from .logs import follow_trainer_verbosity
+from .logs import follow_trainer_verbosity, get_logger
 from .pipeline import SelectionPipeline
 from .preconditioner import check_adam_optimizer
 from .rose_config import RoseConfig

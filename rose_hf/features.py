@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from accelerate.utils import tqdm
 from datasets import Dataset
 from torch import nn
@@ -22,6 +21,7 @@ from torch import nn
 from .data import SFTCollator, preference_collator
 from .dpo import dpo_pair_gradients
 from .gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
+from .logs import get_logger
 from .preconditioner import AdamState
 from .projection import make_projector, resolve_projection
 from .rose_config import VALIDATION_OBJECTIVES, RoseConfig

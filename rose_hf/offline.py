@@ -11,11 +11,11 @@ import os
 import re
 
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from datasets import Dataset
 from torch import nn
 
 from .checkpoint import TrainingCheckpoint
+from .logs import get_logger
 from .pipeline import SelectionPipeline
 from .rose_config import RoseConfig
 from .selection import SelectionResult

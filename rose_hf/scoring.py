@@ -38,10 +38,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from accelerate.logging import get_logger
 from accelerate.utils import tqdm
 
-from .logs import warn
+from .logs import get_logger, warn
 from .rose_config import AGGREGATIONS
 
 logger = get_logger(__name__)

@@ -366,6 +366,27 @@ def test_summary_line_is_printed_and_figures_are_ready_for_the_trainer_log(run, 
     assert shares and sum(shares.values()) == pytest.approx(1.0)
 
 
+def test_one_process_log_lines_carry_no_rank_prefix(run, data, caplog, monkeypatch):
+    import logging
+
+    from accelerate import PartialState
+
+    from rose_hf.logs import get_logger
+
+    pool, pairs = data
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        RoseDataSelector(pool, pairs, rose_config(run.output_dir)).select()  # reuses the run's selection, and says so
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("rose_hf")]
+    assert any("selection already done" in m for m in messages), messages
+    assert not [m for m in messages if "[RANK" in m]
+    # With several processes the prefix tells them apart, and stays.
+    monkeypatch.setitem(PartialState._shared_state, "num_processes", 2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        get_logger("rose_hf.test").info("hello")
+    assert [r.getMessage() for r in caplog.records] == ["[RANK 0] hello"]
+
+
 def test_log_level_follows_the_trainer(tokenizer, data, tmp_path):
     import logging
 
