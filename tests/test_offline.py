@@ -1,6 +1,6 @@
 """`select_from_checkpoints` on a plain warmup that logged its learning rate rarely (`logging_steps=50`): one
 checkpoint needs no rate; several get every step's rate rebuilt from the saved scheduler, equal to a warmup that
-logged every step, or an error that names the fix."""
+logged every step, or an error that names the fix. And the pool-features progress bar of such a pass moves per batch."""
 
 import json
 import os
@@ -109,3 +109,27 @@ def test_several_checkpoints_of_a_sparse_log_weigh_as_a_dense_one(tokenizer, run
     logged = np.asarray(dense_rates(runs["dense"][-1])).reshape(3, STEPS_PER_EPOCH).mean(axis=1)
     np.testing.assert_allclose(dense.weights, logged / logged.sum(), rtol=1e-12)
     np.testing.assert_allclose(sparse.weights, dense.weights, rtol=1e-6)
+
+
+def test_pool_features_bar_moves_per_batch(tokenizer, runs, tmp_path, monkeypatch):
+    """On a pool smaller than one chunk the bar stood at 0 for the whole pass (it moved once per chunk)."""
+    from tqdm.auto import tqdm
+
+    import rose_hf.features
+
+    updates = []
+
+    class RecordingBar(tqdm):
+        def update(self, n=1):
+            if "pool features" in (self.desc or ""):
+                updates.append(n)
+            return super().update(n)
+
+    # accelerate's tqdm is tqdm.auto's bar, disabled off the main process; the same bar here, recording its steps.
+    monkeypatch.setattr(rose_hf.features, "tqdm", lambda *args, main_process_only=True, **kwargs: RecordingBar(
+        *args, **kwargs))
+    model = PeftModel.from_pretrained(build_model("llama", tokenizer, seed=0), runs["sparse"][-1], is_trainable=True)
+    config = RoseConfig(output_dir=str(tmp_path), projection_dim=64, chunk_size=1024, feature_batch_size=4,
+                        max_length=64, report=False, scoring="robust")  # fmt: skip
+    select_from_checkpoints(model, runs["sparse"][-1:], runs["pool"], runs["pairs"], tokenizer, config)
+    assert [n for n in updates if n] == [4, 4, 4, 4] and sum(updates) == len(runs["pool"])
