@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +127,9 @@ def saved_learning_rates(path: str, start: int, end: int) -> list[float]:
         return [logged[step] for step in range(start + 1, end + 1)]
     try:
         rates = _rebuilt_learning_rates(path, end)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    # Whatever stops the rebuild (a missing or unreadable file, a scheduler it cannot make) gets the same fix.
+    except (OSError, RuntimeError, ImportError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
+            AttributeError) as error:  # fmt: skip
         raise ValueError(
             f"{source} logs the learning rate of {len(logged)} of steps {start + 1}-{end}, and the checkpoint weights "
             f"need every one; rebuilding them from the saved scheduler failed ({error}). Log every step during the "
