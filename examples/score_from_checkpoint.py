@@ -4,7 +4,8 @@
     python examples/score_from_checkpoint.py --warmup_dir out/warmup --base_model my/base
 
 Offline, on a CPU. The Adam moments are read from each checkpoint's optimizer.pt and matched to the LoRA weights by
-parameter name; the checkpoint weights come from the learning rates in trainer_state.json.
+parameter name; the checkpoint weights come from the learning rates in trainer_state.json (rebuilt from the saved
+scheduler when the warmup logged rarely).
 """
 
 import argparse

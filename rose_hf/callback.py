@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .checkpoint import TrainingCheckpoint, logged_learning_rates
 from .gradients import find_lora_parameters
-from .logs import follow_trainer_verbosity
+from .logs import follow_trainer_verbosity, get_logger
 from .pipeline import SelectionPipeline
 from .preconditioner import check_adam_optimizer
 from .rose_config import RoseConfig
@@ -110,6 +110,7 @@ class RoseDataSelector(TrainerCallback):
         check_distributed_type(PartialState().distributed_type, model)
         find_lora_parameters(model)  # raises with the fix when there is no usable LoRA adapter
         self._check_saves(args, state)
+        self._check_learning_rates(args, state, kwargs.get("lr_scheduler"), kwargs.get("train_dataloader"))
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
             check_adam_optimizer(optimizer)
@@ -193,3 +194,52 @@ class RoseDataSelector(TrainerCallback):
                     f"save_steps={args.save_steps} exceeds the {state.max_steps} training steps, so no checkpoint "
                     "would be saved: lower `save_steps`, or use `save_strategy='epoch'`."
                 )
+
+    def _check_learning_rates(self, args: TrainingArguments, state: TrainerState, scheduler, dataloader) -> None:
+        """Refuse a schedule that reaches a featurized checkpoint by steps whose learning rate is all 0.
+
+        A warmup's first step has rate 0 (`warmup_steps` > 0 starts from 0), so a first checkpoint reached by that one
+        step (one step per epoch) weighs 0 and its pool pass is wasted; with one checkpoint the warmup trains nothing.
+        Known exactly before training for a `LambdaLR` (every transformers schedule but the metric-driven ones).
+        """
+        scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps it
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or state.max_steps <= 0:
+            return
+        # Optimizer step s (1-based) runs at base rate x lambda(s - 1): the scheduler steps after the optimizer.
+        rates = [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step) for step in range(state.max_steps)]
+        strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+        steps_per_epoch = None
+        if dataloader is not None and hasattr(dataloader, "__len__"):  # as Trainer.set_initial_training_values
+            batches, accumulation = len(dataloader), args.gradient_accumulation_steps
+            steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+        if self.config.scoring == "robust":
+            ends = [state.max_steps]  # only the end of the warmup is featurized; its weight is 1
+        elif strategy == "steps":
+            every = int(state.save_steps or args.save_steps)
+            ends = list(range(every, state.max_steps + 1, every))
+        elif strategy == "epoch" and steps_per_epoch is not None:
+            ends = sorted(set(range(steps_per_epoch, state.max_steps, steps_per_epoch)) | {state.max_steps})
+        else:
+            return
+        start = 0
+        for end in ends:
+            if not any(rates[start:end]):
+                kind = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+                per_epoch = f" ({steps_per_epoch} optimizer step(s) per epoch)" if steps_per_epoch else ""
+                effect = (
+                    "so the warmup would not train"
+                    if len(ends) == 1
+                    else "so that checkpoint would weigh 0 and its pool pass would be wasted"
+                )
+                raise ValueError(
+                    f"Every optimizer step before the warmup checkpoint at step {end} (steps {start + 1}-{end}) has "
+                    f"learning rate 0, {effect}: the warmup is too short for its schedule. num_train_epochs="
+                    f"{args.num_train_epochs}, per_device_train_batch_size={args.per_device_train_batch_size}, "
+                    f"gradient_accumulation_steps={args.gradient_accumulation_steps}{per_epoch}, "
+                    f"save_strategy={strategy!r}; lr_scheduler_type={kind!r} with warmup_steps={args.warmup_steps} "
+                    f"({args.get_warmup_steps(state.max_steps)} of {state.max_steps} steps) starts at rate 0. Fix: "
+                    "more optimizer steps per checkpoint (more warmup rows: with RoseTrainer a larger pool or "
+                    "RoseConfig.warmup_fraction; a smaller per_device_train_batch_size or gradient_accumulation_steps; "
+                    "more steps between saves), or a schedule that starts above 0 (warmup_steps=0)."
+                )
+            start = end

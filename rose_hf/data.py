@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.logging import get_logger
 from datasets import Dataset
+
+from .logs import get_logger
 
 logger = get_logger(__name__)
 

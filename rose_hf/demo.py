@@ -134,7 +134,8 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
         f"- Final models: preference accuracy ROSE {final['rose']['preference_accuracy']:.3f} vs random "
         f"{final['random']['preference_accuracy']:.3f} ({diff:+.3f}) vs base {final['base']['preference_accuracy']:.3f}; "
         f"exact match ROSE {final['rose']['exact_match']:.3f} vs random {final['random']['exact_match']:.3f}. One "
-        "seed, one run: `rose-hf bench quality` gives the mean and spread over seeds and the other baselines."
+        "seed, one run: the quality benchmark (from a source checkout: `make bench-quality`, or "
+        "`python -m benchmarks.quality.run`) gives the mean and spread over seeds and the other baselines."
     )
     examples = final["rose"].get("examples", [])[:3]
     if examples:

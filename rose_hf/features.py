@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from accelerate.utils import tqdm
 from datasets import Dataset
 from torch import nn
@@ -22,6 +21,7 @@ from torch import nn
 from .data import SFTCollator, preference_collator
 from .dpo import dpo_pair_gradients
 from .gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
+from .logs import get_logger
 from .preconditioner import AdamState
 from .projection import make_projector, resolve_projection
 from .rose_config import VALIDATION_OBJECTIVES, RoseConfig
@@ -167,19 +167,22 @@ def compute_pool_features(
         features = np.zeros((len(rows), featurizer.dim), dtype=np.float32)
         status = np.zeros(len(rows), dtype=np.int8)
         groups = _batches(rows, batch_size)
+        real_batches = len(groups) if chunk is not None else 0
         if lockstep:  # pad with repeats of the last batch, so every process runs the same passes
             groups = groups + [groups[-1]] * (batches_per_chunk - len(groups))
-        for group in groups:
+        for index, group in enumerate(groups):
             batch_features, batch_status = featurizer.pool_features(collate([rows[i] for i in group]), adam)
             features[group], status[group] = batch_features, batch_status
+            if index < real_batches:
+                progress.update(len(group))  # per batch: one chunk (1,024 rows by default) can take minutes
         if chunk is not None:
             _write_chunk(checkpoint, chunk, features, status, featurizer.config.feature_dtype)
             timings["pool_rows"] += len(rows)
             if on_chunk is not None:
                 on_chunk(chunk)
-        # The bar counts the rows every process finished this round; only the main process shows it.
+        # Only the main process shows the bar: it adds the rows the other processes finished this round.
         round_chunks = pending[round_index * state.num_processes : (round_index + 1) * state.num_processes]
-        progress.update(sum(len(checkpoint.chunk_rows(c)) for c in round_chunks))
+        progress.update(sum(len(checkpoint.chunk_rows(c)) for c in round_chunks if c != chunk))
     progress.close()
     timings["pool_seconds"] = time.perf_counter() - start
     state.wait_for_everyone()

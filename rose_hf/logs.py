@@ -7,6 +7,8 @@
   (`log_level_replica` on other processes) when it is set, else a level the program gave the `rose_hf` logger, else
   `transformers.logging` verbosity. So `log_level="info"` shows rose_hf's counts and cache decisions; the default
   shows warnings only.
+- Every rose_hf module logs through `get_logger` here: accelerate's adapter, without its `[RANK 0]` prefix on a
+  one-process run (the prefix tells processes apart; with one process it is noise on every line).
 - The one-line summary of a finished selection is always shown (`summary`), like the Trainer's final metrics line.
 """
 
@@ -15,10 +17,30 @@ from __future__ import annotations
 import logging
 import sys
 
-from accelerate.logging import get_logger
+from accelerate.logging import MultiProcessAdapter
+from accelerate.logging import get_logger as _accelerate_get_logger
 from accelerate.state import PartialState
 
 LOGGER_NAME = "rose_hf"
+
+
+class _RoseAdapter(MultiProcessAdapter):
+    """accelerate's `MultiProcessAdapter` (main-process-only logging), with the `[RANK i]` prefix only where there
+    are several processes to tell apart."""
+
+    def process(self, msg, kwargs):
+        msg, kwargs = super().process(msg, kwargs)
+        if PartialState().num_processes == 1:
+            msg = msg.removeprefix("[RANK 0] ")
+        return msg, kwargs
+
+
+def get_logger(name: str) -> MultiProcessAdapter:
+    """`accelerate.logging.get_logger(name)` (which also applies `ACCELERATE_LOG_LEVEL`) without the `[RANK 0]` prefix
+    on a one-process run."""
+    return _RoseAdapter(_accelerate_get_logger(name).logger, {})
+
+
 _logger = get_logger(LOGGER_NAME)
 
 

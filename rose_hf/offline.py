@@ -1,8 +1,8 @@
 """Selection from a warmup that already ran: saved HF Trainer checkpoints (adapter + `optimizer.pt`) in, scores out.
 
 For a warmup trained without `RoseDataSelector` attached. Each `checkpoint-<step>` folder gives the adapter weights,
-the Adam moments (matched to the LoRA weights by name) and, through `trainer_state.json`, the learning rates logged
-during that checkpoint's steps.
+the Adam moments (matched to the LoRA weights by name) and the learning rates of that checkpoint's steps (logged in
+`trainer_state.json`, or rebuilt from `scheduler.pt` and `training_args.bin`; see `saved_learning_rates`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import os
 import re
 
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from datasets import Dataset
 from torch import nn
 
 from .checkpoint import TrainingCheckpoint
+from .logs import get_logger
 from .pipeline import SelectionPipeline
 from .rose_config import RoseConfig
 from .selection import SelectionResult
@@ -64,8 +64,10 @@ def select_from_checkpoints(
         checkpoints = checkpoints[-1:]
     for path in checkpoints:
         set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
+        # The only checkpoint's weight is 1 whatever its learning rates (the robust scoring uses one), so only
+        # several checkpoints need every step's rate.
         checkpoint = TrainingCheckpoint.from_folder(
-            path, previous, pipeline.lora_parameters, model, config.preconditioner
+            path, previous, pipeline.lora_parameters, model, config.preconditioner, weighted=len(checkpoints) > 1
         )
         pipeline.featurize(model, checkpoint)
         previous = checkpoint.step

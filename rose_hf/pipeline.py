@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from datasets import Dataset
 from torch import nn
 
@@ -41,7 +40,7 @@ from .fingerprint import (
     warmup_arguments,
 )
 from .gradients import LoraParameter
-from .logs import summary
+from .logs import get_logger, summary
 from .preconditioner import AdamState
 from .rose_config import RoseConfig
 from .selection import SelectionResult, describe_selection, select_from_store

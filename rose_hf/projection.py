@@ -33,9 +33,8 @@ import math
 from typing import Any
 
 import torch
-from accelerate.logging import get_logger
 
-from .logs import log
+from .logs import get_logger, log
 from .rose_config import PROJECTIONS as PROJECTION_KINDS
 
 logger = get_logger(__name__)

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 from accelerate import PartialState
-from accelerate.logging import get_logger
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .callback import RoseDataSelector
 from .fingerprint import json_hash, warmup_arguments
+from .logs import get_logger
 from .pipeline import describe_model
 from .rose_config import RoseConfig
 from .selection import SelectionResult

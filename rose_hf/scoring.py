@@ -38,10 +38,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from accelerate.logging import get_logger
 from accelerate.utils import tqdm
 
-from .logs import warn
+from .logs import get_logger, warn
 from .rose_config import AGGREGATIONS
 
 logger = get_logger(__name__)
@@ -68,10 +67,13 @@ def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]])
     """
     if len(learning_rates_per_checkpoint) == 0:
         raise ValueError("`learning_rates_per_checkpoint` is empty: pass one list of learning rates per checkpoint.")
+    # Weights sum to 1, so the only checkpoint's is 1 whatever its rates: none need be known (e.g. a warmup that saved
+    # once and logged its learning rate every 50 steps), and all may be 0.
+    single = len(learning_rates_per_checkpoint) == 1
     means = []
     for c, rates in enumerate(learning_rates_per_checkpoint):
         rates = np.asarray(rates, dtype=np.float64)
-        if rates.size == 0:
+        if rates.size == 0 and not single:
             raise ValueError(
                 f"`learning_rates_per_checkpoint[{c}]` is empty: no optimizer step led to checkpoint {c}. Save "
                 "checkpoints only after at least one optimizer step (e.g. one per epoch)."
@@ -80,7 +82,9 @@ def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]])
             raise ValueError(
                 f"`learning_rates_per_checkpoint[{c}]` holds negative or non-finite learning rates: {rates.tolist()}."
             )
-        means.append(rates.mean())
+        means.append(rates.mean() if rates.size else 0.0)
+    if single:
+        return np.ones(1)
     means = np.asarray(means)
     if means.sum() <= 0:
         raise ValueError(

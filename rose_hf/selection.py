@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from accelerate.logging import get_logger
 from datasets import Dataset
 
-from .logs import warn
+from .logs import get_logger, warn
 from .robust import relevance_and_preference, robust_scores, selection_health
 from .rose_config import RoseConfig
 from .scoring import INVALID_SCORE, checkpoint_weights, score_pool

@@ -303,6 +303,38 @@ def test_learning_rates_with_gradient_accumulation_and_warmup(tokenizer, data, t
     assert [meta["learning_rates"] for meta in metas] == [logged[:2], logged[2:]]
 
 
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ({"num_train_epochs": 2}, r"checkpoint at step 1 \(steps 1-1\) has learning rate 0, so that checkpoint would weigh 0"),
+        ({"num_train_epochs": 1}, r"at step 1 \(steps 1-1\) has learning rate 0, so the warmup would not train"),
+        ({"num_train_epochs": 1, "per_device_train_batch_size": 8, "save_strategy": "steps", "save_steps": 1},
+         r"steps 1-1\) has learning rate 0, so that checkpoint would weigh 0"),
+    ],
+    ids=["first_epoch_of_two", "only_epoch", "save_every_step"],
+)
+def test_a_warmup_too_short_for_its_schedule_fails_before_training(tokenizer, data, tmp_path, args, match):
+    """16 rows at 16 a step: one optimizer step per epoch, and a warmup ratio makes the first step's rate 0 (the
+    weights then failed with "All learning rates are 0" after the whole warmup, or weighed a checkpoint 0)."""
+    pool, pairs = data
+    selector = RoseDataSelector(pool, pairs, rose_config(tmp_path / "rose"))
+    args = {"per_device_train_batch_size": 16, "warmup_steps": 0.03, **args}
+    trainer = sft_trainer(tokenizer, tmp_path / "out", pool, [selector], **args)
+    assert_fails_before_training(trainer, match + r".*num_train_epochs=.*per_device_train_batch_size=.*warmup_steps=0.03"
+                                 r".*Fix: more optimizer steps per checkpoint.*warmup_fraction.*warmup_steps=0")
+
+
+def test_a_warmup_whose_first_step_alone_has_rate_0_still_trains(tokenizer, data, tmp_path):
+    # Two steps per epoch (the second above 0), and robust scoring, whose one checkpoint needs no learning rate.
+    pool, pairs = data
+    for name, batch, scoring in (("two_steps", 8, "paper"), ("robust", 16, "robust")):
+        selector = RoseDataSelector(pool, pairs, rose_config(tmp_path / name / "rose", scoring=scoring))
+        trainer = sft_trainer(tokenizer, tmp_path / name / "out", pool, [selector], per_device_train_batch_size=batch,
+                              warmup_steps=0.03)  # fmt: skip
+        trainer.train()
+        assert selector.result is not None and selector.result.weights[-1] > 0, name
+
+
 # --- (e) a rerun reuses the cache ---------------------------------------------------------------------------------
 def test_rerun_reuses_cached_features(tokenizer, data, run):
     pool, pairs = data
@@ -364,6 +396,27 @@ def test_summary_line_is_printed_and_figures_are_ready_for_the_trainer_log(run, 
     assert metrics["rose/score_q50"] == pytest.approx(float(np.quantile(valid, 0.5)))
     shares = {k: v for k, v in metrics.items() if k.startswith("rose/share/")}
     assert shares and sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_one_process_log_lines_carry_no_rank_prefix(run, data, caplog, monkeypatch):
+    import logging
+
+    from accelerate import PartialState
+
+    from rose_hf.logs import get_logger
+
+    pool, pairs = data
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        RoseDataSelector(pool, pairs, rose_config(run.output_dir)).select()  # reuses the run's selection, and says so
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("rose_hf")]
+    assert any("selection already done" in m for m in messages), messages
+    assert not [m for m in messages if "[RANK" in m]
+    # With several processes the prefix tells them apart, and stays.
+    monkeypatch.setitem(PartialState._shared_state, "num_processes", 2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        get_logger("rose_hf.test").info("hello")
+    assert [r.getMessage() for r in caplog.records] == ["[RANK 0] hello"]
 
 
 def test_log_level_follows_the_trainer(tokenizer, data, tmp_path):

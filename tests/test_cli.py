@@ -97,3 +97,47 @@ def test_cli_select_score_report_on_the_tiny_recipe(tmp_path):
     assert os.path.getsize(os.path.join(selection, "report.md")) > 0
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+def _checkpointing_warnings(build):
+    """What `build()` returns, and the FutureWarnings about `gradient_checkpointing` it raised (pyproject ignores
+    FutureWarnings, so the filter is reset here)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = build()
+    return value, [str(w.message) for w in caught if issubclass(w.category, FutureWarning)
+                   and "gradient_checkpointing" in str(w.message)]  # fmt: skip
+
+
+def test_our_configs_raise_no_gradient_checkpointing_warning(tmp_path):
+    """TRL defaults the deprecated `gradient_checkpointing` to True, so an SFTConfig that does not name
+    `activation_checkpointing` warns; the demo printed that warning about our own arguments. Ours name the new field
+    with TRL's value, so checkpointing stays on."""
+    import dataclasses
+
+    from rose_hf.synthetic.base_model import TinyBaseConfig, pretrain_args
+    from rose_hf.synthetic.recipe import TinyRecipe
+
+    builders = {
+        "TinyRecipe.sft_config": lambda: TinyRecipe().sft_config(str(tmp_path), seed=0, save=True),
+        "pretrain_args": lambda: pretrain_args(TinyBaseConfig(), str(tmp_path)),
+        "rose-hf tiny recipe": lambda: parse(["--config", str(ROOT / "recipes" / "tiny" / "rose_tiny.yaml")])[2],
+        **{f"rose-hf {recipe.name}": (lambda recipe=recipe: parse(["--config", str(recipe), "--bf16", "false",
+                                                                    "--use_cpu", "true"])[2]) for recipe in RECIPES},
+    }  # fmt: skip
+    for name, build in builders.items():
+        args, warned = _checkpointing_warnings(build)
+        assert not warned, (name, warned)
+        assert args.activation_checkpointing is True and args.gradient_checkpointing is True, name
+        # RoseTrainer's stages are dataclasses.replace copies of the user's arguments.
+        copy, warned = _checkpointing_warnings(lambda args=args: dataclasses.replace(args, output_dir=str(tmp_path)))
+        assert not warned and copy.activation_checkpointing is True, name
+    # A user who names the old field still gets it, and transformers' warning about it.
+    args, warned = _checkpointing_warnings(lambda: parse(["--gradient_checkpointing", "false", "--use_cpu", "true"])[2])
+    assert args.activation_checkpointing is False and warned
+    args, warned = _checkpointing_warnings(lambda: parse(["--no_gradient_checkpointing", "--use_cpu", "true"])[2])
+    assert args.activation_checkpointing is False and warned
+    args, warned = _checkpointing_warnings(lambda: parse(["--activation_checkpointing", "false", "--use_cpu", "true"])[2])
+    assert args.activation_checkpointing is False and not warned

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from rose_hf.demo import MODEL_LABELS, _bar_plot, _evaluation_caption, _evaluation_plot_data, main
+from rose_hf.demo import MODEL_LABELS, _bar_plot, _evaluation_caption, _evaluation_plot_data, _evaluation_section, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,6 +54,48 @@ def test_evaluation_plot_omits_all_zero_groups_and_missing_metrics(tmp_path):
     path = tmp_path / "plot.png"
     _bar_plot(str(path), ["a"], {MODEL_LABELS["rose"]: [0.5]}, "share", "Evaluation")
     assert _png_title(path) == "Evaluation"
+
+
+def _fake_results() -> dict:
+    selection = {"k": 50, "precision": 0.4, "harmful_share": 0.1, "num_helpful": 20, "num_harmful": 5}
+    return {
+        "final": _fake_final(),
+        "selection": {"rose": selection, "random": dict(selection, precision=0.1)},
+        "target_family": "arithmetic",
+        "num_test_pairs": 100,
+        "num_test_prompts": 50,
+        "recipe": {"epochs": 4, "learning_rate": 2e-5, "batch_size": 8},
+        "ground_truth": {"helpful": 100, "harmful": 100},
+        "oracle_precision": 1.0,
+        "health": {"verdict": "ok", "message": "aligned"},
+        "seconds": {"total": 1, "base_model": 0, "warmup_and_features": 0, "final_training": 0, "evaluation": 0},
+    }
+
+
+def test_commands_the_demo_names_exist():
+    """Every `rose-hf X`, `make X` and `python -m X` the demo's report and the CLI's help name is one a user can run
+    (the report once sent readers to a `rose-hf bench quality` that no longer existed)."""
+    import pathlib
+
+    import rose_hf.cli
+    import rose_hf.demo
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    make_targets = set(re.findall(r"^([\w-]+):", (root / "Makefile").read_text(), re.M))
+    texts = {
+        "report": _evaluation_section(_fake_results(), "report"),
+        "rose_hf.cli docstring": rose_hf.cli.__doc__,
+        "rose_hf.demo docstring": rose_hf.demo.__doc__,
+    }
+    for where, text in texts.items():
+        for command in re.findall(r"\brose-hf (\w[\w-]*)", text):
+            assert command in rose_hf.cli.COMMANDS, f"{where} names `rose-hf {command}`, which the CLI lacks"
+        for target in re.findall(r"\bmake ([\w-]+)", text):
+            assert target in make_targets, f"{where} names `make {target}`, which the Makefile lacks"
+        for module in re.findall(r"python -m ([\w.]+)", text):
+            path = root / module.replace(".", "/")
+            assert path.with_suffix(".py").exists() or (path / "__main__.py").exists(), (where, module)
+    assert "make bench-quality" in texts["report"]
 
 
 @pytest.mark.slow

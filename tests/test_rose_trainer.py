@@ -264,3 +264,14 @@ def test_full_final_training(full_run, tokenizer, data, tmp_path):
     assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"].detach(),
                            base["model.layers.0.self_attn.q_proj.weight"])
     assert len(trainer.train_dataset) == 5
+
+
+def test_a_warmup_of_one_step_per_epoch_under_a_warmup_ratio_fails_before_training(tokenizer, data, tmp_path):
+    # 8% of 100 rows = 8 rows at 8 a step: one step per epoch, and warmup_steps=0.03 gives the first step rate 0. The
+    # selection then weighed the first checkpoint 0 (or, with one epoch, refused "All learning rates are 0").
+    trainer, _ = rose_trainer(tokenizer, tmp_path, data, training={"warmup_steps": 0.03}, warmup_fraction=0.08)
+    with pytest.raises(ValueError, match=r"steps 1-1\) has learning rate 0.*num_train_epochs=2, "
+                                         r"per_device_train_batch_size=8.*warmup_steps=0.03.*Fix:.*warmup_fraction"):
+        trainer.train()
+    assert trainer.warmup_trainer.state.global_step == 0
+    assert not [name for name in os.listdir(tmp_path / "warmup") if name.startswith("checkpoint-")]

@@ -155,6 +155,12 @@ def test_checkpoint_weights_are_normalised_mean_learning_rates():
     assert np.all(np.diff(weights) < 0) and weights.sum() == pytest.approx(1.0)
 
 
+def test_the_only_checkpoint_weighs_1_whatever_its_rates():
+    # e.g. the robust scoring's one checkpoint of a warmup that logged its learning rate every 50 steps
+    for rates in ([], [0.0, 0.0], [3e-5]):
+        assert checkpoint_weights([rates]).tolist() == [1.0]
+
+
 def test_checkpoint_weights_errors():
     with pytest.raises(ValueError, match=r"learning_rates_per_checkpoint\[1\]"):
         checkpoint_weights([[1e-5], []])

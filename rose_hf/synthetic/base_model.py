@@ -80,22 +80,18 @@ def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str = DEFAU
     return path
 
 
-def _pretrain(model, tokenizer, rows, config, path: str, history: list | None = None) -> float | None:
-    """Train `model` in place on `rows` (any TRL SFT format) with `config`'s schedule; returns the mean train loss.
+def pretrain_args(config, path: str):
+    """The `SFTConfig` of `_pretrain`: `config`'s epochs, batch size, learning rate and seed, a cosine schedule."""
+    from trl import SFTConfig
 
-    `config` has `epochs`, `batch_size`, `learning_rate` and `seed` (a `TinyBaseConfig` or a `BaseSpec`); `history`,
-    if given, receives the trainer's log history.
-    """
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=os.path.join(path, "_trainer"),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
+        activation_checkpointing=True,  # TRL's default, named so that the deprecated `gradient_checkpointing` stays unset
         save_strategy="no",
         logging_steps=50,
         report_to=[],
@@ -105,7 +101,18 @@ def _pretrain(model, tokenizer, rows, config, path: str, history: list | None = 
         max_length=64,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+
+
+def _pretrain(model, tokenizer, rows, config, path: str, history: list | None = None) -> float | None:
+    """Train `model` in place on `rows` (any TRL SFT format) with `config`'s schedule; returns the mean train loss.
+
+    `config` has `epochs`, `batch_size`, `learning_rate` and `seed` (a `TinyBaseConfig` or a `BaseSpec`); `history`,
+    if given, receives the trainer's log history.
+    """
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(model=model, args=pretrain_args(config, path), train_dataset=rows, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # with tqdm off it would print every log line
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 64-wide model gains nothing from more, and loses a lot on a busy machine

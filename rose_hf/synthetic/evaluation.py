@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.logging import get_logger
 from datasets import Dataset
 from torch import nn
+
+from ..logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -64,6 +64,9 @@ class TinyRecipe:
             lr_scheduler_type="linear",
             warmup_steps=0.03,
             weight_decay=0.0,
+            # TRL's default (checkpointing on) under transformers 5's name: TRL still defaults the deprecated
+            # `gradient_checkpointing`, which makes every SFTConfig warn unless the new name is set.
+            activation_checkpointing=True,
             max_length=self.max_length,
             save_strategy="epoch" if save else "no",
             logging_steps=10,
