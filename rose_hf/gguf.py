@@ -77,6 +77,23 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+def float_copy_path(model_name_or_path: str, gguf_file: str, cache_dir: str | None = None) -> tuple[str, dict]:
+    """Where the float copy of a GGUF file lives, and what that place is keyed on (the file's name, size and SHA-256,
+    and the transformers version that dequantizes it), without converting anything."""
+    import transformers
+
+    source = resolve_gguf_file(model_name_or_path, gguf_file)
+    key = {
+        "file": os.path.basename(source),
+        "bytes": os.path.getsize(source),
+        "sha256": _file_digest(source),
+        "transformers": transformers.__version__,
+    }
+    stem = os.path.splitext(os.path.basename(source))[0]
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(cache_dir or default_cache_dir(), f"{stem}-{tag}"), key
+
+
 def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | None = None) -> str:
     """A folder holding the float copy of a GGUF model and its tokenizer, written on first use and reused after.
 
@@ -94,17 +111,7 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
     """
     source = resolve_gguf_file(model_name_or_path, gguf_file)
     _require_gguf()
-    import transformers
-
-    key = {
-        "file": os.path.basename(source),
-        "bytes": os.path.getsize(source),
-        "sha256": _file_digest(source),
-        "transformers": transformers.__version__,
-    }
-    stem = os.path.splitext(os.path.basename(source))[0]
-    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(cache_dir or default_cache_dir(), f"{stem}-{tag}")
+    path, key = float_copy_path(model_name_or_path, gguf_file, cache_dir)
     if os.path.isfile(os.path.join(path, _RECORD)):
         return path
 
@@ -118,7 +125,7 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config._name_or_path = stem
+    config._name_or_path = os.path.splitext(name)[0]
     model = AutoModelForCausalLM.from_config(config, dtype=quantized.dtype)
     model.load_state_dict(quantized.state_dict())  # strict: every tensor (tied embeddings included) is carried over
     model.generation_config = quantized.generation_config
@@ -142,4 +149,4 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
     return path
 
 
-__all__ = ["default_cache_dir", "gguf_float_copy", "resolve_gguf_file"]
+__all__ = ["default_cache_dir", "float_copy_path", "gguf_float_copy", "resolve_gguf_file"]
