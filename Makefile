@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo bench-speed bench-quality lint clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/rose-hf demo --output_dir outputs/demo
 
+demo-tiny: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/rose-hf demo --tiny --output_dir outputs/demo_tiny
+
 # Benchmarks live in benchmarks/ at the repo root (not installed) and use rose_hf's public API.
 # The quality benchmark runs one process per world family (each run is cached), then aggregates them.
 bench-speed: $(STAMP)
@@ -44,6 +47,16 @@ bench-quality: $(STAMP)
 	    --output_dir outputs/bench_quality > outputs/bench_quality_$$family.log 2>&1 & \
 	done; wait
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --only_cached --output_dir outputs/bench_quality
+
+# SmolLM2-135M-Instruct on the real-data families: one process per family (each run is cached), then aggregate.
+REAL_FAMILIES := dates number_words number_format
+bench-real: $(STAMP)
+	mkdir -p outputs/bench_real
+	for family in $(REAL_FAMILIES); do \
+	  OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --real --families $$family \
+	    > outputs/bench_real_$$family.log 2>&1 & \
+	done; wait
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --real --only_cached
 
 lint: $(STAMP)
 	$(BIN)/ruff check rose_hf tests examples benchmarks

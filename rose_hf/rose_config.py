@@ -122,6 +122,11 @@ class RoseConfig:
         metadata={"help": "RoseTrainer's final stage on the selection: 'lora' (a fresh adapter, paper) or 'full' "
                   "(full fine-tuning of the base model)."},
     )
+    final_num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Epochs of RoseTrainer's final stage (None: the SFTConfig's num_train_epochs, as in the "
+                  "paper, which trains both stages alike). A 5% selection often wants more epochs than the warmup."},
+    )
     overwrite: bool = field(
         default=False,
         metadata={"help": "Discard a cache in output_dir written for another run, instead of refusing to mix."},
@@ -157,6 +162,11 @@ class RoseConfig:
             raise ValueError(
                 f"selection_fraction={self.selection_fraction} must be in (0, 1] (paper: 0.05), or set "
                 "selection_size to a number of examples."
+            )
+        if self.final_num_train_epochs is not None and not self.final_num_train_epochs > 0:
+            raise ValueError(
+                f"final_num_train_epochs={self.final_num_train_epochs} must be > 0, or None to train the final stage "
+                "for the SFTConfig's num_train_epochs."
             )
         if not 0 < self.warmup_fraction <= 1:
             raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in (0, 1] (paper: 0.05).")

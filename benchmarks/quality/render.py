@@ -120,7 +120,149 @@ def final_table(summary: dict[str, Any]) -> str:
     return table(["model", *(k.replace("_", " ") for k in metrics)], rows)
 
 
+def lead_table(summary: dict[str, Any], budgets: list[str], final_budget: str) -> str:
+    """One row per method: precision and harmful share at every budget, and its final model's figures."""
+    final = summary.get("final", {})
+    rows = []
+    for method in (*summary["selection"], *(m for m in (FULL, "base") if m in final)):
+        sel = summary["selection"].get(method)
+        cells = [fmt_stat(sel[b]["precision"]) if sel else "-" for b in budgets]
+        cells.append(fmt_stat(sel[final_budget]["harmful_share"]) if sel else "-")
+        fin = final.get(method)
+        cells += [fmt_stat(fin[k]) if fin else "-" for k in ("exact_match", "wrong_match", "preference_accuracy")]
+        rows.append([LABELS.get(method, method), *cells])
+    header = ["method", *(f"precision {float(b):.0%}" for b in budgets), f"harmful share {float(final_budget):.0%}",
+              "final: exact match", "final: wrong-answer match", "final: preference acc."]
+    return table(header, rows)
+
+
+def final_by_family_table(runs: list[dict[str, Any]], metric: str) -> str:
+    """Mean `metric` of every final model, one row per family (the seeds it was trained on)."""
+    finals = [r for r in runs if "final" in r]
+    models = list(dict.fromkeys(m for r in finals for m in r["final"]))
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in finals):
+        group = [r["final"] for r in finals if r["family"] == family]
+        rows.append([family, *(fmt_stat({"mean": float(np.mean(v)), "std": None}) if (v := [g[m][metric] for g in group
+                     if m in g]) else "-" for m in models)])  # fmt: skip
+    return table(["family", *(LABELS.get(m, m) for m in models)], rows)
+
+
+def oracle_check(runs: list[dict[str, Any]]) -> str:
+    """Does the task separate methods at all? The oracle's 5% against the base model and random 5%, exact match."""
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in runs if "final" in r):
+        group = [r["final"] for r in runs if r["family"] == family and "final" in r]
+        em = {m: float(np.mean([g[m]["exact_match"] for g in group])) for m in ("base", "random", "oracle")}
+        rows.append([family, f"{em['base']:.3f}", f"{em['random']:.3f}", f"{em['oracle']:.3f}",
+                     f"{em['oracle'] - em['base']:+.3f}", f"{em['oracle'] - em['random']:+.3f}"])
+    return table(["family", "base", "random 5%", "oracle 5%", "oracle - base", "oracle - random"], rows)
+
+
+def stability_table(runs: list[dict[str, Any]]) -> str:
+    """Agreement of two selections from the same pool: another warmup seed, another projection seed."""
+    rows = []
+    for r in runs:
+        st = r.get("stability")
+        if not st:
+            continue
+        for method in GRADIENT_METHODS:
+            w = st["warmup_seed"].get(method)
+            p = st.get("projection_seed", {}).get(method)
+            own = r["selection"][method]
+            final = next(iter(own))  # any budget key: the stability is measured at the final budget
+            rows.append([r["family"], LABELS[method],
+                         f"{w['overlap']:.2f}" if w else "-", f"{w['spearman']:.2f}" if w else "-",
+                         f"{own[final]['precision']:.2f} -> {w['precision']:.2f}" if w else "-",
+                         f"{p['overlap']:.2f}" if p else "-", f"{p['spearman']:.2f}" if p else "-"])  # fmt: skip
+    return table(["family", "method", "warmup seed: top-5% overlap", "warmup seed: Spearman",
+                  "precision, seed 1 -> seed 2", "projection seed: top-5% overlap", "projection seed: Spearman"],
+                 rows)  # fmt: skip
+
+
+def cost_table(runs: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """Feature cost in pool passes and in pool-epochs of training (the full pool's measured epoch time)."""
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in runs):
+        group = [r for r in runs if r["family"] == family and "warmup" in r]
+        if not group:
+            continue
+        epoch = [r["training"][FULL]["seconds"] / (config.get("final_epochs") or config["epochs"])
+                 for r in group if FULL in r.get("training", {})]  # fmt: skip
+        passes = len(group[0]["warmup"]["checkpoint_steps"])
+        warmup = config["warmup_fraction"] * group[0]["epochs"]
+        for scoring, n in (("paper", passes), ("robust", 1)):
+            seconds = float(np.mean([r["warmup"]["feature_seconds"][scoring] for r in group]))
+            in_epochs = f"{seconds / np.mean(epoch):.2f}" if epoch else "-"
+            rows.append([family, scoring, f"{n} + warmup {warmup:.2f}", f"{seconds:.0f}", in_epochs])
+    return table(["family", "scoring", "pool passes (features + warmup, in pool-epochs)", "feature seconds",
+                  "feature time / one training epoch over the pool"], rows)  # fmt: skip
+
+
+def health_bands_table(runs: list[dict[str, Any]], budget: str) -> str:
+    """The label-free health verdict against the precision it should reflect (issue 18's bands: bad < 0.5 x the
+    oracle, good >= 0.8 x), every gradient selection including the second warmup seed's."""
+    counts = {band: {"runs": 0, "warned": 0} for band in ("bad", "middling", "good")}
+    cases = []
+    for r in runs:
+        oracle = r["selection"]["oracle"][budget]["precision"]
+        for method in ("rose", "robust"):
+            health = (r.get("health") or {}).get(method)
+            if health:
+                cases.append((r["selection"][method][budget]["precision"] / oracle, health["verdict"]))
+        st = r.get("stability") or {}
+        for method in ("rose", "robust"):
+            health = st.get("warmup_seed_health", {}).get(method)
+            if health:
+                cases.append((st["warmup_seed"][method]["precision"] / oracle, health["verdict"]))
+    for ratio, verdict in cases:
+        band = "bad" if ratio < 0.5 else "good" if ratio >= 0.8 else "middling"
+        counts[band]["runs"] += 1
+        counts[band]["warned"] += int(verdict != "ok")
+    return table(["band (precision / oracle's)", "selections", "warned"],
+                 [[band, c["runs"], c["warned"]] for band, c in counts.items()])
+
+
+def render_real_markdown(results: dict[str, Any]) -> str:
+    """`quality.md` of the real-model design (`make bench-real`)."""
+    config, runs, summary = results["config"], results["runs"], results["summary"]
+    budget = f"{config['final_budget']:g}"
+    budgets = [f"{b:g}" for b in config["budgets"]]
+    return "\n".join([
+        "# Real-model benchmark: SmolLM2-135M-Instruct on real-data task families",
+        "",
+        f"{len(runs)} runs: families {', '.join(config['families'])} x seeds {list(config['seeds'])} "
+        "(`rose_hf.synthetic.real_worlds`; facts from CLDR through babel, and num2words). Pool "
+        f"{config['pool_size']} rows per world: {config['target_correct_fraction']:.0%} target task done right "
+        f"(helpful), {config['target_wrong_fraction']:.0%} its on-topic but wrong twin (harmful), the rest "
+        f"distractor tasks of the same shape; {2 * config['n_per_subtask']} preference pairs in 2 subtasks. Warmup: "
+        f"LoRA r={config['lora_r']} on q,k,v,o, {config['warmup_fraction']:.0%} of the pool, "
+        f"{config['epochs']} epochs (one checkpoint each), lr {config['learning_rate']:g}, batch "
+        f"{config['batch_size']}; features with the `{config['projection']}` projection to "
+        f"{config['projection_dim']} dims. Final models: a fresh LoRA on each method's {float(budget):.0%} for "
+        f"{config['final_epochs']} epochs; the full pool on seeds {list(config['full_pool_seeds'] or config['seeds'])}. "
+        f"Evaluation: greedy exact match on {config['n_test_prompts']} held-out prompts and preference accuracy on "
+        f"{config['n_test_pairs']} held-out pairs. Cells are mean ± std over runs. Command: `make bench-real`.",
+        "",
+        *([f"**Incomplete: {len(results['missing_runs'])} runs had not finished** "
+           f"({', '.join(results['missing_runs'])}).", ""] if results.get("missing_runs") else []),
+        "## Every method", "", lead_table(summary, budgets, budget), "",
+        "## Does the task separate methods? Exact match of the base model, random 5% and the oracle's 5%", "",
+        oracle_check(runs), "",
+        "## Final models by family: exact match", "", final_by_family_table(runs, "exact_match"), "",
+        f"## Selection at {float(budget):.0%} by family (precision / harmful share)", "",
+        grouped_table(runs, "family", budget), "",
+        "## Stability on the same pool (first seed of each family)", "", stability_table(runs), "",
+        "## Feature cost", "", cost_table(runs, config), "",
+        "## Health check against the ground truth", "", health_bands_table(runs, budget), "",
+        "## Every run (precision / harmful share)", "", runs_table(runs, budget), "",
+        "![selection vs budget](plots/selection_vs_budget.png)", "", "![final models](plots/final_models.png)", "",
+    ])
+
+
 def render_markdown(results: dict[str, Any]) -> str:
+    if results["config"].get("final_epochs"):  # the real-model design
+        return render_real_markdown(results)
     config, runs, summary = results["config"], results["runs"], results["summary"]
     budget = f"{config['final_budget']:g}"
     lines = [

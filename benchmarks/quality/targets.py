@@ -51,7 +51,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if finals:
         models = list(finals[0]["final"])
         summary["final"] = {
-            model: {m: stats([r["final"][model].get(m) for r in finals]) for m in FINAL_METRICS} for model in models
+            # A model trained on some seeds only (the real design's full pool) is averaged over those.
+            model: {m: stats([r["final"].get(model, {}).get(m) for r in finals]) for m in FINAL_METRICS}
+            for model in models
         }
         summary["num_final_runs"] = len(finals)
     return summary
