@@ -36,12 +36,14 @@ TINY_MODEL = "rose-hf:tiny"
 
 @dataclass
 class RoseScriptArguments:
-    """Where the data comes from.
+    """Where the data comes from, and the model file when it is a GGUF one.
 
     Args:
         dataset_name: the pool: a Hub name, a local `save_to_disk` folder, a .json/.jsonl/.parquet/.csv file, or
             `rose-hf:synthetic` (the bundled synthetic benchmark).
         preference_dataset_name: the preference pairs, same forms.
+        gguf_file: a llama.cpp .gguf file in the folder `model_name_or_path`; the warmup and the final stage load the
+            model and its tokenizer from a float copy of it (see `rose_hf.gguf`).
     """
 
     dataset_name: str = field(default=SYNTHETIC, metadata={"help": "Pool: Hub name, folder, data file or rose-hf:synthetic."})
@@ -51,6 +53,14 @@ class RoseScriptArguments:
     )
     preference_dataset_split: str = field(default="train", metadata={"help": "Split of the preference pairs."})
     synthetic_pool_size: int = field(default=4000, metadata={"help": "Pool size of rose-hf:synthetic."})
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A llama.cpp .gguf file (its name) in the local folder --model_name_or_path, e.g. "
+            "SmolLM2-135M-Instruct.Q4_1.gguf: model and tokenizer load from a float copy, converted once and cached "
+            "in $ROSE_HF_CACHE/gguf or ~/.cache/rose_hf/gguf. Needs `pip install gguf`."
+        },
+    )
 
 
 def _shadow_rose_config(taken: set[str]):
@@ -178,11 +188,20 @@ def load_any(name: str, split: str):
     return dataset
 
 
-def load_model_and_tokenizer(model_args, training_args):
-    """The base model name/path and tokenizer; `rose-hf:tiny` pretrains (once) and caches the tiny base model."""
+def load_model_and_tokenizer(model_args, training_args, gguf_file: str | None = None):
+    """The base model name/path and tokenizer; `rose-hf:tiny` pretrains (once) and caches the tiny base model.
+
+    With `gguf_file`, the folder and no tokenizer: `RoseTrainer(gguf_file=...)` loads both from the float copy."""
     from transformers import AutoTokenizer
 
     name = model_args.model_name_or_path
+    if gguf_file is not None:
+        if name in (None, TINY_MODEL):
+            raise ValueError(
+                f"--gguf_file {gguf_file} needs --model_name_or_path, the local folder that holds the file (got "
+                f"{name!r})."
+            )
+        return name, None
     if name in (None, TINY_MODEL):
         from .synthetic.base_model import tiny_base_model
 
@@ -220,7 +239,7 @@ def _trainer(script_args, rose_config, training_args, model_args):
     from .rose_trainer import RoseTrainer
 
     pool, pairs = load_data(script_args, seed=rose_config.seed)
-    model_name, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    model_name, tokenizer = load_model_and_tokenizer(model_args, training_args, script_args.gguf_file)
     if training_args.model_init_kwargs is None:
         training_args.model_init_kwargs = model_init_kwargs(model_args)
     return RoseTrainer(
@@ -231,6 +250,7 @@ def _trainer(script_args, rose_config, training_args, model_args):
         rose_config=rose_config,
         peft_config=_peft_config(model_args),
         processing_class=tokenizer,
+        gguf_file=script_args.gguf_file,
     )
 
 

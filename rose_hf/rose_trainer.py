@@ -65,6 +65,11 @@ class RoseTrainer:
         preference_dataset: the target task's preference pairs (TRL preference formats, optional `subtask`).
         rose_config: selection settings; `rose_config.output_dir` is ignored (the cache lives in `selection/`).
         peft_config: the LoRA configuration (required: the features are LoRA gradients).
+        gguf_file: a llama.cpp GGUF file inside the folder `model` (its name, or a path): both stages load a float
+            copy of it (`rose_hf.gguf.gguf_float_copy`, converted once and cached), and its tokenizer when
+            `processing_class` is not given. `args.model_init_kwargs={"gguf_file": ...}` means the same. Needs the
+            `gguf` package.
+        gguf_cache_dir: where the float copy is kept (default `rose_hf.gguf.default_cache_dir()`).
         **kwargs: passed to both `SFTTrainer`s (`processing_class`, `eval_dataset`, `callbacks`, `compute_metrics`,
             `formatting_func`, `data_collator`...). `optimizers` holding instances is refused: an optimizer is bound
             to one model's parameters; use `args.optim` or `optimizer_cls_and_kwargs`.
@@ -87,6 +92,8 @@ class RoseTrainer:
         preference_dataset: Dataset,
         rose_config: RoseConfig | None = None,
         peft_config: Any = None,
+        gguf_file: str | None = None,
+        gguf_cache_dir: str | None = None,
         **kwargs,
     ):
         if peft_config is None:
@@ -101,6 +108,12 @@ class RoseTrainer:
                 "to one model's parameters: choose the optimizer with `args.optim` (e.g. 'adamw_torch') or "
                 "`optimizer_cls_and_kwargs=(torch.optim.AdamW, {...})` instead."
             )
+        # Before anything is built: a missing file or `gguf` package fails here, not after a tokenised pool.
+        model, self._model_init_kwargs, model_id = _resolve_gguf(model, args, gguf_file, gguf_cache_dir)
+        if model_id is not None and kwargs.get("processing_class") is None:
+            from transformers import AutoTokenizer
+
+            kwargs["processing_class"] = AutoTokenizer.from_pretrained(model)
         rose_config = rose_config or RoseConfig()
         self.args = args
         self.root_dir = args.output_dir
@@ -117,7 +130,8 @@ class RoseTrainer:
         )
         # Taken before PEFT wraps a model object in place. The warmup's features depend on all of it.
         self._warmup_inputs = {
-            "model": model if isinstance(model, str) else describe_model(model),
+            # A float copy's folder name is keyed on the GGUF file's content; its cache folder may move between runs.
+            "model": model_id or (model if isinstance(model, str) else describe_model(model)),
             "adapter_config_hash": json_hash(
                 {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
             ),
@@ -132,7 +146,8 @@ class RoseTrainer:
     # --- stages --------------------------------------------------------------------------------------------------
     def _stage_args(self, stage: str, **changes) -> SFTConfig:
         run_name = f"{self.args.run_name or os.path.basename(os.path.normpath(self.root_dir))}-{stage}"
-        return dataclasses.replace(self.args, output_dir=os.path.join(self.root_dir, stage), run_name=run_name, **changes)
+        return dataclasses.replace(self.args, output_dir=os.path.join(self.root_dir, stage), run_name=run_name,
+                                   model_init_kwargs=self._model_init_kwargs, **changes)
 
     def _stage_trainer(self, stage: str, model: Any, train_dataset: Dataset, peft_config: Any, args: SFTConfig,
                        extra_callbacks: list | None = None) -> SFTTrainer:
@@ -262,6 +277,34 @@ class RoseTrainer:
                 os.makedirs(folder, exist_ok=True)
                 atomic_write_json(path, inputs)
         state.wait_for_everyone()
+
+
+def _resolve_gguf(model: Any, args: SFTConfig, gguf_file: str | None, cache_dir: str | None):
+    """`(model, model_init_kwargs, model_id)` for the stages: with a GGUF file (the argument or
+    `args.model_init_kwargs["gguf_file"]`), the float copy's folder, the kwargs without `gguf_file` (the copy is an
+    ordinary checkpoint, which `from_pretrained(..., gguf_file=...)` would not find) and the copy's content-keyed name;
+    otherwise `model`, `args.model_init_kwargs` and None."""
+    init_kwargs = dict(args.model_init_kwargs or {})
+    in_kwargs = init_kwargs.pop("gguf_file", None)
+    if gguf_file is not None and in_kwargs is not None and gguf_file != in_kwargs:
+        raise ValueError(
+            f"gguf_file={gguf_file!r} and args.model_init_kwargs['gguf_file']={in_kwargs!r} differ: give the GGUF file "
+            "in one place."
+        )
+    gguf_file = gguf_file if gguf_file is not None else in_kwargs
+    if gguf_file is None:
+        return model, args.model_init_kwargs, None
+    if not isinstance(model, str):
+        raise ValueError(
+            f"gguf_file={gguf_file!r} needs `model` to be the local folder that holds the file (a str), not a "
+            f"{type(model).__name__}: pass e.g. `model='models/smollm2', gguf_file='SmolLM2-135M-Instruct.Q4_1.gguf'`."
+        )
+    from .gguf import gguf_float_copy
+
+    # One conversion per machine: the other local processes wait for it and then find the finished copy.
+    with PartialState().local_main_process_first():
+        path = gguf_float_copy(model, gguf_file, cache_dir=cache_dir)
+    return path, init_kwargs or None, f"gguf:{os.path.basename(path)}"
 
 
 def _has_checkpoint(output_dir: str) -> bool:

@@ -21,8 +21,12 @@ def make_tokenizer():
 def make_lora_model(tokenizer, architecture="llama", attn_implementation="sdpa", seed=0, r=4, randomize_b=True, **kw):
     """A tiny LoRA model whose B matrices are non-zero (PEFT initialises B to 0, which would zero A's gradient)."""
     model = build_model(architecture, tokenizer, attn_implementation=attn_implementation, seed=seed, **kw)
-    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules=lora_target_modules(architecture),
-                        task_type="CAUSAL_LM")
+    return add_lora(model, lora_target_modules(architecture), seed=seed, r=r, randomize_b=randomize_b)
+
+
+def add_lora(model, target_modules, seed=0, r=4, randomize_b=True):
+    """`model` with a LoRA adapter (dropout 0.1, which feature mode turns off); B non-zero unless `randomize_b=False`."""
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules=target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     if randomize_b:
         generator = torch.Generator().manual_seed(seed + 1)

@@ -42,7 +42,7 @@ def test_quick_speed_benchmark_is_complete_and_consistent(tmp_path):
     markdown = (tmp_path / "speed.md").read_text()
     assert markdown == render_markdown(saved)
     for heading in ("## Headline", "## Throughput", "## Where the time goes", "## torch.func vmap", "## Scoring",
-                    "## Projection quality"):  # fmt: skip
+                    "## Projection quality", "## Real shape"):  # fmt: skip
         assert heading in markdown, heading
 
     config, model = saved["config"], saved["model"]
@@ -245,3 +245,64 @@ def test_shared_report_helpers():
     assert fmt_stat({"mean": 0.5, "values": [0.5]}, 2) == "0.50" and fmt_stat(None) == "n/a"
     assert table(["a", "b"], [[1, "x"], [None, 2.5]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | x |",
                                                                         "| - | 2.5 |"]  # fmt: skip
+
+
+def test_real_shape_section_alone_keeps_the_other_sections_and_is_consistent(tmp_path):
+    """`--sections real_shape` on tiny sizes: the committed core results stay as they were (JSON and report), and the
+    new section's figures recompute from its raw timings; the LESS-style loop computes our features."""
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.speed.config import REAL_SHAPE_QUICK
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "speed_cpu.json"
+    shutil.copy(committed, tmp_path / "speed.json")
+    before = {k: v for k, v in json.loads(committed.read_text()).items() if k != "real_shape"}  # the core sections
+    main(["--output_dir", str(tmp_path), "--quick", "--device", "cpu", "--sections", "real_shape"])
+
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "real_shape"} == before
+    markdown = (tmp_path / "speed.md").read_text()
+    assert markdown == render_markdown(saved)
+    assert markdown.startswith(render_markdown(before)) and "## Real shape" in markdown
+
+    section = saved["real_shape"]
+    model, rows, ratios = section["model"], section["rows"], section["ratios"]
+    assert model["weights"].startswith("random")  # 'auto' takes SmolLM2's weights only at SmolLM2's shape
+    h, heads, kv_heads, r = (REAL_SHAPE_QUICK[k] for k in ("hidden_size", "num_heads", "num_kv_heads", "lora_r"))
+    kv = h // heads * kv_heads  # grouped-query attention: k and v project to fewer dimensions than q
+    assert model["lora_parameters"] == REAL_SHAPE_QUICK["num_layers"] * r * (2 * (h + h) + 2 * (h + kv))
+    n = REAL_SHAPE_QUICK["rows"]
+    assert rows["count"] == n and rows["min_tokens"] <= rows["mean_tokens"] <= rows["max_tokens"]
+    assert rows["tokens"] < rows["padded_tokens"], "mixed lengths: the batches are padded"
+    write = section["write"]["seconds_per_row"] * n
+    _positive(write, "real_shape.write")
+    for name, extra in (("floor", 0.0), ("features", write), ("less_style", write)):
+        entry = section[name]
+        assert len(entry["seconds_all"]) >= REAL_SHAPE_QUICK["repeats"]
+        _close(entry["seconds_per_epoch"], statistics.median(entry["seconds_all"]) + extra, f"{name} epoch")
+        _close(entry["examples_per_s"], n / entry["seconds_per_epoch"], f"{name} rows/s", rel=1e-9)
+        _close(entry["tokens_per_s"], rows["tokens"] / entry["seconds_per_epoch"], f"{name} tokens/s", rel=1e-9)
+    floor, features, less = (section[k]["seconds_per_epoch"] for k in ("floor", "features", "less_style"))
+    _close(ratios["features_vs_floor"], features / floor, "features_vs_floor", rel=1e-9)
+    _close(ratios["less_style_vs_features"], less / features, "less_style_vs_features", rel=1e-9)
+    paired = statistics.median(
+        (f + write) / b
+        for f, b in zip(section["features"]["seconds_all"], section["floor"]["seconds_all"], strict=True)
+    )
+    _close(ratios["features_vs_floor_paired"], paired, "features_vs_floor_paired")
+    assert section["max_abs_feature_difference_less_vs_rose_hf"] < 1e-4
+
+
+def test_real_shape_config_validation():
+    from benchmarks.speed.config import SMOLLM2_SHAPE, RealShapeConfig
+
+    full = SpeedBenchConfig().real_shape
+    assert {k: getattr(full, k) for k in SMOLLM2_SHAPE} == SMOLLM2_SHAPE and full.lora_r == 8
+    assert SpeedBenchConfig(quick=True).real_shape.num_layers == 2
+    with pytest.raises(ValueError, match="needs SmolLM2's shape"):
+        SpeedBenchConfig(quick=True, real_shape=RealShapeConfig(weights="smollm2"))
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        SpeedBenchConfig(real_shape=RealShapeConfig(num_kv_heads=4))
+    with pytest.raises(ValueError, match="sections"):
+        SpeedBenchConfig(sections=("everything",))

@@ -13,6 +13,36 @@ from .harness import PeakMemory, measure, per_batch, synchronize
 from .workload import build_lora_model, slice_batch
 
 
+def less_style_feature(model, lora_params, projector, adam, moments, batch, index: int):
+    """One example's feature the LESS way: alone (its right padding cut off), `loss.backward()`, the LoRA `.grad`
+    flattened, Adam written out, projection, L2 normalisation.
+
+    Args:
+        lora_params: the LoRA weights in the collector's order (the features' order).
+        moments: Adam's `(exp_avg, exp_avg_sq)` already on the model's device.
+        batch: right-padded `input_ids`, `attention_mask`, `labels`; row `index` is featurised.
+    """
+    import torch
+
+    for param in lora_params:
+        param.grad = None
+    length = int(batch["attention_mask"][index].sum())
+    out = model(
+        input_ids=batch["input_ids"][index : index + 1, :length],
+        attention_mask=batch["attention_mask"][index : index + 1, :length],
+        labels=batch["labels"][index : index + 1, :length],
+        use_cache=False,
+    )
+    out.loss.backward()  # the example's mean loss over its completion tokens
+    g = torch.cat([param.grad.reshape(-1) for param in lora_params]).float()
+    m, v = moments
+    m_new = adam.beta1 * m + (1 - adam.beta1) * g
+    v_new = adam.beta2 * v + (1 - adam.beta2) * g * g
+    preconditioned = m_new / torch.sqrt(v_new + adam.eps)
+    projected = projector(preconditioned[None])[0]
+    return (projected / projected.norm()).cpu()
+
+
 def measure_less_reference(model, collector, projector, adam, batch, write_per_row, config, device, ours) -> dict:
     """LESS's loop, written out: one example at a time, `.grad` of the LoRA weights, Adam, dense projection."""
     import numpy as np
@@ -20,24 +50,10 @@ def measure_less_reference(model, collector, projector, adam, batch, write_per_r
 
     named = dict(model.named_parameters())
     lora_params = [named[name] for name in collector.names]  # the collector's order = the features' order
-    m, v = adam.exp_avg.to(device), adam.exp_avg_sq.to(device)
+    moments = adam.exp_avg.to(device), adam.exp_avg_sq.to(device)
 
     def one(index: int) -> torch.Tensor:
-        for param in lora_params:
-            param.grad = None
-        out = model(
-            input_ids=batch["input_ids"][index : index + 1],
-            attention_mask=batch["attention_mask"][index : index + 1],
-            labels=batch["labels"][index : index + 1],
-            use_cache=False,
-        )
-        out.loss.backward()  # the example's mean loss over its completion tokens
-        g = torch.cat([param.grad.reshape(-1) for param in lora_params]).float()
-        m_new = adam.beta1 * m + (1 - adam.beta1) * g
-        v_new = adam.beta2 * v + (1 - adam.beta2) * g * g
-        preconditioned = m_new / torch.sqrt(v_new + adam.eps)
-        projected = projector(preconditioned[None])[0]
-        return (projected / projected.norm()).cpu()
+        return less_style_feature(model, lora_params, projector, adam, moments, batch, index)
 
     one(0)  # warm-up
     times, features = [], []

