@@ -266,6 +266,17 @@ def test_full_final_training(full_run, tokenizer, data, tmp_path):
     assert len(trainer.train_dataset) == 5
 
 
+def test_final_num_train_epochs_sets_the_final_stage_only(full_run, tokenizer, data, tmp_path):
+    root = copy_stages(full_run.root, tmp_path)
+    warmup_epochs = full_run.trainer.args.num_train_epochs
+    trainer, _ = rose_trainer(tokenizer, root, data, final_num_train_epochs=warmup_epochs + 2)
+    trainer.train()  # the copied warmup and selection are reused: only the final stage runs
+    assert trainer.warmup_trainer is None
+    assert trainer.final_trainer.args.num_train_epochs == warmup_epochs + 2
+    assert trainer.state.epoch == pytest.approx(warmup_epochs + 2)
+    assert trainer.state.global_step > full_run.trainer.state.global_step  # more epochs over the same rows
+
+
 def test_a_warmup_of_one_step_per_epoch_under_a_warmup_ratio_fails_before_training(tokenizer, data, tmp_path):
     # 8% of 100 rows = 8 rows at 8 a step: one step per epoch, and warmup_steps=0.03 gives the first step rate 0. The
     # selection then weighed the first checkpoint 0 (or, with one epoch, refused "All learning rates are 0").

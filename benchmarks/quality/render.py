@@ -176,7 +176,7 @@ def stability_table(runs: list[dict[str, Any]]) -> str:
                          f"{own[final]['precision']:.2f} -> {w['precision']:.2f}" if w else "-",
                          f"{p['overlap']:.2f}" if p else "-", f"{p['spearman']:.2f}" if p else "-"])  # fmt: skip
     return table(["family", "method", "warmup seed: top-5% overlap", "warmup seed: Spearman",
-                  "precision, seed 1 -> seed 2", "projection seed: top-5% overlap", "projection seed: Spearman"],
+                  "precision, warmup 1 -> warmup 2", "projection seed: top-5% overlap", "projection seed: Spearman"],
                  rows)  # fmt: skip
 
 
