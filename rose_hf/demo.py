@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any
@@ -99,6 +100,17 @@ def _health_against_truth(results: dict[str, Any]) -> str:
             f"the health check said `{verdict}`: " + ("consistent." if right else "**wrong** on this run."))
 
 
+def _code(text: str) -> str:
+    """`text` as inline code in a table cell: a fence longer than any run of backticks in it (a base model may answer
+    with a Markdown fence), and `|` escaped."""
+    text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    if not longest:
+        return f"`{text}`" if text else "` `"
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}"
+
+
 def _generations_table(final: dict[str, Any]) -> list[str]:
     """The first held-out prompts with the base, ROSE and random models' greedy answers side by side."""
     examples = {name: final[name].get("examples", []) for name in MODELS}
@@ -112,8 +124,8 @@ def _generations_table(final: dict[str, Any]) -> list[str]:
         for name in MODELS:
             text = examples[name][i]["generation"] if i < len(examples[name]) else ""
             mark = " ✓" if text == example["reference"] else ""
-            answers.append(f"`{text.replace('|', '/')}`{mark}")
-        lines.append(f"| `{example['prompt']}` | `{example['reference']}` | " + " | ".join(answers) + " |")
+            answers.append(_code(text) + mark)
+        lines.append(f"| {_code(example['prompt'])} | {_code(example['reference'])} | " + " | ".join(answers) + " |")
     return lines
 
 
