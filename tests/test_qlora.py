@@ -121,6 +121,15 @@ def test_selection_on_4bit_base_matches_its_dequantized_float_model(models, toke
 
     pool, task = pool_dataset(200)
     pairs = task.validation.select(range(6))
+    # What this compares is rose_hf on a 4-bit base against the same arithmetic in float32; where bitsandbytes' CPU
+    # kernel does not compute its own dequantization (seen with its kernels-community fallback on some CPUs), the
+    # scores would measure bitsandbytes, not rose_hf.
+    batch = SFTCollator(0)([prepare_sft_dataset(pool.select(range(8)), tokenizer, max_length=64)[i] for i in range(8)])
+    with torch.no_grad():
+        logits = [m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits for m in models]
+    gap = float((logits[0] - logits[1]).abs().max() / logits[1].abs().max())
+    if gap > 1e-4:
+        pytest.skip(f"bitsandbytes' 4-bit forward differs from its own dequantized weights by {gap:.1e} here")
     results = {}
     for kind, model in zip(("4bit", "float"), models):
         config = RoseConfig(output_dir=str(tmp_path / kind), projection_dim=512, max_length=64, report=False)

@@ -104,8 +104,12 @@ def _pinned_setup(tokenizer, output_dir, scoring):
 
 
 def test_paper_scoring_is_bit_identical_to_the_code_before_robust(tokenizer, tmp_path):
+    """Bit for bit on the CPU that wrote the pinned file (an AMD EPYC); another CPU's float32 kernels move the last
+    bits (2.7e-6 at most on an Intel Xeon, where the pinned commit itself gives the same), never the ranking."""
     pipeline, _ = _pinned_setup(tokenizer, tmp_path, "paper")
-    np.testing.assert_array_equal(pipeline.select().scores, np.load(PINNED))
+    scores, pinned = pipeline.select().scores, np.load(PINNED)
+    np.testing.assert_allclose(scores, pinned, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.argsort(-scores, kind="stable"), np.argsort(-pinned, kind="stable"))
 
 
 def test_robust_scores_equal_explicit_computation_from_the_last_checkpoint(tokenizer, tmp_path):
