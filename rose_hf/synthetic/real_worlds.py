@@ -37,9 +37,8 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-import datasets
-
 from .tasks import SyntheticTask
+from .worlds import check_sizes, pool_composition, split_features, to_dataset
 
 # Bump when any family's generation changes (it keys cached benchmark runs).
 REAL_WORLD_VERSION = 1
@@ -251,16 +250,7 @@ class RealWorldConfig:
 
     def __post_init__(self) -> None:
         spec = get_real_family(self.family)
-        for name in ("target_correct_fraction", "target_wrong_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"RealWorldConfig.{name}={value!r} must be a number in [0, 1); e.g. 0.08.")
-        if self.target_correct_fraction + self.target_wrong_fraction >= 1.0:
-            raise ValueError("RealWorldConfig.target_correct_fraction + target_wrong_fraction must be < 1.")
-        for name in ("pool_size", "n_per_subtask", "n_test_pairs", "n_test_prompts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"RealWorldConfig.{name}={value!r} must be a positive int.")
+        check_sizes(self, ("pool_size", "n_per_subtask", "n_test_pairs", "n_test_prompts"), 0.08)
         composition = self.pool_composition()
         demand = sum(composition[f"{spec.target}/{kind}"] for kind in ("correct", "wrong"))
         demand += 2 * self.n_per_subtask + self.n_test_pairs + self.n_test_prompts
@@ -283,30 +273,7 @@ class RealWorldConfig:
     def pool_composition(self) -> dict[str, int]:
         """Exact pool rows per `source` (`"<task>/correct"`, `"<target>/wrong"`)."""
         spec = get_real_family(self.family)
-        n_correct = round(self.target_correct_fraction * self.pool_size)
-        n_wrong = round(self.target_wrong_fraction * self.pool_size)
-        base, extra = divmod(self.pool_size - n_correct - n_wrong, len(spec.distractors))
-        counts = {f"{spec.target}/correct": n_correct, f"{spec.target}/wrong": n_wrong}
-        counts |= {f"{name}/correct": base + (1 if i < extra else 0) for i, name in enumerate(spec.distractors)}
-        return counts
-
-
-def _features(conversational: bool) -> dict[str, datasets.Features]:
-    text = datasets.Value("string")
-    turn = datasets.List({"role": text, "content": text}) if conversational else text
-    return {
-        "pool": datasets.Features(
-            {"prompt": turn, "completion": turn, "family": text, "correct": datasets.Value("bool"), "source": text,
-             "id": datasets.Value("int64")}
-        ),  # fmt: skip
-        "pairs": datasets.Features({"prompt": turn, "chosen": turn, "rejected": turn, "subtask": text}),
-        "test_prompts": datasets.Features({"prompt": turn, "reference": text, "wrong_reference": text}),
-        "pretrain": datasets.Features({"prompt": turn, "completion": turn}),
-    }
-
-
-def _to_dataset(rows: list[dict], features: datasets.Features) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+        return pool_composition(self, spec.target, spec.distractors)
 
 
 def make_real_world(family: str, seed: int = 0, **sizes: Any) -> SyntheticTask:
@@ -323,7 +290,7 @@ def make_real_world(family: str, seed: int = 0, **sizes: Any) -> SyntheticTask:
     """
     config = RealWorldConfig(family=family, seed=seed, **sizes)
     spec = get_real_family(family)
-    features = _features(spec.conversational)
+    features = split_features(spec.conversational)
     rng = random.Random(f"real/{family}/{seed}")
     target = spec.tasks[spec.target]
 
@@ -381,11 +348,11 @@ def make_real_world(family: str, seed: int = 0, **sizes: Any) -> SyntheticTask:
         row["id"] = i
 
     return SyntheticTask(
-        pool=_to_dataset(pool, features["pool"]),
-        validation=_to_dataset(validation, features["pairs"]),
-        test_pairs=_to_dataset(test_pairs, features["pairs"]),
-        test_prompts=_to_dataset(test_prompts, features["test_prompts"]),
-        pretrain=_to_dataset([], features["pretrain"]),
+        pool=to_dataset(pool, features["pool"]),
+        validation=to_dataset(validation, features["pairs"]),
+        test_pairs=to_dataset(test_pairs, features["pairs"]),
+        test_prompts=to_dataset(test_prompts, features["test_prompts"]),
+        pretrain=to_dataset([], features["pretrain"]),
         config=config,
     )
 

@@ -255,21 +255,7 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         spec = get_family(self.family)
-        for name in ("target_correct_fraction", "target_wrong_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"WorldConfig.{name}={value!r} must be a number in [0, 1); e.g. 0.04.")
-        if self.target_correct_fraction + self.target_wrong_fraction >= 1.0:
-            raise ValueError(
-                "WorldConfig.target_correct_fraction + target_wrong_fraction must be < 1 so the pool keeps "
-                "distractor rows; lower one of them."
-            )
-        for name in ("pool_size", "n_per_subtask", "n_test_pairs", "n_test_prompts", "n_pretrain"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"WorldConfig.{name}={value!r} must be a positive int.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"WorldConfig.seed={self.seed!r} must be an int.")
+        check_sizes(self, ("pool_size", "n_per_subtask", "n_test_pairs", "n_test_prompts", "n_pretrain"), 0.04)
         demand = {name: 0 for name in spec.tasks} | self.pretrain_composition()
         for source, count in self.pool_composition().items():
             demand[source.split("/")[0]] += count
@@ -295,13 +281,7 @@ class WorldConfig:
     def pool_composition(self) -> dict[str, int]:
         """Exact pool rows per `source` (`"<task>/correct"`, `"<target>/wrong"`), in the family's task order."""
         spec = get_family(self.family)
-        n_correct = round(self.target_correct_fraction * self.pool_size)
-        n_wrong = round(self.target_wrong_fraction * self.pool_size)
-        others = spec.distractors
-        base, extra = divmod(self.pool_size - n_correct - n_wrong, len(others))
-        counts = {f"{spec.target}/correct": n_correct, f"{spec.target}/wrong": n_wrong}
-        counts |= {f"{name}/correct": base + (1 if i < extra else 0) for i, name in enumerate(others)}
-        return counts
+        return pool_composition(self, spec.target, spec.distractors)
 
     def pretrain_composition(self) -> dict[str, int]:
         """Pretraining rows per distractor task: `n_pretrain` split evenly, the first tasks taking the rest."""
@@ -330,10 +310,11 @@ def prompt_text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt if m["role"] == "user")
 
 
-def _features(spec: WorldFamily) -> dict[str, datasets.Features]:
+def split_features(conversational: bool) -> dict[str, datasets.Features]:
+    """The columns of every split of a world, plain or conversational (shared with `real_worlds`)."""
     text = datasets.Value("string")
     message = datasets.List({"role": text, "content": text})
-    turn = message if spec.conversational else text
+    turn = message if conversational else text
     return {
         "pool": datasets.Features(
             {"prompt": turn, "completion": turn, "family": text, "correct": datasets.Value("bool"), "source": text,
@@ -345,8 +326,38 @@ def _features(spec: WorldFamily) -> dict[str, datasets.Features]:
     }
 
 
-def _to_dataset(rows: list[dict], features: datasets.Features) -> datasets.Dataset:
+def to_dataset(rows: list[dict], features: datasets.Features) -> datasets.Dataset:
     return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+
+
+def check_sizes(config: Any, counts: tuple[str, ...], example_fraction: float) -> None:
+    """The checks every world config shares: target fractions in [0, 1) leaving distractor rows, positive counts."""
+    name = type(config).__name__
+    for field_name in ("target_correct_fraction", "target_wrong_fraction"):
+        value = getattr(config, field_name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}.{field_name}={value!r} must be a number in [0, 1); e.g. {example_fraction}.")
+    if config.target_correct_fraction + config.target_wrong_fraction >= 1.0:
+        raise ValueError(
+            f"{name}.target_correct_fraction + target_wrong_fraction must be < 1 so the pool keeps distractor rows; "
+            "lower one of them."
+        )
+    for field_name in counts:
+        value = getattr(config, field_name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}.{field_name}={value!r} must be a positive int.")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise ValueError(f"{name}.seed={config.seed!r} must be an int.")
+
+
+def pool_composition(config: Any, target: str, distractors: tuple[str, ...]) -> dict[str, int]:
+    """Exact pool rows per `source` (`"<task>/correct"`, `"<target>/wrong"`): the target's shares of `pool_size`,
+    the rest split evenly over the distractors (the first ones take one extra row when it does not divide)."""
+    n_correct = round(config.target_correct_fraction * config.pool_size)
+    n_wrong = round(config.target_wrong_fraction * config.pool_size)
+    base, extra = divmod(config.pool_size - n_correct - n_wrong, len(distractors))
+    counts = {f"{target}/correct": n_correct, f"{target}/wrong": n_wrong}
+    return counts | {f"{name}/correct": base + (1 if i < extra else 0) for i, name in enumerate(distractors)}
 
 
 def _draw(spec: WorldFamily, task: str, rng: random.Random, seen: set, subtask: str | None = None) -> Symbols:
@@ -391,7 +402,7 @@ def make_world(family: str, seed: int = 0, **sizes: Any) -> SyntheticTask:
         return make_synthetic_task(SyntheticTaskConfig(seed=seed, **sizes))
     config = WorldConfig(family=family, seed=seed, **sizes)
     spec = get_family(family)
-    features = _features(spec)
+    features = split_features(spec.conversational)
     rng = random.Random(f"{family}/{seed}")  # the family in the seed: two families never share a stream
     target = spec.target
     solve, twin = spec.tasks[target].solve, spec.tasks[target].wrong
@@ -443,11 +454,11 @@ def make_world(family: str, seed: int = 0, **sizes: Any) -> SyntheticTask:
     rng.shuffle(pretrain)
 
     return SyntheticTask(
-        pool=_to_dataset(pool, features["pool"]),
-        validation=_to_dataset(validation, features["pairs"]),
-        test_pairs=_to_dataset(test_pairs, features["pairs"]),
-        test_prompts=_to_dataset(test_prompts, features["test_prompts"]),
-        pretrain=_to_dataset(pretrain, features["pretrain"]),
+        pool=to_dataset(pool, features["pool"]),
+        validation=to_dataset(validation, features["pairs"]),
+        test_pairs=to_dataset(test_pairs, features["pairs"]),
+        test_prompts=to_dataset(test_prompts, features["test_prompts"]),
+        pretrain=to_dataset(pretrain, features["pretrain"]),
         config=config,
     )
 
