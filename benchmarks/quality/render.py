@@ -159,8 +159,9 @@ def oracle_check(runs: list[dict[str, Any]]) -> str:
     return table(["family", "base", "random 5%", "oracle 5%", "oracle - base", "oracle - random"], rows)
 
 
-def stability_table(runs: list[dict[str, Any]]) -> str:
-    """Agreement of two selections from the same pool: another warmup seed, another projection seed."""
+def stability_table(runs: list[dict[str, Any]], budget: str) -> str:
+    """Agreement of two selections from the same pool at the final `budget`: another warmup seed, another projection
+    seed."""
     rows = []
     for r in runs:
         st = r.get("stability")
@@ -169,11 +170,10 @@ def stability_table(runs: list[dict[str, Any]]) -> str:
         for method in GRADIENT_METHODS:
             w = st["warmup_seed"].get(method)
             p = st.get("projection_seed", {}).get(method)
-            own = r["selection"][method]
-            final = next(iter(own))  # any budget key: the stability is measured at the final budget
+            own = r["selection"][method][budget]
             rows.append([r["family"], LABELS[method],
                          f"{w['overlap']:.2f}" if w else "-", f"{w['spearman']:.2f}" if w else "-",
-                         f"{own[final]['precision']:.2f} -> {w['precision']:.2f}" if w else "-",
+                         f"{own['precision']:.2f} -> {w['precision']:.2f}" if w else "-",
                          f"{p['overlap']:.2f}" if p else "-", f"{p['spearman']:.2f}" if p else "-"])  # fmt: skip
     return table(["family", "method", "warmup seed: top-5% overlap", "warmup seed: Spearman",
                   "precision, warmup 1 -> warmup 2", "projection seed: top-5% overlap", "projection seed: Spearman"],
@@ -252,7 +252,7 @@ def render_real_markdown(results: dict[str, Any]) -> str:
         "## Final models by family: exact match", "", final_by_family_table(runs, "exact_match"), "",
         f"## Selection at {float(budget):.0%} by family (precision / harmful share)", "",
         grouped_table(runs, "family", budget), "",
-        "## Stability on the same pool (first seed of each family)", "", stability_table(runs), "",
+        "## Stability on the same pool (first seed of each family)", "", stability_table(runs, budget), "",
         "## Feature cost", "", cost_table(runs, config), "",
         "## Health check against the ground truth", "", health_bands_table(runs, budget), "",
         "## Every run (precision / harmful share)", "", runs_table(runs, budget), "",

@@ -610,7 +610,8 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
         "runs": runs,
         "missing_runs": missing,
         "summary": summary,
-        "by_family": {family: summarize([r for r in runs if r["family"] == family]) for family in config.families},
+        "by_family": {family: summarize(group) for family in config.families  # a family with no finished run yet
+                      if (group := [r for r in runs if r["family"] == family])},
         "targets": check_targets(summary, runs, f"{config.final_budget:g}"),
         "seconds": time.perf_counter() - start,
     }
