@@ -55,17 +55,24 @@ def test_pair_gradients_equal_autograd_of_dpo_trainer_loss(tokenizer, tmp_path, 
     keys = ("prompt_ids", "chosen_ids", "rejected_ids")
     rows = [{k: row[k] for k in keys} for row in rows]
 
+    ours, brute = batched_and_brute_force(model, trainer, collator, rows, loss_type)
+    for i, expected in enumerate(brute):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(ours[i], expected, rtol=1e-4, atol=1e-7)
+
+
+def batched_and_brute_force(model, trainer, collator, rows, loss_type, beta=0.5):
+    """rose_hf's per-pair gradients of one batch, and autograd of `DPOTrainer.compute_loss` one pair at a time."""
     collector = LoraGradientCollector(model)
     params = dict(model.named_parameters())
+    brute = []
     with feature_mode(model):
-        ours = dpo_pair_gradients(model, collector, collator(rows), beta=0.5, loss_type=loss_type)
-        for i, row in enumerate(rows):
+        ours = dpo_pair_gradients(model, collector, collator(rows), beta=beta, loss_type=loss_type)
+        for row in rows:
             model.zero_grad()
-            loss = trainer.compute_loss(model, collator([row]))
-            loss.backward()
-            expected = torch.cat([params[n].grad.flatten() for n in collector.names])
-            assert expected.abs().sum() > 0
-            torch.testing.assert_close(ours[i], expected, rtol=1e-4, atol=1e-7)
+            trainer.compute_loss(model, collator([row])).backward()
+            brute.append(torch.cat([params[n].grad.flatten() for n in collector.names]))
+    return ours, brute
 
 
 def test_batch_coupled_loss_types_are_refused():

@@ -16,13 +16,11 @@ entry. A wrong mask, pairing or length normalisation errs by order 1.
 import pytest
 import torch
 from helpers import add_lora, pool_dataset, tiny_pairs
-from test_dpo import make_trainer
+from test_dpo import batched_and_brute_force, make_trainer
 from test_gradients import batched, brute_force
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from rose_hf.data import prepare_sft_dataset
-from rose_hf.dpo import dpo_pair_gradients
-from rose_hf.gradients import LoraGradientCollector, feature_mode
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -77,13 +75,7 @@ def test_dpo_pair_gradients_equal_autograd_of_dpo_trainer_loss(smollm2, tmp_path
     assert len({len(r["chosen_ids"]) for r in rows} | {len(r["rejected_ids"]) for r in rows}) > 1
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
 
-    collector = LoraGradientCollector(model)
-    params = dict(model.named_parameters())
-    with feature_mode(model):
-        ours = dpo_pair_gradients(model, collector, collator(rows), beta=0.5, loss_type=loss_type)
-        for i, row in enumerate(rows):
-            model.zero_grad()
-            trainer.compute_loss(model, collator([row])).backward()
-            expected = torch.cat([params[n].grad.flatten() for n in collector.names])
-            assert expected.abs().sum() > 0
-            assert_rows_close(ours[i], expected, rtol=1e-4)
+    ours, brute = batched_and_brute_force(model, trainer, collator, rows, loss_type)
+    for i, expected in enumerate(brute):
+        assert expected.abs().sum() > 0
+        assert_rows_close(ours[i], expected, rtol=1e-4)
