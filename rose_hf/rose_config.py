@@ -10,7 +10,9 @@ from typing import Any
 
 from .dpo import check_loss_type
 
-VALIDATION_OBJECTIVES = ("dpo", "sft")
+# The validation features each objective scores with; "dpo+sft" is the mean rank of the two paper scores.
+OBJECTIVE_PARTS = {"dpo": ("dpo",), "sft": ("sft",), "dpo+sft": ("dpo", "sft")}
+VALIDATION_OBJECTIVES = tuple(OBJECTIVE_PARTS)
 PROJECTIONS = ("rademacher", "sjlt", "none")
 PRECONDITIONERS = ("adam", "sgd")
 AGGREGATIONS = ("max", "mean")
@@ -58,7 +60,9 @@ class RoseConfig:
         default="dpo",
         metadata={
             "help": "Loss whose gradient on the validation set defines the target: 'dpo' (ROSE: preference loss on "
-            "(prompt, chosen, rejected)) or 'sft' (LESS: cross-entropy on (prompt, chosen))."
+            "(prompt, chosen, rejected)), 'sft' (LESS: cross-entropy on (prompt, chosen)), or 'dpo+sft' (the mean "
+            "rank of both scores of the paper's scoring, from the same features at no extra cost: a row must both "
+            "look like the chosen answers and move the preference the right way). See the README's quality table."
         },
     )
     beta: float = field(default=0.1, metadata={"help": "DPO beta, as in `trl.DPOConfig`."})
@@ -139,10 +143,20 @@ class RoseConfig:
 
     def __post_init__(self):
         # One rule for every field, from Python as from the command line: the value HfArgumentParser would parse.
+        # The annotations as written: HfArgumentParser replaces `Field.type` in place (`int | None` by `int`) once a
+        # parser has been built for the class, so `f.type` depends on what ran before.
+        written = {name: text for klass in reversed(type(self).__mro__) for name, text in
+                   getattr(klass, "__annotations__", {}).items()}  # fmt: skip
         for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), written.get(f.name, f.type)))
         _choice("scoring", self.scoring, SCORINGS)
         _choice("validation_objective", self.validation_objective, VALIDATION_OBJECTIVES)
+        if self.validation_objective == "dpo+sft" and self.scoring != "paper":
+            raise ValueError(
+                f"validation_objective='dpo+sft' ranks the paper's two scores, but scoring={self.scoring!r}: use "
+                "scoring='paper' with it, or validation_objective='dpo' (the robust scoring already gates the SFT "
+                "relevance by the DPO preference)."
+            )
         _choice("projection", self.projection, PROJECTIONS)
         _choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         _choice("subtask_aggregation", self.subtask_aggregation, AGGREGATIONS)

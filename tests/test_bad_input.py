@@ -1,6 +1,7 @@
 """Bad input: each case gets a clear error naming the field and the fix, raised before any work starts; bad ROWS in a
 large pool are flagged, scored lowest and never selected, while the other rows are scored as if they were alone."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -183,9 +184,22 @@ def test_bad_rows_are_flagged_and_the_others_scored_as_if_alone(tokenizer, tmp_p
 
 # --- every int/float field follows the rule of the command line -------------------------------------------------
 def _typed_fields(kind):
-    import dataclasses
+    # The annotations as written: a parser built earlier in this process replaced `Field.type` (see below).
+    written = RoseConfig.__annotations__
+    return [f for f in dataclasses.fields(RoseConfig) if kind in [p.strip() for p in written[f.name].split("|")]]
 
-    return [f for f in dataclasses.fields(RoseConfig) if kind in [p.strip() for p in str(f.type).split("|")]]
+
+def test_checks_hold_after_an_argument_parser_rewrote_the_field_types():
+    """HfArgumentParser replaces each `Field.type` of the class in place (`int | None` -> `int`); the checks of a
+    RoseConfig built afterwards, in the same process, must not change."""
+    from transformers import HfArgumentParser
+
+    HfArgumentParser(RoseConfig)
+    assert dataclasses.fields(RoseConfig)[0].type is str  # what the parser did, and the checks must survive
+    assert RoseConfig(projection_dim=" 4096 ").projection_dim == 4096
+    assert RoseConfig(selection_size=None, max_length=None).selection_size is None
+    with pytest.raises(ValueError, match="projection_dim=2.5 .*must be an integer"):
+        RoseConfig(projection_dim=2.5)
 
 
 def test_numeric_strings_are_numbers_for_every_int_and_float_field():
