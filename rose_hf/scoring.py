@@ -273,3 +273,43 @@ def score_pool(
         "num_nonfinite_rows": num_nonfinite,
     }
     return scores, report
+
+
+def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """Combine rankings: each row's mean normalised rank over the score arrays (`validation_objective="dpo+sft"`).
+
+    In each array the rows that are not `INVALID_SCORE` (and finite) get their rank among those rows divided by their
+    count, in (0, 1], ties sharing their average rank; a row's combined score is the mean over the arrays, and a row
+    invalid in any array is `INVALID_SCORE`. Ranks rather than raw values, so that neither score's scale decides.
+
+    Args:
+        scores: `(N,)` score arrays over the same rows.
+
+    Returns:
+        `(N,)` float32 combined scores.
+
+    Example:
+    ```python
+    >>> rank_average([np.array([0.1, 0.3, 0.2]), np.array([5.0, 4.0, 6.0])]).tolist()  # ranks 1,3,2 and 2,1,3 of 3
+    [0.5, 0.6666666865348816, 0.8333333134651184]
+    ```
+    """
+    arrays = [np.asarray(s, dtype=np.float64) for s in _as_list("scores", scores)]
+    if not arrays or any(a.ndim != 1 or a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(
+            f"`scores` must be one or more 1-D arrays of the same length, got {[a.shape for a in arrays]}."
+        )
+    valid = np.ones(arrays[0].shape, dtype=bool)
+    for a in arrays:
+        valid &= np.isfinite(a) & (a != INVALID_SCORE)
+    total = np.zeros(int(valid.sum()))
+    for a in arrays:
+        values = a[valid]
+        order = np.argsort(values, kind="stable")
+        _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+        ranks = np.empty(len(values))
+        ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based, ties share their mean rank
+        total += ranks / max(1, len(values))
+    combined = np.full(arrays[0].shape, INVALID_SCORE, dtype=np.float32)
+    combined[valid] = total / len(arrays)
+    return combined

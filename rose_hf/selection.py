@@ -20,8 +20,8 @@ from datasets import Dataset
 
 from .logs import get_logger, warn
 from .robust import relevance_and_preference, robust_scores, selection_health
-from .rose_config import RoseConfig
-from .scoring import INVALID_SCORE, checkpoint_weights, score_pool
+from .rose_config import OBJECTIVE_PARTS, RoseConfig
+from .scoring import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
 from .store import STATUS_OK, FeatureStore, atomic_write_json, disk_errors, read_json
 
 logger = get_logger(__name__)
@@ -161,7 +161,8 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     """Scores of every pool row from a run's cached features, without writing or selecting anything.
 
     The public way to score one cache several ways: both objectives' validation features are cached at every
-    checkpoint, so `validation_objective="sft"` (LESS) and `"dpo"` (ROSE) score the same pool features.
+    checkpoint, so `validation_objective="sft"` (LESS), `"dpo"` (ROSE) and `"dpo+sft"` (the mean rank of the two,
+    `rose_hf.scoring.rank_average`) score the same pool features.
 
     Args:
         store: the run's feature cache (`FeatureStore(output_dir)`).
@@ -186,7 +187,7 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
                 "same pool the features were computed for."
             )
     last = checkpoints[-1]
-    dpo = last.validation_features("dpo") if config.validation_objective == "dpo" else None
+    dpo = last.validation_features("dpo") if config.validation_objective != "sft" else None
     if config.scoring == "robust":
         weights = np.zeros(len(checkpoints))
         weights[-1] = 1.0  # the trained end of the warmup (see rose_hf.robust)
@@ -206,16 +207,23 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
                 "num_preferred": None if preference is None else int((preference > 0).sum())}
     else:
         scales = [c.pool_scales() for c in checkpoints]
-        scores, info = score_pool(
-            [c.pool_features() for c in checkpoints],
-            [c.validation_features(config.validation_objective) for c in checkpoints],
-            weights,
-            subtasks,
-            aggregation=config.subtask_aggregation,
-            valid=valid,
-            row_scales=scales if all(s is not None for s in scales) else None,
-            progress=True,
-        )
+        by_objective = {}
+        for objective in OBJECTIVE_PARTS[config.validation_objective]:
+            by_objective[objective] = score_pool(
+                [c.pool_features() for c in checkpoints],
+                [c.validation_features(objective) for c in checkpoints],
+                weights,
+                subtasks,
+                aggregation=config.subtask_aggregation,
+                valid=valid,
+                row_scales=scales if all(s is not None for s in scales) else None,
+                progress=True,
+            )
+        scores, info = by_objective[OBJECTIVE_PARTS[config.validation_objective][0]]
+        if len(by_objective) > 1:
+            scores = rank_average([part for part, _ in by_objective.values()])
+            info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()),
+                    "objectives": {name: report for name, (_, report) in by_objective.items()}}  # fmt: skip
         info["scoring"] = "paper"
     info["feature_seconds"] = {
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas

@@ -67,12 +67,19 @@ def test_every_field_has_a_bad_value_test_or_is_free():
         {"max_length": 2},
         {"loss_type": "ipo", "label_smoothing": 0.0},
         {"validation_objective": "sft", "projection": "none", "preconditioner": "sgd", "feature_dtype": "int8"},
+        {"validation_objective": "dpo+sft", "scoring": "paper"},
+        {"validation_objective": "sft", "scoring": "robust"},
     ],
 )
 def test_good_values_are_accepted(kwargs):
     config = RoseConfig(**kwargs)
     for key, value in kwargs.items():
         assert getattr(config, key) == value
+
+
+def test_dpo_plus_sft_needs_the_paper_scoring_and_says_so():
+    with pytest.raises(ValueError, match="validation_objective='dpo\\+sft'.*scoring='robust'.*scoring='paper'"):
+        RoseConfig(validation_objective="dpo+sft", scoring="robust")
 
 
 def test_defaults_are_the_papers():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rose_hf.scoring import INVALID_SCORE, checkpoint_weights, score_pool
+from rose_hf.scoring import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
 from rose_hf.selection import budget_curve, select_top
 from rose_hf.store import dequantize_int8, quantize_int8
 
@@ -225,3 +225,44 @@ def test_int8_round_trip():
     assert np.all(error <= scales[:, None] / 2 * (1 + 1e-5))
     with pytest.raises(ValueError, match="NaN"):
         quantize_int8(np.array([[np.nan, 1.0]]))
+
+
+# --- rank_average (validation_objective="dpo+sft") --------------------------------------------------------------------
+def _brute_force_rank_average(arrays):
+    """Each valid row's rank = 1 + rows strictly below + half of its ties (itself excluded), over the valid rows."""
+    valid = np.all([np.isfinite(a) & (a != INVALID_SCORE) for a in arrays], axis=0)
+    out = np.full(len(arrays[0]), INVALID_SCORE, dtype=np.float64)
+    for z in np.flatnonzero(valid):
+        ranks = []
+        for a in arrays:
+            others = a[valid]
+            below, equal = (others < a[z]).sum(), (others == a[z]).sum() - 1
+            ranks.append((1 + below + equal / 2) / valid.sum())
+        out[z] = np.mean(ranks)
+    return out
+
+
+def test_rank_average_equals_explicit_ranks_with_ties_and_invalid_rows():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 6, size=40).astype(np.float32)  # many ties
+    b = rng.normal(size=40).astype(np.float32)
+    a[[2, 9]] = INVALID_SCORE
+    b[[9, 17]] = np.nan
+    combined = rank_average([a, b])
+    np.testing.assert_allclose(combined, _brute_force_rank_average([a, b]), rtol=1e-6)
+    assert set(np.flatnonzero(combined == INVALID_SCORE)) == {2, 9, 17}
+    assert combined.dtype == np.float32
+
+
+def test_rank_average_ignores_scale_and_keeps_a_single_ranking():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    np.testing.assert_array_equal(rank_average([a, b]), rank_average([1000 * a - 5, b / 1000]))
+    single = rank_average([a])
+    np.testing.assert_array_equal(np.argsort(-single, kind="stable"), np.argsort(-a, kind="stable"))
+
+
+@pytest.mark.parametrize("arrays", [[], [np.zeros(3), np.zeros(4)], [np.zeros((2, 2))]])
+def test_rank_average_bad_arguments(arrays):
+    with pytest.raises(ValueError, match="scores"):
+        rank_average(arrays)

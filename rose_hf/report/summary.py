@@ -72,7 +72,7 @@ def summary(ctx: ReportContext) -> list[str]:
     if info.get("num_nonfinite_rows"):
         invalid_detail.append(f"{info['num_nonfinite_rows']} with non-finite features")
     objective = config.validation_objective
-    if objective == "dpo":
+    if "dpo" in objective:
         objective += f" ({config.loss_type}, beta {config.beta:g})"
     rows = [
         ("Pool rows", ctx.num_pool),
