@@ -92,9 +92,11 @@ def _health_against_truth(results: dict[str, Any]) -> str:
 
     The bands are the quality benchmark's: a selection below half of the best possible precision is bad, one at 0.8 of
     it or above is good; in between, no verdict is wrong."""
+    from .synthetic.evaluation import quality_band
+
     verdict = results["health"]["verdict"]
     ratio = results["selection"]["rose"]["precision"] / max(results["oracle_precision"], 1e-12)
-    band = "bad" if ratio < 0.5 else "good" if ratio >= 0.8 else "middling"
+    band = quality_band(ratio)
     right = {"bad": verdict != "ok", "good": verdict == "ok", "middling": True}[band]
     return (f"Against the ground truth: ROSE's precision is {ratio:.2f} of the best possible, a {band} selection, and "
             f"the health check said `{verdict}`: " + ("consistent." if right else "**wrong** on this run."))

@@ -18,20 +18,16 @@ to random. Three measured causes, three changes:
 
 With `validation_objective="sft"` (LESS) there is no preference side: rows rank by relevance alone.
 
-The health check reads the same two parts: when fewer than half of the rows most like the validation answers pass the
-preference gate, relevance and preference disagree, and the selection is flagged as noise with the fix.
+The health check of every selection (`rose_hf.health`) records the same two parts among its signals.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 from .scoring import INVALID_SCORE, release_pages
 
 DEMOTE = 10.0  # larger than any cosine difference, so every preferred row ranks above every other one
-HEALTH_SIGNAL, HEALTH_THRESHOLD = "preferred_share", 0.5  # calibrated on the benchmark (README, health table)
 
 
 def relevance_and_preference(
@@ -76,44 +72,3 @@ def robust_scores(relevance: np.ndarray, preference: np.ndarray | None) -> np.nd
     """`(N,)` float32 scores: relevance, with rows whose preference is not positive demoted below all others."""
     score = relevance if preference is None else np.where(preference > 0, relevance, relevance - DEMOTE)
     return np.where(np.isfinite(score), score, INVALID_SCORE).astype(np.float32)
-
-
-def selection_health(
-    relevance: np.ndarray, preference: np.ndarray | None, selected: np.ndarray, budget: int
-) -> dict[str, Any]:
-    """A label-free verdict on a selection: does relevance agree with preference at the top of the ranking?
-
-    Signals:
-        preferred_share: of the `budget` rows most like the validation answers (top relevance), the share whose
-            preference is positive. Low: what looks like the target task does not move the model toward the chosen
-            answers, so relevance is matching surface form and the selection is close to noise.
-        selected_preferred_share: the share of the selection that passes the preference gate (below 1 when the
-            budget is larger than the rows that pass it).
-        tail_separation: (mean relevance of the selection - pool median) / pool MAD: how far the selection stands
-            out from the bulk.
-
-    Returns:
-        `{"verdict": "ok" | "noise" | "unchecked", "message": str, "signals": {...}, "rule": str}`.
-    """
-    finite = np.isfinite(relevance)
-    rel = np.where(finite, relevance, -np.inf)
-    median = float(np.median(relevance[finite])) if finite.any() else 0.0
-    mad = float(np.median(np.abs(relevance[finite] - median))) + 1e-12 if finite.any() else 1.0
-    signals = {"tail_separation": float((relevance[selected].mean() - median) / mad) if len(selected) else 0.0}
-    rule = f"noise when {HEALTH_SIGNAL} < {HEALTH_THRESHOLD}"
-    if preference is None:
-        return {"verdict": "unchecked", "signals": signals, "rule": rule,
-                "message": "no preference side (validation_objective='sft'), so relevance cannot be checked"}
-    top = np.argsort(-rel, kind="stable")[:budget]
-    signals["preferred_share"] = float((preference[top] > 0).mean()) if len(top) else 0.0
-    signals["selected_preferred_share"] = float((preference[selected] > 0).mean()) if len(selected) else 0.0
-    if signals[HEALTH_SIGNAL] >= HEALTH_THRESHOLD:
-        message = (f"{signals['preferred_share']:.0%} of the rows most like the validation answers also move the "
-                   "model toward the chosen answers")
-        return {"verdict": "ok", "signals": signals, "rule": rule, "message": message}
-    message = (
-        f"only {signals['preferred_share']:.0%} of the rows most like the validation answers move the model toward "
-        "the chosen answers, so the selection is likely noise. Fix: warm up longer (more epochs), give more or more "
-        "varied preference pairs, or select a larger share of the pool"
-    )
-    return {"verdict": "noise", "signals": signals, "rule": rule, "message": message}

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from .health import pair_halves, selection_health
 from .logs import get_logger, warn
-from .robust import relevance_and_preference, robust_scores, selection_health
+from .robust import relevance_and_preference, robust_scores
 from .rose_config import OBJECTIVE_PARTS, RoseConfig
 from .scoring import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
 from .store import STATUS_OK, FeatureStore, atomic_write_json, disk_errors, read_json
@@ -146,6 +147,8 @@ class PoolScores:
         relevance, preference: `(N,)` parts of the health check (see `rose_hf.robust`); preference is None without
             a preference side.
         info: the scoring report (see `score_pool`), plus feature time per checkpoint.
+        half_scores: the same scoring from each half of the validation pairs (`rose_hf.health.pair_halves`), or
+            None when a half would be empty (one pair per subtask).
     """
 
     scores: np.ndarray
@@ -155,6 +158,7 @@ class PoolScores:
     relevance: np.ndarray
     preference: np.ndarray | None
     info: dict[str, Any]
+    half_scores: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, num_rows: int | None = None):
@@ -201,35 +205,49 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     relevance, preference = relevance_and_preference(
         last.pool_features(), last.validation_features("sft"), dpo, valid, last.pool_scales()
     )
-    if config.scoring == "robust":
-        scores = robust_scores(relevance, preference)
-        info = {"scoring": "robust", "num_rows": len(scores), "num_invalid": int((scores == INVALID_SCORE).sum()),
-                "num_preferred": None if preference is None else int((preference > 0).sum())}
-    else:
-        scales = [c.pool_scales() for c in checkpoints]
+    scales = [c.pool_scales() for c in checkpoints]
+
+    def rank(pairs: list[int] | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """The configured scoring over the validation pairs `pairs` (default all)."""
+        if config.scoring == "robust":
+            if pairs is None:
+                rel, pref = relevance, preference
+            else:
+                rel, pref = relevance_and_preference(last.pool_features(), last.validation_features("sft")[pairs],
+                                                     None if dpo is None else dpo[pairs], valid, last.pool_scales())  # fmt: skip
+            scores = robust_scores(rel, pref)
+            return scores, {"scoring": "robust", "num_rows": len(scores),
+                            "num_invalid": int((scores == INVALID_SCORE).sum()),
+                            "num_preferred": None if pref is None else int((pref > 0).sum())}  # fmt: skip
         by_objective = {}
         for objective in OBJECTIVE_PARTS[config.validation_objective]:
             by_objective[objective] = score_pool(
                 [c.pool_features() for c in checkpoints],
-                [c.validation_features(objective) for c in checkpoints],
+                [c.validation_features(objective)[slice(None) if pairs is None else pairs] for c in checkpoints],
                 weights,
-                subtasks,
+                list(subtasks) if pairs is None else [subtasks[p] for p in pairs],
                 aggregation=config.subtask_aggregation,
                 valid=valid,
                 row_scales=scales if all(s is not None for s in scales) else None,
-                progress=True,
+                progress=progress,
             )
         scores, info = by_objective[OBJECTIVE_PARTS[config.validation_objective][0]]
         if len(by_objective) > 1:
             scores = rank_average([part for part, _ in by_objective.values()])
             info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()),
                     "objectives": {name: report for name, (_, report) in by_objective.items()}}  # fmt: skip
-        info["scoring"] = "paper"
+        return scores, {**info, "scoring": "paper"}
+
+    scores, info = rank(progress=True)
+    # The health check's reliability signal: the same scoring from each half of the pairs (rose_hf.health).
+    halves = pair_halves(subtasks)
+    half_scores = tuple(rank(half)[0] for half in halves) if all(halves) else None
     info["feature_seconds"] = {
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
     }
     steps = [c.step for c in checkpoints]
-    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info)
+    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info,
+                      half_scores)  # fmt: skip
 
 
 def select_from_store(
@@ -267,8 +285,8 @@ def select_from_store(
     scored = score_store(store, subtasks, config, num_rows=len(pool))
     scores, valid, weights, steps, score_info = scored.scores, scored.valid, scored.weights, scored.steps, scored.info
     selected = select_top(scores, **config.budget(), valid=valid)
-    health = selection_health(scored.relevance, scored.preference, selected, len(selected))
-    if health["verdict"] == "noise":
+    health = selection_health(scored.relevance, scored.preference, selected, len(selected), scored.half_scores)
+    if health["verdict"] != "ok":
         warn(f"rose_hf: selection health: {health['message']}.")
     info = {
         "health": health,

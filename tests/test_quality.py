@@ -42,8 +42,8 @@ def test_reduced_benchmark(tmp_path):
         assert text in markdown
 
     summary = results["summary"]
-    assert set(summary["selection"]) == {"random", "bm25", "rds", "less", "rose", "robust", "oracle"}
-    assert set(summary["final"]) == {"base", "random", "bm25", "rds", "less", "rose", "robust", "oracle"}
+    assert set(summary["selection"]) == {"random", "bm25", "rds", "less", "rose", "dpo+sft", "robust", "oracle"}
+    assert set(summary["final"]) == {"base", "random", "bm25", "rds", "less", "rose", "dpo+sft", "robust", "oracle"}
     for model, metrics in summary["final"].items():
         assert 0 <= metrics["preference_accuracy"]["mean"] <= 1, model
         assert 0 <= metrics["exact_match"]["mean"] <= 1, model

@@ -1,4 +1,4 @@
-"""The robust scoring and the health check against explicit computation; the paper scoring pinned to the scores of
+"""The robust scoring against explicit computation; the paper scoring pinned to the scores of
 the code before the robust scoring existed (commit 89727e7)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from helpers import make_lora_model, pool_dataset
 from rose_hf.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.preconditioner import AdamState
-from rose_hf.robust import DEMOTE, relevance_and_preference, robust_scores, selection_health
+from rose_hf.robust import DEMOTE, relevance_and_preference, robust_scores
 from rose_hf.rose_config import RoseConfig
 from rose_hf.scoring import INVALID_SCORE
 from rose_hf.store import quantize_int8
@@ -57,22 +57,6 @@ def test_robust_scores_rank_preferred_rows_first_by_relevance():
     assert scores[4] == INVALID_SCORE
     assert scores[0] == pytest.approx(0.9 - DEMOTE)
     np.testing.assert_array_equal(robust_scores(relevance, None)[:4], relevance[:4].astype(np.float32))
-
-
-def test_health_verdict_from_the_share_of_relevant_rows_that_pass_the_gate():
-    relevance = np.linspace(1, 0, 100)
-    preference = np.where(np.arange(100) < 10, 1.0, -1.0)
-    top = np.arange(10)
-    ok = selection_health(relevance, preference, top, 10)
-    assert ok["verdict"] == "ok" and ok["signals"]["preferred_share"] == 1.0
-    preference[:6] = -1.0  # 4 of the 10 most relevant rows prefer chosen
-    noise = selection_health(relevance, preference, top, 10)
-    assert noise["verdict"] == "noise" and noise["signals"]["preferred_share"] == pytest.approx(0.4)
-    assert "warm up longer" in noise["message"] and "larger share" in noise["message"]
-    assert selection_health(relevance, None, top, 10)["verdict"] == "unchecked"
-    med = np.median(relevance)
-    expected = (relevance[top].mean() - med) / np.median(np.abs(relevance - med))
-    assert ok["signals"]["tail_separation"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_momentum_free_scaling_is_adams_step_without_momentum():

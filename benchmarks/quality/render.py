@@ -15,12 +15,13 @@ LABELS = {
     "rds": "RDS (hidden states)",
     "less": "LESS (SFT gradient)",
     "rose": "ROSE, paper scoring (default)",
+    "dpo+sft": "ROSE + LESS ranks (dpo+sft)",
     "robust": "ROSE, robust scoring",
     "oracle": "Oracle (ground truth)",
     FULL: "Full pool",
     "base": "Base model (untrained)",
 }
-GRADIENT_METHODS = ("rose", "less", "robust")
+GRADIENT_METHODS = ("rose", "less", "dpo+sft", "robust")
 
 
 def _yes(holds: bool) -> str:
@@ -167,7 +168,7 @@ def stability_table(runs: list[dict[str, Any]], budget: str) -> str:
         st = r.get("stability")
         if not st:
             continue
-        for method in GRADIENT_METHODS:
+        for method in (m for m in GRADIENT_METHODS if m in r["selection"]):
             w = st["warmup_seed"].get(method)
             p = st.get("projection_seed", {}).get(method)
             own = r["selection"][method][budget]
@@ -202,6 +203,8 @@ def cost_table(runs: list[dict[str, Any]], config: dict[str, Any]) -> str:
 def health_bands_table(runs: list[dict[str, Any]], budget: str) -> str:
     """The label-free health verdict against the precision it should reflect (issue 18's bands: bad < 0.5 x the
     oracle, good >= 0.8 x), every gradient selection including the second warmup seed's."""
+    from rose_hf.synthetic.evaluation import quality_band
+
     counts = {band: {"runs": 0, "warned": 0} for band in ("bad", "middling", "good")}
     cases = []
     for r in runs:
@@ -216,7 +219,7 @@ def health_bands_table(runs: list[dict[str, Any]], budget: str) -> str:
             if health:
                 cases.append((st["warmup_seed"][method]["precision"] / oracle, health["verdict"]))
     for ratio, verdict in cases:
-        band = "bad" if ratio < 0.5 else "good" if ratio >= 0.8 else "middling"
+        band = quality_band(ratio)
         counts[band]["runs"] += 1
         counts[band]["warned"] += int(verdict != "ok")
     return table(["band (precision / oracle's)", "selections", "warned"],

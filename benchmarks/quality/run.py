@@ -6,7 +6,8 @@ rest distractor tasks, with its own tiny pretrained base model. In every (family
 selects from the SAME pool at the same budgets:
 
 - random; BM25 (`bm25s`); RDS (representation similarity under the base model);
-- LESS (`validation_objective="sft"`), ROSE with the paper's scoring, ROSE with the robust scoring;
+- LESS (`validation_objective="sft"`), ROSE with the paper's scoring, the mean rank of the two
+  (`validation_objective="dpo+sft"`, issue 18), ROSE with the robust scoring;
 - and, as references, an oracle (all helpful rows first, harmful rows last) and the full pool.
 
 The three gradient methods share ONE `RoseTrainer` warmup (see `warmup_and_gradient_scores`), so they differ only in
@@ -101,7 +102,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 # Seeds     3 (0, 1, 2) per family: 9 runs, one process per family, 1 torch thread each.
 # =====================================================================================================================
 
-METHODS: tuple[str, ...] = ("random", "bm25", "rds", "less", "rose", "robust")
+METHODS: tuple[str, ...] = ("random", "bm25", "rds", "less", "rose", "dpo+sft", "robust")
 RESULT_FILE, MARKDOWN_FILE, PLOT_DIR = "quality.json", "quality.md", "plots"
 DEFAULT_OUTPUT = "outputs/bench_quality"
 
@@ -276,7 +277,7 @@ def warmup_and_gradient_scores(
       computes the robust features (one pool pass) from the very same adapter and Adam state.
 
     Returns:
-        `{"scores": {"rose", "less", "robust"}, "health": {"rose", "robust"}, "warmup": {...}}`.
+        `{"scores": {"rose", "less", "dpo+sft", "robust"}, "health": {"rose", "robust"}, "warmup": {...}}`.
     """
     import dataclasses
 
@@ -306,6 +307,8 @@ def warmup_and_gradient_scores(
     store = FeatureStore(trainer.rose_config.output_dir)
     less = dataclasses.replace(trainer.rose_config, validation_objective="sft")
     less_scores = score_store(store, list(task.validation["subtask"]), less, num_rows=len(task.pool)).scores
+    both = dataclasses.replace(trainer.rose_config, validation_objective="dpo+sft")
+    both_scores = score_store(store, list(task.validation["subtask"]), both, num_rows=len(task.pool)).scores
     paper_seconds = time.perf_counter() - start
 
     tick = time.perf_counter()
@@ -336,7 +339,8 @@ def warmup_and_gradient_scores(
         "wall_seconds": {"paper_and_less": paper_seconds, "robust": robust_seconds},
     }
     return {
-        "scores": {"rose": np.asarray(paper.scores), "less": less_scores, "robust": np.asarray(robust.scores)},
+        "scores": {"rose": np.asarray(paper.scores), "less": less_scores, "dpo+sft": both_scores,
+                   "robust": np.asarray(robust.scores)},  # fmt: skip
         "health": {"rose": paper.info["health"], "robust": robust.info["health"]},
         "warmup": info,
     }
@@ -372,7 +376,7 @@ def method_scores(
 
     scores: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"seconds": {}}
-    if {"less", "rose", "robust"} & set(config.methods):
+    if {"less", "rose", "dpo+sft", "robust"} & set(config.methods):
         gradient = warmup_and_gradient_scores(config, task, base_path, tokenizer, run_dir, seed, epochs)
         info["warmup"] = gradient["warmup"]
         info["health"] = gradient["health"]
@@ -441,7 +445,8 @@ def stability(
     np.savez_compressed(os.path.join(run_dir, "scores_second_warmup.npz"), **other["scores"])
     out: dict[str, Any] = {
         "second_warmup_seed": seed + 100,
-        "warmup_seed": {m: compare(scores[m], other["scores"][m]) for m in ("rose", "less", "robust")},
+        "warmup_seed": {m: compare(scores[m], other["scores"][m]) for m in ("rose", "less", "dpo+sft", "robust")
+                        if m in scores},
         "warmup_seed_health": other["health"],
     }
     shutil.rmtree(os.path.join(run_dir, "seed2"), ignore_errors=True)

@@ -314,6 +314,15 @@ def selection_metrics(selected, helpful: np.ndarray, harmful: np.ndarray, source
     return out
 
 
+BAD_BELOW, GOOD_FROM = 0.5, 0.8  # issue 18's bands of a selection's precision over the oracle's at the same budget
+
+
+def quality_band(relative_precision: float) -> str:
+    """"bad" below 0.5 x the oracle's precision at the same budget, "good" from 0.8 x, "middling" between: the bands
+    the health check is judged by (it should warn on every bad selection and on no good one)."""
+    return "bad" if relative_precision < BAD_BELOW else "good" if relative_precision >= GOOD_FROM else "middling"
+
+
 def oracle_scores(helpful: np.ndarray, harmful: np.ndarray) -> np.ndarray:
     """The ideal ranking: helpful rows first, then the other tasks, harmful rows last (ties by index)."""
     return np.where(helpful, 2.0, np.where(harmful, 0.0, 1.0)).astype(np.float32)
