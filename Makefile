@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real lint clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real bench-trust lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,16 @@ bench-real: $(STAMP)
 	    > outputs/bench_real_$$family.log 2>&1 & \
 	done; wait
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --real --only_cached
+
+# Can a selection be trusted (issue 18)? Held-out seeds, second warmups, deliberately bad runs, kept feature caches;
+# then every question is asked of the caches (seconds). Reads bench-real's development seeds when they are there.
+bench-trust: $(STAMP)
+	mkdir -p outputs/bench_trust
+	for family in $(REAL_FAMILIES); do \
+	  OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.trust collect --families $$family \
+	    --dev_finals > outputs/bench_trust_$$family.log 2>&1 & \
+	done; wait
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.trust analyse
 
 lint: $(STAMP)
 	$(BIN)/ruff check rose_hf tests examples benchmarks

@@ -65,7 +65,22 @@ def single_process_reference(run_dir: str, output_dir: str):
         with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "layout.json")) as handle:
             learning_rates = json.load(handle)["learning_rates"]
         pipeline.featurize(model, TrainingCheckpoint(step, learning_rates, adam))
-    return pipeline.select(), steps
+    return pipeline.select(), steps, list(setup["pairs"]["subtask"])
+
+
+def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subtasks: list[str], k: int) -> None:
+    """LESS's and the default dpo+sft's selections, scored from the distributed cache and from the one-process cache,
+    are the same rows; dpo+sft's mean ranks differ by at most one swap of neighbours per objective."""
+    from rose_hf.selection import score_store, select_top
+    from rose_hf.store import FeatureStore
+
+    for objective in ("sft", "dpo+sft"):
+        config = RoseConfig(output_dir=reference_dir, **{**DISTRIBUTED_ROSE, "validation_objective": objective})
+        ours = score_store(FeatureStore(os.path.join(run_dir, "rose")), subtasks, config).scores
+        theirs = score_store(FeatureStore(reference_dir), subtasks, config).scores
+        assert set(select_top(ours, size=k).tolist()) == set(select_top(theirs, size=k).tolist()), objective
+        tolerance = 1e-3 if objective == "sft" else 1.0 / len(ours)
+        np.testing.assert_allclose(ours, theirs, atol=tolerance, rtol=0)
 
 
 @pytest.mark.distributed
@@ -84,7 +99,7 @@ def test_two_processes_match_one(tmp_path, config, zero_stage):
     assert launched["num_processes"] == 2
     assert ("DEEPSPEED" in launched["distributed_type"]) == bool(zero_stage)
 
-    reference, steps = single_process_reference(run_dir, str(tmp_path / "reference"))
+    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"))
     assert len(steps) == 2
     for step in steps:
         with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
@@ -104,6 +119,7 @@ def test_two_processes_match_one(tmp_path, config, zero_stage):
     print(f"{config}: max score difference {np.abs(scores - reference.scores).max():.2e}")
     with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
         assert json.load(handle) == reference.selected_indices
+    assert_other_objectives_select_alike(run_dir, str(tmp_path / "reference"), subtasks, len(reference.selected_indices))
 
 
 FSDP2_SCRIPT = os.path.join(ROOT, "tests", "distributed", "fsdp2_script.py")
@@ -123,7 +139,7 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     with open(os.path.join(run_dir, "launch.json")) as handle:
         assert json.load(handle)["num_processes"] == 2
 
-    reference, steps = single_process_reference(run_dir, str(tmp_path / "reference"))
+    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"))
     assert steps == [4, 8]
     state = torch.load(os.path.join(run_dir, "state-8.pt"))
     assert all(torch.count_nonzero(v) > 0 for v in state["exp_avg_sq"].values())  # every shard gathered
@@ -142,6 +158,7 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     print(f"fsdp2: max score difference {np.abs(scores - reference.scores).max():.2e}")
     with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
         assert json.load(handle) == reference.selected_indices
+    assert_other_objectives_select_alike(run_dir, str(tmp_path / "reference"), subtasks, len(reference.selected_indices))
 
 
 def test_fsdp1_is_refused_and_fsdp2_accepted(monkeypatch, tokenizer):
