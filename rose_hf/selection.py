@@ -149,6 +149,8 @@ class PoolScores:
         info: the scoring report (see `score_pool`), plus feature time per checkpoint.
         half_scores: the same scoring from each half of the validation pairs (`rose_hf.health.pair_halves`), or
             None when a half would be empty (one pair per subtask).
+        objective_scores: the ranking by the DPO side alone and by the SFT side alone (paper: the two objectives'
+            scores; robust: preference and relevance), or None without a preference side.
     """
 
     scores: np.ndarray
@@ -159,6 +161,7 @@ class PoolScores:
     preference: np.ndarray | None
     info: dict[str, Any]
     half_scores: tuple[np.ndarray, np.ndarray] | None = None
+    objective_scores: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, num_rows: int | None = None):
@@ -232,6 +235,7 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
                 progress=progress,
             )
         scores, info = by_objective[OBJECTIVE_PARTS[config.validation_objective][0]]
+        info = {**info, "parts": {name: part for name, (part, _) in by_objective.items()}} if pairs is None else info
         if len(by_objective) > 1:
             scores = rank_average([part for part, _ in by_objective.values()])
             info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()),
@@ -239,15 +243,29 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
         return scores, {**info, "scoring": "paper"}
 
     scores, info = rank(progress=True)
-    # The health check's reliability signal: the same scoring from each half of the pairs (rose_hf.health).
+    # The health check's signals (rose_hf.health): the ranking by each objective alone, and by each half of the pairs.
+    if config.scoring == "robust":
+        objective_scores = None if preference is None else (preference, relevance)
+    else:
+        parts = info.get("parts") or {}
+        objective_scores = tuple(parts[o] if o in parts else _paper_scores(checkpoints, weights, subtasks, o, config,
+                                                                            valid, scales) for o in ("dpo", "sft"))  # fmt: skip
     halves = pair_halves(subtasks)
     half_scores = tuple(rank(half)[0] for half in halves) if all(halves) else None
     info["feature_seconds"] = {
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
     }
     steps = [c.step for c in checkpoints]
+    info.pop("parts", None)  # arrays: kept out of selection.json
     return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info,
-                      half_scores)  # fmt: skip
+                      half_scores, objective_scores)  # fmt: skip
+
+
+def _paper_scores(checkpoints, weights, subtasks, objective: str, config: RoseConfig, valid, scales) -> np.ndarray:
+    """The paper scoring of every cached checkpoint with one validation objective (the health check's other side)."""
+    return score_pool([c.pool_features() for c in checkpoints], [c.validation_features(objective) for c in checkpoints],
+                      weights, list(subtasks), aggregation=config.subtask_aggregation, valid=valid,
+                      row_scales=scales if all(s is not None for s in scales) else None)[0]  # fmt: skip
 
 
 def select_from_store(
@@ -285,7 +303,8 @@ def select_from_store(
     scored = score_store(store, subtasks, config, num_rows=len(pool))
     scores, valid, weights, steps, score_info = scored.scores, scored.valid, scored.weights, scored.steps, scored.info
     selected = select_top(scores, **config.budget(), valid=valid)
-    health = selection_health(scored.relevance, scored.preference, selected, len(selected), scored.half_scores)
+    health = selection_health(scored.relevance, scored.preference, selected, len(selected), scored.half_scores,
+                              scored.objective_scores)  # fmt: skip
     if health["verdict"] != "ok":
         warn(f"rose_hf: selection health: {health['message']}.")
     info = {

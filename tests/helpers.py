@@ -60,7 +60,7 @@ def tiny_pairs():
 
 
 DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, max_length=64, report=False,
-                        scoring="paper")
+                        scoring="paper", validation_objective="dpo")
 
 
 def distributed_setup(output_dir, zero_stage=0):

@@ -44,7 +44,8 @@ def sft_args(output_dir, **kwargs):
 
 def rose_config(output_dir, **kwargs):
     # The engine tests pin the paper scoring: features at every checkpoint, learning-rate weights.
-    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, max_length=64, report=False, scoring="paper")
+    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, max_length=64, report=False, scoring="paper",
+                    validation_objective="dpo")  # fmt: skip
     return RoseConfig(output_dir=str(output_dir), **{**defaults, **kwargs})
 
 

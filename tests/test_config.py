@@ -77,14 +77,12 @@ def test_good_values_are_accepted(kwargs):
         assert getattr(config, key) == value
 
 
-def test_dpo_plus_sft_needs_the_paper_scoring_and_says_so():
-    with pytest.raises(ValueError, match="validation_objective='dpo\\+sft'.*scoring='robust'.*scoring='paper'"):
-        RoseConfig(validation_objective="dpo+sft", scoring="robust")
-
-
-def test_defaults_are_the_papers():
+def test_defaults_are_the_papers_but_two_measured_choices():
     config = RoseConfig()
-    assert (config.validation_objective, config.beta, config.loss_type) == ("dpo", 0.1, "sigmoid")
+    assert (config.scoring, config.beta, config.loss_type) == ("paper", 0.1, "sigmoid")
+    assert (config.selection_fraction, config.warmup_fraction, config.subtask_aggregation) == (0.05, 0.05, "max")
+    # The two measured differences (README): the sparse sketch, and both validation objectives ranked together.
+    assert (config.projection, config.validation_objective) == ("sjlt", "dpo+sft")
     assert (config.projection, config.projection_dim, config.projection_seed) == ("sjlt", 8192, 0)
     assert (config.preconditioner, config.subtask_aggregation) == ("adam", "max")
     assert (config.selection_fraction, config.warmup_fraction, config.max_length) == (0.05, 0.05, 2048)

@@ -44,23 +44,24 @@ def _case(agreeing_rows: int, budget: int = 10, rows: int = 100):
     return first, second
 
 
-def test_verdict_follows_the_agreement_of_the_two_halves_and_names_the_fix():
+def test_verdict_follows_the_agreement_of_the_two_objectives_and_names_the_fix():
     relevance = np.linspace(1, 0, 100)
     preference = np.where(np.arange(100) < 30, 1.0, -1.0)
     top = np.arange(10)
     agreeing = int(np.ceil(HEALTH_THRESHOLD * 10))
-    ok = selection_health(relevance, preference, top, 10, _case(agreeing))
-    assert ok["verdict"] == "ok" and ok["signals"]["pair_split_agreement"] == pytest.approx(agreeing / 10)
-    noise = selection_health(relevance, preference, top, 10, _case(agreeing - 1))
-    assert noise["verdict"] == "noise" and noise["signals"]["pair_split_agreement"] == pytest.approx((agreeing - 1) / 10)
-    assert "more, and more typical, preference pairs" in noise["message"] and "warm up longer" in noise["message"]
-    thin = selection_health(relevance, preference, top, 10, None)
+    ok = selection_health(relevance, preference, top, 10, _case(7), _case(agreeing))
+    assert ok["verdict"] == "ok" and ok["signals"]["objective_agreement"] == pytest.approx(agreeing / 10)
+    assert ok["signals"]["pair_split_agreement"] == pytest.approx(0.7)
+    noise = selection_health(relevance, preference, top, 10, _case(10), _case(agreeing - 1))
+    assert noise["verdict"] == "noise" and noise["signals"]["objective_agreement"] == pytest.approx((agreeing - 1) / 10)
+    assert "more typical, preference pairs" in noise["message"] and "warm up longer" in noise["message"]
+    thin = selection_health(relevance, preference, top, 10, None, _case(10))
     assert thin["verdict"] == "unchecked" and "at least 2 preference pairs per subtask" in thin["message"]
+    assert selection_health(relevance, None, top, 10, _case(10), None)["verdict"] == "unchecked"
     # The recorded signals, written out.
     med = np.median(relevance)
     assert ok["signals"]["tail_separation"] == pytest.approx((relevance[top].mean() - med) / np.median(np.abs(relevance - med)))
     assert ok["signals"]["preferred_share"] == 1.0 and ok["signals"]["selected_preferred_share"] == 1.0
-    assert "preferred_share" not in selection_health(relevance, None, top, 10, _case(10))["signals"]
 
 
 def _unit(rng, rows, dim):
@@ -100,9 +101,13 @@ def test_half_scores_of_a_cache_are_its_scoring_with_only_those_pairs(tmp_path, 
                  for name in {"dpo": ["dpo"], "sft": ["sft"], "dpo+sft": ["dpo", "sft"]}[objective]]  # fmt: skip
         expected = parts[0] if len(parts) == 1 else rank_average(parts)
         np.testing.assert_array_equal(scores, expected)
+    # The two sides of the objective check: each objective's paper score over every pair, whatever the objective.
+    for name, side in zip(("dpo", "sft"), scored.objective_scores):
+        np.testing.assert_array_equal(side, score_pool(pool, [v[name] for v in validation], weights, subtasks)[0])
     robust = score_store(store, subtasks, dataclasses.replace(config, scoring="robust",
                          validation_objective="dpo"), num_rows=40)  # fmt: skip
     assert robust.half_scores is not None and not np.array_equal(robust.half_scores[0], robust.half_scores[1])
+    assert robust.objective_scores[0] is robust.preference and robust.objective_scores[1] is robust.relevance
     # One pair per subtask: no second half, no half scores, and the verdict says why.
     two, *_ = _write_store(tmp_path / "two", ["x", "y"])
     thin = score_store(two, ["x", "y"], config, num_rows=40)

@@ -159,8 +159,9 @@ def test_qlora_warmup_with_paged_adamw_8bit_selects(tokenizer, tmp_path):
     path = str(tmp_path / "base")
     build_model("llama", tokenizer, hidden_size=128, seed=0).save_pretrained(path)
     pool, task = pool_dataset(40)
+    # The DPO scores themselves (not ranks, which tie), to check that the 8-bit moments give distinct features.
     config = RoseConfig(output_dir=str(tmp_path / "rose"), projection_dim=256, max_length=64, chunk_size=16,
-                        report=False)  # fmt: skip
+                        report=False, validation_objective="dpo")  # fmt: skip
     selector = RoseDataSelector(pool, task.validation.select(range(4)), config)
     args = SFTConfig(output_dir=str(tmp_path / "out"), optim="paged_adamw_8bit", num_train_epochs=2,
                      save_strategy="epoch", per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],

@@ -72,7 +72,7 @@ def _pinned_setup(tokenizer, output_dir, scoring):
     pool, task = pool_dataset(40)
     model = make_lora_model(tokenizer, seed=3)
     config = RoseConfig(output_dir=str(output_dir), projection="sjlt", projection_dim=128, chunk_size=16,
-                        feature_batch_size=4, max_length=48, report=False, scoring=scoring)
+                        feature_batch_size=4, max_length=48, report=False, scoring=scoring, validation_objective="dpo")
     pipeline = SelectionPipeline(pool, task.validation, config)
     pipeline.prepare(model, tokenizer)
     n = pipeline.featurizer.collector.num_params

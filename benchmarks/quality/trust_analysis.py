@@ -76,11 +76,11 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
     pairs = list(range(len(run.subtasks))) if pairs is None else pairs
     ckpts = list(range(len(run.checkpoints))) if checkpoints is None else checkpoints
     first, second = pair_halves([run.subtasks[p] for p in pairs])
-    out: dict[str, float | None] = {}
+    out: dict[str, Any] = {}
+    halves = None
     if first and second:
-        a = run.scores(method, ckpts, [pairs[i] for i in first])
-        b = run.scores(method, ckpts, [pairs[i] for i in second])
-        out["pair_split_agreement"] = overlap(a, b, k)
+        halves = (run.scores(method, ckpts, [pairs[i] for i in first]), run.scores(method, ckpts, [pairs[i] for i in second]))
+        out["pair_split_agreement"] = overlap(*halves, k)
     else:
         out["pair_split_agreement"] = None
     if len(ckpts) > 1:
@@ -89,10 +89,13 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
         )
     else:
         out["checkpoint_agreement"] = None
-    out["objective_agreement"] = overlap(run.scores("rose", ckpts, pairs), run.scores("less", ckpts, pairs), k)
+    sides = (run.scores("rose", ckpts, pairs), run.scores("less", ckpts, pairs))
+    out["objective_agreement"] = overlap(*sides, k)
     relevance, preference = run.relevance_preference()
-    health = selection_health(relevance, preference, select_top(scores, size=k), k)
+    # The library's own verdict on the same inputs: what a user would have been told.
+    health = selection_health(relevance, preference, select_top(scores, size=k), k, halves, sides)
     out.update({name: float(value) for name, value in health["signals"].items()})
+    out["verdict"] = health["verdict"]
     return out
 
 
@@ -217,7 +220,7 @@ def analyse_dev(config, family: str, seed: int, output_dir: str) -> dict[str, An
                         "dpo+sft": rank_average([other["rose"], other["less"]])}  # fmt: skip
         for method, values in other_scores.items():
             selections[method]["stability"] = overlap(scores[method], values, k)
-    final = {m: {"exact_match": v["exact_match"], "preference_accuracy": v["preference_accuracy"]}
+    final = {m: {k: v[k] for k in ("exact_match", "wrong_match", "preference_accuracy") if k in v}
              for m, v in result.get("final", {}).items() if m in (*FINAL_METHODS, "full_pool")}  # fmt: skip
     dev_final = os.path.join(output_dir, family, f"dev_seed_{seed}.json")
     if os.path.exists(dev_final):
@@ -269,9 +272,18 @@ def calibration_cases(held_out: list[dict]) -> list[dict[str, Any]]:
 def calibrate(held_out: list[dict]) -> dict[str, Any]:
     """How each signal separates bad from good selections: for each signal and threshold, the warnings on bad,
     middling and good cases (a signal below its threshold warns; a missing signal warns: it could not be checked)."""
+    from rose_hf.health import HEALTH_SIGNAL, HEALTH_THRESHOLD
+
     cases = calibration_cases(held_out)
-    names = sorted({n for c in cases for n in c["signals"]})
-    out: dict[str, Any] = {"cases": cases, "signals": {}}
+    names = sorted({n for c in cases for n in c["signals"] if n != "verdict"})
+    out: dict[str, Any] = {"cases": cases, "signals": {}, "shipped": {"signal": HEALTH_SIGNAL,
+                                                                      "threshold": HEALTH_THRESHOLD}}  # fmt: skip
+    for subset, chosen in (("every selection", cases), (f"{DEFAULT} only", [c for c in cases if DEFAULT in c["selection"]])):
+        counts = {band: [0, 0] for band in ("bad", "middling", "good")}
+        for c in chosen:
+            counts[c["band"]][0] += int(c["signals"]["verdict"] != "ok")
+            counts[c["band"]][1] += 1
+        out["shipped"][subset] = {band: f"{w}/{n}" for band, (w, n) in counts.items()}
     for name in names:
         values = sorted({c["signals"][name] for c in cases if c["signals"][name] is not None})
         rows = []

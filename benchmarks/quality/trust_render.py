@@ -76,10 +76,12 @@ def final_table(runs: list[dict]) -> str:
     ]
     rows = []
     for method in methods:
-        em = [r["final"][method]["exact_match"] for r in runs if method in r.get("final", {})]
-        pref = [r["final"][method]["preference_accuracy"] for r in runs if method in r.get("final", {})]
-        rows.append([method, len(em), _mean(em), f"{min(em):.2f}", _mean(pref)])
-    return table(["final model on", "runs", "exact match", "worst run", "preference accuracy"], rows)
+        finals = [r["final"][method] for r in runs if method in r.get("final", {})]
+        em = [f["exact_match"] for f in finals]
+        wrong = [f["wrong_match"] for f in finals if "wrong_match" in f]
+        rows.append([method, len(em), _mean(em), f"{min(em):.2f}", _mean(wrong),
+                     _mean([f["preference_accuracy"] for f in finals])])  # fmt: skip
+    return table(["final model on", "runs", "exact match", "worst run", "twin's answer", "preference accuracy"], rows)
 
 
 def bad_runs_table(runs: list[dict]) -> str:
@@ -114,8 +116,14 @@ def health_table(health: dict[str, Any]) -> str:
         best = min(grid, key=errors)
         rows.append([name, f"{best['threshold']:.3g}", best["bad"], best["middling"], best["good"], errors(best)])
     rows.sort(key=lambda row: row[-1])
-    return table(["signal (warn when below)", "best threshold", "warned: bad", "middling", "good",
-                  "errors (bad missed + good warned)"], rows)  # fmt: skip
+    shipped = health["shipped"]
+    confusion = table([f"rose_hf's verdict (warns unless ok: {shipped['signal']} < {shipped['threshold']}, or one pair "
+                       "per subtask)", "warned: bad",
+                       "middling", "good"],
+                      [[subset, counts["bad"], counts["middling"], counts["good"]]
+                       for subset, counts in shipped.items() if isinstance(counts, dict)])  # fmt: skip
+    return confusion + "\n\n" + table(["signal (warn when below)", "best threshold", "warned: bad", "middling", "good",
+                                        "errors (bad missed + good warned)"], rows)  # fmt: skip
 
 
 def render(results: dict[str, Any]) -> str:
