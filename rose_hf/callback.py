@@ -41,14 +41,16 @@ class RoseDataSelector(TrainerCallback):
     scores and a selected subset of the pool.
 
     At each save it computes, from the LIVE model and optimizer, the Adam-preconditioned per-example gradient
-    features of the whole pool and the DPO-loss gradients of the preference pairs; the warmup itself is left
-    unchanged (model mode, parameter gradients and RNG state are restored). At the end it weights checkpoints by
-    their mean learning rate, scores every pool row and keeps the top `selection_fraction`.
+    features of the whole pool and the DPO-loss (and SFT-loss) gradients of the preference pairs; the warmup itself
+    is left unchanged (model mode, parameter gradients and RNG state are restored). At the end it weights checkpoints
+    by their mean learning rate, scores every pool row (by default its mean rank under the DPO and the SFT gradients;
+    `validation_objective="dpo"` is the paper's ranking) and keeps the top `selection_fraction`, with a health verdict.
+    One warmup is all it sees: it cannot compare warmup seeds (run it twice and compare `selected_indices`).
 
     Args:
         train_dataset: the instruction pool to select from (TRL SFT formats: prompt/completion, messages, text).
         preference_dataset: preference pairs of the target task (TRL preference formats, optional `subtask`).
-        config: selection settings (paper defaults).
+        config: selection settings (`RoseConfig`).
         tokenizer: defaults to the trainer's `processing_class`.
 
     Example:

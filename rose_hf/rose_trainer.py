@@ -45,7 +45,7 @@ def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
 class RoseTrainer:
     r"""
     ROSE end to end: a LoRA warmup on a seeded random `warmup_fraction` of the pool with [`RoseDataSelector`] attached,
-    the selection of the top `selection_fraction` by preference-gradient similarity, then an `SFTTrainer` on the
+    the selection of the top `selection_fraction` by gradient similarity to the preference pairs, then an `SFTTrainer` on the
     selected rows, starting again from the base model (a fresh adapter, or full fine-tuning with
     `rose_config.final_training="full"`).
 

@@ -68,3 +68,26 @@ def test_reduced_benchmark(tmp_path):
     # A second call finds every run done and reuses it.
     again = run_quality_benchmark(config)
     assert again["runs"][0]["seconds"] == results["runs"][0]["seconds"]
+
+
+def test_trust_calibration_counts_warnings_by_band():
+    """The trust benchmark's health tables count, per band, the cases the verdict and each threshold warn on."""
+    from benchmarks.quality.trust_analysis import calibrate
+    from benchmarks.quality.trust_render import health_table
+
+    def case(rel, agreement, verdict):
+        return {"relative_precision": rel, "signals": {"objective_agreement": agreement, "verdict": verdict}}
+
+    run = {"family": "f", "seed": 3, "selections": {
+        "a": {**case(0.3, 0.1, "noise"), "second_warmup": {"relative_precision": 0.9},
+              "second_warmup_signals": case(0.9, 0.8, "ok")["signals"]},
+        "b": case(0.6, 0.5, "ok"), "c": case(0.95, 0.2, "noise"), "d": case(0.4, None, "unchecked"),
+        "random": {"relative_precision": 0.1},  # no signals: not a case
+    }}  # fmt: skip
+    health = calibrate([run])
+    bands = sorted((c["selection"], c["band"]) for c in health["cases"])
+    assert bands == [("a", "bad"), ("b", "middling"), ("c", "good"), ("d", "bad"), ("second warmup: a", "good")]
+    assert health["shipped"]["every selection"] == {"bad": "2/2", "middling": "0/1", "good": "1/2"}
+    grid = {row["threshold"]: row for row in health["signals"]["objective_agreement"]}
+    assert grid[0.5] == {"threshold": 0.5, "bad": "2/2", "middling": "0/1", "good": "1/2"}  # None warns: unchecked
+    assert "objective_agreement" in health_table(health)

@@ -245,7 +245,11 @@ def analyse(families: list[str], output_dir: str, smoke: bool = False) -> dict[s
     results = {"held_out": held_out, "development": dev, "health": calibrate(held_out)}
     with open(os.path.join(output_dir, "trust.json"), "w") as handle:
         json.dump(results, handle, indent=2)
-    from .trust_render import render
+    from .trust_render import plot_frontier, render
+
+    if held_out:
+        os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
+        plot_frontier(held_out, os.path.join(output_dir, "plots", "frontier.png"))
 
     with open(os.path.join(output_dir, "trust.md"), "w") as handle:
         handle.write(render(results))

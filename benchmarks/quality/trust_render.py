@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import table
+from benchmarks.common import agg_figure, table
 from rose_hf.synthetic.evaluation import BAD_BELOW, GOOD_FROM
 
 from .trust_analysis import DEFAULT
@@ -126,6 +126,24 @@ def health_table(health: dict[str, Any]) -> str:
                                         "errors (bad missed + good warned)"], rows)  # fmt: skip
 
 
+def plot_frontier(runs: list[dict], path: str) -> str:
+    """Precision against pool passes, one point per selection variant (held-out means)."""
+    figure, axes = agg_figure(7.5, 4.5)
+    for method in FRONTIER:
+        passes, precision = _values(runs, method, "passes"), _values(runs, method, "precision")
+        if passes:
+            x, y = float(np.mean(passes)), float(np.mean(precision))
+            marker = "*" if method == DEFAULT else "o"
+            axes.scatter([x], [y], marker=marker, s=120 if marker == "*" else 40)
+            axes.annotate(method, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    axes.set_xlabel("pool passes (warmup share + feature passes)")
+    axes.set_ylabel("precision at 5% (oracle 1.0)")
+    axes.set_title("What each pool pass buys (held-out seeds)")
+    axes.grid(alpha=0.3)
+    figure.savefig(path, format="png")
+    return path
+
+
 def render(results: dict[str, Any]) -> str:
     held, dev = results["held_out"], results["development"]
     parts = [
@@ -152,6 +170,8 @@ def render(results: dict[str, Any]) -> str:
             "## Cost frontier (held-out seeds)",
             "",
             frontier_table(held),
+            "",
+            "![frontier](plots/frontier.png)",
             "",
             "## Deliberately bad runs (held-out seeds)",
             "",
