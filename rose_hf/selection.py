@@ -208,10 +208,10 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     relevance, preference = relevance_and_preference(
         last.pool_features(), last.validation_features("sft"), dpo, valid, last.pool_scales()
     )
-    scales = [c.pool_scales() for c in checkpoints]
 
-    def rank(pairs: list[int] | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-        """The configured scoring over the validation pairs `pairs` (default all)."""
+    def rank(pairs: list[int] | None = None, progress: bool = False):
+        """The configured scoring over the validation pairs `pairs` (default all): scores, report, and the paper
+        scoring's per-objective scores (empty under robust)."""
         if config.scoring == "robust":
             if pairs is None:
                 rel, pref = relevance, preference
@@ -221,51 +221,48 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
             scores = robust_scores(rel, pref)
             return scores, {"scoring": "robust", "num_rows": len(scores),
                             "num_invalid": int((scores == INVALID_SCORE).sum()),
-                            "num_preferred": None if pref is None else int((pref > 0).sum())}  # fmt: skip
-        by_objective = {}
-        for objective in OBJECTIVE_PARTS[config.validation_objective]:
-            by_objective[objective] = score_pool(
-                [c.pool_features() for c in checkpoints],
-                [c.validation_features(objective)[slice(None) if pairs is None else pairs] for c in checkpoints],
-                weights,
-                list(subtasks) if pairs is None else [subtasks[p] for p in pairs],
-                aggregation=config.subtask_aggregation,
-                valid=valid,
-                row_scales=scales if all(s is not None for s in scales) else None,
-                progress=progress,
-            )
+                            "num_preferred": None if pref is None else int((pref > 0).sum())}, {}  # fmt: skip
+        by_objective = {o: _paper_scores(checkpoints, weights, subtasks, o, config, valid, pairs, progress)
+                        for o in OBJECTIVE_PARTS[config.validation_objective]}  # fmt: skip
+        parts = {name: part for name, (part, _) in by_objective.items()}
         scores, info = by_objective[OBJECTIVE_PARTS[config.validation_objective][0]]
-        info = {**info, "parts": {name: part for name, (part, _) in by_objective.items()}} if pairs is None else info
         if len(by_objective) > 1:
-            scores = rank_average([part for part, _ in by_objective.values()])
+            scores = rank_average(list(parts.values()))
             info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()),
                     "objectives": {name: report for name, (_, report) in by_objective.items()}}  # fmt: skip
-        return scores, {**info, "scoring": "paper"}
+        return scores, {**info, "scoring": "paper"}, parts
 
-    scores, info = rank(progress=True)
+    scores, info, parts = rank(progress=True)
     # The health check's signals (rose_hf.health): the ranking by each objective alone, and by each half of the pairs.
     if config.scoring == "robust":
         objective_scores = None if preference is None else (preference, relevance)
     else:
-        parts = info.get("parts") or {}
         objective_scores = tuple(parts[o] if o in parts else _paper_scores(checkpoints, weights, subtasks, o, config,
-                                                                            valid, scales) for o in ("dpo", "sft"))  # fmt: skip
+                                                                            valid)[0] for o in ("dpo", "sft"))  # fmt: skip
     halves = pair_halves(subtasks)
     half_scores = tuple(rank(half)[0] for half in halves) if all(halves) else None
     info["feature_seconds"] = {
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
     }
     steps = [c.step for c in checkpoints]
-    info.pop("parts", None)  # arrays: kept out of selection.json
     return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info,
                       half_scores, objective_scores)  # fmt: skip
 
 
-def _paper_scores(checkpoints, weights, subtasks, objective: str, config: RoseConfig, valid, scales) -> np.ndarray:
-    """The paper scoring of every cached checkpoint with one validation objective (the health check's other side)."""
-    return score_pool([c.pool_features() for c in checkpoints], [c.validation_features(objective) for c in checkpoints],
-                      weights, list(subtasks), aggregation=config.subtask_aggregation, valid=valid,
-                      row_scales=scales if all(s is not None for s in scales) else None)[0]  # fmt: skip
+def _paper_scores(checkpoints, weights, subtasks, objective: str, config: RoseConfig, valid: np.ndarray,
+                  pairs: list[int] | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The paper scoring of every cached checkpoint with one validation objective, over `pairs` (default all)."""
+    scales = [c.pool_scales() for c in checkpoints]
+    return score_pool(
+        [c.pool_features() for c in checkpoints],
+        [c.validation_features(objective)[slice(None) if pairs is None else pairs] for c in checkpoints],
+        weights,
+        list(subtasks) if pairs is None else [subtasks[p] for p in pairs],
+        aggregation=config.subtask_aggregation,
+        valid=valid,
+        row_scales=scales if all(s is not None for s in scales) else None,
+        progress=progress,
+    )
 
 
 def select_from_store(
