@@ -129,13 +129,16 @@ def health_table(health: dict[str, Any]) -> str:
 def plot_frontier(runs: list[dict], path: str) -> str:
     """Precision against pool passes, one point per selection variant (held-out means)."""
     figure, axes = agg_figure(7.5, 4.5)
+    labelled: dict[tuple[float, float], int] = {}  # points already labelled: stack the labels of equal points
     for method in FRONTIER:
         passes, precision = _values(runs, method, "passes"), _values(runs, method, "precision")
         if passes:
             x, y = float(np.mean(passes)), float(np.mean(precision))
             marker = "*" if method == DEFAULT else "o"
             axes.scatter([x], [y], marker=marker, s=120 if marker == "*" else 40)
-            axes.annotate(method, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            stacked = labelled.get((round(x, 3), round(y, 3)), 0)
+            labelled[(round(x, 3), round(y, 3))] = stacked + 1
+            axes.annotate(method, (x, y), textcoords="offset points", xytext=(5, 3 - 9 * stacked), fontsize=7)
     axes.set_xlabel("pool passes (warmup share + feature passes)")
     axes.set_ylabel("precision at 5% (oracle 1.0)")
     axes.set_title("What each pool pass buys (held-out seeds)")
