@@ -265,6 +265,50 @@ def _rose_config(config: QualityBenchConfig, seed: int, scoring: str, projection
     )
 
 
+def feature_seconds(meta: dict[str, Any]) -> float:
+    """One checkpoint's feature time: its pool pass plus its validation gradients (`meta.json`)."""
+    return meta.get("pool_seconds", 0.0) + meta.get("validation_seconds", 0.0)
+
+
+def warmup_trainer(config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int,
+                   epochs: int):  # fmt: skip
+    """The benchmark's `RoseTrainer` (paper scoring) for one world, warmup seed and warmup length; nothing run yet."""
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from rose_hf import RoseTrainer
+
+    recipe = _recipe(config, epochs)
+    set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
+    return RoseTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base_path),
+        args=recipe.sft_config(run_dir, seed),
+        train_dataset=task.pool,
+        preference_dataset=task.validation,
+        peft_config=recipe.lora_config(),
+        rose_config=_rose_config(config, seed, scoring="paper"),
+        processing_class=tokenizer,
+    )
+
+
+def robust_from_last_checkpoint(config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer,
+                                run_dir: str, seed: int):  # fmt: skip
+    """`scoring="robust"` on the last checkpoint of the warmup in `run_dir` (one more pool pass, written to
+    `<run_dir>/robust`): the selection and its checkpoint's feature metadata."""
+    import dataclasses
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
+    from rose_hf.store import FeatureStore
+
+    last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
+    rose_config = dataclasses.replace(_rose_config(config, seed, "robust"), output_dir=os.path.join(run_dir, "robust"))
+    result = select_from_checkpoints(model, [last], task.pool, task.validation, tokenizer, rose_config)
+    return result, FeatureStore(rose_config.output_dir).completed_checkpoints()[-1].meta
+
+
 def warmup_and_gradient_scores(
     config: QualityBenchConfig, task: SyntheticTask, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int
 ) -> dict[str, Any]:
@@ -282,26 +326,12 @@ def warmup_and_gradient_scores(
     import dataclasses
 
     import numpy as np
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, set_seed
 
-    from rose_hf import RoseTrainer
-    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
     from rose_hf.selection import score_store
     from rose_hf.store import FeatureStore
 
     start = time.perf_counter()
-    recipe = _recipe(config, epochs)
-    set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
-    trainer = RoseTrainer(
-        model=AutoModelForCausalLM.from_pretrained(base_path),
-        args=recipe.sft_config(run_dir, seed),
-        train_dataset=task.pool,
-        preference_dataset=task.validation,
-        peft_config=recipe.lora_config(),
-        rose_config=_rose_config(config, seed, scoring="paper"),
-        processing_class=tokenizer,
-    )
+    trainer = warmup_trainer(config, task, base_path, tokenizer, run_dir, seed, epochs)
     trainer.run_warmup()
     paper = trainer.run_selection()
     store = FeatureStore(trainer.rose_config.output_dir)
@@ -312,16 +342,10 @@ def warmup_and_gradient_scores(
     paper_seconds = time.perf_counter() - start
 
     tick = time.perf_counter()
-    last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
-    robust_config = dataclasses.replace(
-        _rose_config(config, seed, scoring="robust"), output_dir=os.path.join(run_dir, "robust")
-    )
-    robust = select_from_checkpoints(model, [last], task.pool, task.validation, tokenizer, robust_config)
+    robust, robust_meta = robust_from_last_checkpoint(config, task, base_path, tokenizer, run_dir, seed)
     robust_seconds = time.perf_counter() - tick
 
     checkpoints = store.completed_checkpoints()
-    robust_meta = FeatureStore(robust_config.output_dir).completed_checkpoints()[-1].meta
     info = {
         "epochs": epochs,
         "rows": len(trainer.warmup_indices),
@@ -333,8 +357,8 @@ def warmup_and_gradient_scores(
         "seconds": time.perf_counter() - start,
         # Feature cost of each scoring: pool + validation passes (paper: every checkpoint; robust: the last one).
         "feature_seconds": {
-            "paper": sum(c.meta.get("pool_seconds", 0.0) + c.meta.get("validation_seconds", 0.0) for c in checkpoints),
-            "robust": robust_meta.get("pool_seconds", 0.0) + robust_meta.get("validation_seconds", 0.0),
+            "paper": sum(feature_seconds(c.meta) for c in checkpoints),
+            "robust": feature_seconds(robust_meta),
         },
         "wall_seconds": {"paper_and_less": paper_seconds, "robust": robust_seconds},
     }

@@ -55,25 +55,12 @@ def _bench_config(output_dir: str, smoke: bool = False):
 def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int) -> dict:
     """One `RoseTrainer` warmup and its paper features at every checkpoint (public API; resumable: a finished run
     is reused by RoseTrainer itself). Returns the timings; the feature cache stays in `<run_dir>/selection`."""
-    from transformers import AutoModelForCausalLM, set_seed
-
-    from rose_hf import RoseTrainer
     from rose_hf.store import FeatureStore
 
-    from .run import _recipe, _rose_config
+    from .run import feature_seconds, warmup_trainer
 
     start = time.perf_counter()
-    recipe = _recipe(config, epochs)
-    set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
-    trainer = RoseTrainer(
-        model=AutoModelForCausalLM.from_pretrained(base_path),
-        args=recipe.sft_config(run_dir, seed),
-        train_dataset=task.pool,
-        preference_dataset=task.validation,
-        peft_config=recipe.lora_config(),
-        rose_config=_rose_config(config, seed, scoring="paper"),
-        processing_class=tokenizer,
-    )
+    trainer = warmup_trainer(config, task, base_path, tokenizer, run_dir, seed, epochs)
     trainer.run_warmup()
     warmup_seconds = time.perf_counter() - start
     trainer.run_selection()
@@ -84,10 +71,9 @@ def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, 
         "warmup_rows": len(trainer.warmup_indices),
         "warmup_seconds": warmup_seconds,
         "checkpoint_steps": [int(c.step) for c in checkpoints],
-        "feature_seconds": [c.meta.get("pool_seconds", 0.0) + c.meta.get("validation_seconds", 0.0)
-                            for c in checkpoints],
+        "feature_seconds": [feature_seconds(c.meta) for c in checkpoints],
         "seconds": time.perf_counter() - start,
-    }  # fmt: skip
+    }
 
 
 def _store(run_dir: str):
@@ -110,26 +96,11 @@ def objective_scores(config, task, run_dir: str, objective: str):
 
 def robust_selection(config, task, base_path: str, tokenizer, run_dir: str, seed: int) -> dict:
     """`scoring="robust"` on the warmup's last checkpoint (one more pool pass), written to `<run_dir>/robust`."""
-    import dataclasses
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
-    from rose_hf.store import FeatureStore
-
-    from .run import _rose_config
+    from .run import feature_seconds, robust_from_last_checkpoint
 
     start = time.perf_counter()
-    last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
-    rose_config = dataclasses.replace(_rose_config(config, seed, "robust"), output_dir=os.path.join(run_dir, "robust"))
-    select_from_checkpoints(model, [last], task.pool, task.validation, tokenizer, rose_config)
-    meta = FeatureStore(rose_config.output_dir).completed_checkpoints()[-1].meta
-    return {
-        "feature_seconds": meta.get("pool_seconds", 0.0) + meta.get("validation_seconds", 0.0),
-        "seconds": time.perf_counter() - start,
-    }
+    _, meta = robust_from_last_checkpoint(config, task, base_path, tokenizer, run_dir, seed)
+    return {"feature_seconds": feature_seconds(meta), "seconds": time.perf_counter() - start}
 
 
 def final_models(config, task, base_path: str, tokenizer, seed_dir: str, seed: int, scores: dict) -> dict:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import fmt, log, table
+from rose_hf.health import top_overlap
+from rose_hf.scoring import rank_average
 from rose_hf.synthetic.evaluation import quality_band
 
 from .trust import DEV_OUTPUT, DEV_SEEDS, FINAL_METHODS, HELD_OUT_SEEDS, OBJECTIVE_OF, _bench_config
@@ -35,7 +37,7 @@ class Run:
     def scores(self, method: str, checkpoints: list[int] | None = None, pairs: list[int] | None = None) -> np.ndarray:
         """`method` in rose (dpo), less (sft), dpo+sft; over some checkpoints (default all) and validation pairs."""
         from rose_hf.rose_config import OBJECTIVE_PARTS
-        from rose_hf.scoring import checkpoint_weights, rank_average, score_pool
+        from rose_hf.scoring import checkpoint_weights, score_pool
 
         chosen = [
             self.checkpoints[i] for i in (checkpoints if checkpoints is not None else range(len(self.checkpoints)))
@@ -59,10 +61,16 @@ class Run:
                                         last.validation_features("dpo"), self.valid, last.pool_scales())  # fmt: skip
 
 
-def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    from rose_hf.health import top_overlap
+def selection_figures(scores: np.ndarray, helpful: np.ndarray, harmful: np.ndarray, oracle: np.ndarray,
+                      size: int) -> dict[str, float]:  # fmt: skip
+    """Precision, harmful share and precision over the oracle's at the same budget of the top `size` rows."""
+    from rose_hf.selection import select_top
+    from rose_hf.synthetic.evaluation import selection_metrics
 
-    return top_overlap(a, b, k)
+    metrics = selection_metrics(select_top(scores, size=size), helpful, harmful)
+    best = selection_metrics(select_top(oracle, size=size), helpful, harmful)["precision"]
+    return {"precision": metrics["precision"], "harmful_share": metrics["harmful_share"],
+            "relative_precision": metrics["precision"] / best}  # fmt: skip
 
 
 def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] | None = None,
@@ -80,17 +88,17 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
     halves = None
     if first and second:
         halves = (run.scores(method, ckpts, [pairs[i] for i in first]), run.scores(method, ckpts, [pairs[i] for i in second]))
-        out["pair_split_agreement"] = overlap(*halves, k)
+        out["pair_split_agreement"] = top_overlap(*halves, k)
     else:
         out["pair_split_agreement"] = None
     if len(ckpts) > 1:
-        out["checkpoint_agreement"] = overlap(
+        out["checkpoint_agreement"] = top_overlap(
             run.scores(method, [ckpts[0]], pairs), run.scores(method, [ckpts[-1]], pairs), k
         )
     else:
         out["checkpoint_agreement"] = None
     sides = (run.scores("rose", ckpts, pairs), run.scores("less", ckpts, pairs))
-    out["objective_agreement"] = overlap(*sides, k)
+    out["objective_agreement"] = top_overlap(*sides, k)
     relevance, preference = run.relevance_preference()
     # The library's own verdict on the same inputs: what a user would have been told.
     health = selection_health(relevance, preference, select_top(scores, size=k), k, halves, sides)
@@ -102,8 +110,8 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
 # --- one held-out world ----------------------------------------------------------------------------------------------
 def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any]:
     """Selections, stability, cost and signals of one held-out (family, seed) from its kept caches."""
-    from rose_hf.selection import load_selection, select_top
-    from rose_hf.synthetic.evaluation import oracle_scores, random_scores, selection_metrics
+    from rose_hf.selection import load_selection
+    from rose_hf.synthetic.evaluation import oracle_scores, random_scores
 
     from .run import make_task
 
@@ -117,10 +125,7 @@ def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any
     oracle = oracle_scores(helpful, harmful)
 
     def measure(scores: np.ndarray, size: int = k) -> dict[str, float]:
-        metrics = selection_metrics(select_top(scores, size=size), helpful, harmful)
-        best = selection_metrics(select_top(oracle, size=size), helpful, harmful)["precision"]
-        return {"precision": metrics["precision"], "harmful_share": metrics["harmful_share"],
-                "relative_precision": metrics["precision"] / best}  # fmt: skip
+        return selection_figures(scores, helpful, harmful, oracle, size)
 
     # Cost in pool-epochs: the warmup's share of an epoch, plus each feature pass timed against training throughput
     # measured in the same process (the final models: rows x epochs in train_seconds).
@@ -150,12 +155,12 @@ def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any
         last = len(runs["A"].checkpoints) - 1
         at_last = runs["A"].scores(method, [last])
         selections[method] = {**measure(a_scores[method]), "cost": cost("A"), "passes": passes("A"),
-                              "stability": overlap(a_scores[method], b, k),
+                              "stability": top_overlap(a_scores[method], b, k),
                               "second_warmup": measure(b),
                               "signals": signals(runs["A"], method, a_scores[method], k),
                               "second_warmup_signals": signals(runs["B"], method, b, k)}  # fmt: skip
         selections[f"{method} @last checkpoint"] = {**measure(at_last), "cost": cost("A", [last]), "passes": passes("A", 1),
-                                                    "stability": overlap(at_last, runs["B"].scores(method, [last]), k),
+                                                    "stability": top_overlap(at_last, runs["B"].scores(method, [last]), k),
                                                     "signals": signals(runs["A"], method, at_last, k, checkpoints=[last])}  # fmt: skip
         one_epoch = runs["bad_1epoch"].scores(method)
         selections[f"{method} @1-epoch warmup"] = {**measure(one_epoch), "cost": cost("bad_1epoch"), "passes": passes("bad_1epoch"),
@@ -168,10 +173,10 @@ def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any
         selections[f"{method} @20% budget"] = {**measure(a_scores[method], big), "cost": cost("A"), "bad_by_design": True,
                                               "budget": 0.2,
                                               "signals": signals(runs["A"], method, a_scores[method], big)}  # fmt: skip
-        ensemble = _ensemble([a_scores[method], b])
+        ensemble = rank_average([a_scores[method], b])
         selections[f"{method} x2 warmups"] = {**measure(ensemble), "cost": cost("A") + cost("B"),
                                              "passes": passes("A") + passes("B"),
-                                             "warmup_agreement": overlap(a_scores[method], b, k)}  # fmt: skip
+                                             "warmup_agreement": top_overlap(a_scores[method], b, k)}  # fmt: skip
     robust = load_selection(os.path.join(seed_dir, "A", "robust")).scores
     selections["robust"] = {**measure(robust), "cost": config.warmup_fraction * warm["A"]["epochs"]
                             + collected["robust"]["feature_seconds"] / pool_epoch, "passes": passes("A", 1)}  # fmt: skip
@@ -181,18 +186,10 @@ def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any
             "final": finals, "warmups": warm}  # fmt: skip
 
 
-def _ensemble(scores: list[np.ndarray]) -> np.ndarray:
-    from rose_hf.scoring import rank_average
-
-    return rank_average(scores)
-
-
 # --- the development seeds (make bench-real) -------------------------------------------------------------------------
 def analyse_dev(config, family: str, seed: int, output_dir: str) -> dict[str, Any] | None:
     """Precision, harm and final models of the development seeds from `make bench-real`'s saved scores."""
     from rose_hf.scoring import rank_average
-    from rose_hf.selection import select_top
-    from rose_hf.synthetic.evaluation import selection_metrics
 
     from .run import make_task
 
@@ -207,19 +204,15 @@ def analyse_dev(config, family: str, seed: int, output_dir: str) -> dict[str, An
     k = int(np.floor(config.final_budget * len(task.pool) + 0.5))
     scores = {m: saved[m] for m in ("random", "less", "rose", "robust", "oracle")}
     scores["dpo+sft"] = rank_average([saved["rose"], saved["less"]])
-    best = selection_metrics(select_top(scores["oracle"], size=k), helpful, harmful)["precision"]
-    selections = {}
-    for method, values in scores.items():
-        metrics = selection_metrics(select_top(values, size=k), helpful, harmful)
-        selections[method] = {"precision": metrics["precision"], "harmful_share": metrics["harmful_share"],
-                              "relative_precision": metrics["precision"] / best}  # fmt: skip
+    selections = {method: selection_figures(values, helpful, harmful, scores["oracle"], k)
+                  for method, values in scores.items()}  # fmt: skip
     second = os.path.join(run_dir, "scores_second_warmup.npz")
     if os.path.exists(second):
         other = np.load(second)
         other_scores = {"rose": other["rose"], "less": other["less"],
                         "dpo+sft": rank_average([other["rose"], other["less"]])}  # fmt: skip
         for method, values in other_scores.items():
-            selections[method]["stability"] = overlap(scores[method], values, k)
+            selections[method]["stability"] = top_overlap(scores[method], values, k)
     final = {m: {k: v[k] for k in ("exact_match", "wrong_match", "preference_accuracy") if k in v}
              for m, v in result.get("final", {}).items() if m in (*FINAL_METHODS, "full_pool")}  # fmt: skip
     dev_final = os.path.join(output_dir, family, f"dev_seed_{seed}.json")
