@@ -22,7 +22,7 @@ def reset_clock() -> None:
 def log(message: str) -> None:
     """A progress line, prefixed with the seconds since `reset_clock`, on the main process only.
 
-    Goes through `rose_hf.logs.log`, so `rose_hf.synthetic.recipe.quiet_libraries()` (called by the benchmarks'
+    Goes through `rose_hf.logs.log`, so `rose_fixtures.recipe.quiet_libraries()` (called by the benchmarks'
     `main`) makes it visible.
     """
     from rose_hf.logs import log as rose_log

@@ -17,9 +17,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from rose_fixtures.base_model import tiny_base_model
+    from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
     from rose_hf import RoseConfig, RoseDataSelector
-    from rose_hf.synthetic.base_model import tiny_base_model
-    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
     # Your data: an instruction pool (TRL SFT format) and a few preference pairs of the target task.
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=2000))

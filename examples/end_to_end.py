@@ -16,9 +16,9 @@ def main() -> None:
     from transformers import AutoTokenizer
     from trl import SFTConfig
 
+    from rose_fixtures.base_model import tiny_base_model
+    from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
     from rose_hf import RoseConfig, RoseTrainer
-    from rose_hf.synthetic.base_model import tiny_base_model
-    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=2000))
     path = tiny_base_model()

@@ -1,28 +1,44 @@
 """rose_hf: ROSE task-specific data selection for the Hugging Face training stack.
 
 Add `RoseDataSelector` to a LoRA warmup run, or let `RoseTrainer` run warmup -> selection -> final training.
-The public names are imported on first use, so `import rose_hf` (and `rose-hf --help`) stays instant.
+The lower-level names score a finished run's cache again (`score_store`, `select_top`) or select from a warmup's
+saved checkpoints (`select_from_checkpoints`). Public names are imported on first use, so `import rose_hf` (and
+`rose-hf --help`) stays instant.
+
+Layout: `features/` (stages 1-3: per-example gradient features), `scoring/` (stages 4-5: scores and selection),
+`cache/` (the feature cache and what keys it), `pipeline.py` (one run, however the checkpoints arrive), and at the
+edge `trainer/` (the `TrainerCallback` and `RoseTrainer`) and `cli/`.
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["RoseConfig", "RoseDataSelector", "RoseTrainer", "SelectionResult", "load_selection"]
 
 _WHERE = {
     "RoseConfig": ".rose_config",
-    "RoseDataSelector": ".callback",
-    "RoseTrainer": ".rose_trainer",
-    "SelectionResult": ".selection",
-    "load_selection": ".selection",
+    "RoseDataSelector": ".trainer.callback",
+    "RoseTrainer": ".trainer.rose_trainer",
+    "SelectionResult": ".scoring.selection",
+    "load_selection": ".scoring.selection",
+    "PoolScores": ".scoring.selection",
+    "score_store": ".scoring.selection",
+    "select_top": ".scoring.budget",
+    "budget_curve": ".scoring.budget",
+    "FeatureStore": ".cache.store",
+    "checkpoint_dirs": ".offline",
+    "select_from_checkpoints": ".offline",
 }
+__all__ = list(_WHERE)
 
 if TYPE_CHECKING:
-    from .callback import RoseDataSelector
+    from .cache.store import FeatureStore
+    from .offline import checkpoint_dirs, select_from_checkpoints
     from .rose_config import RoseConfig
-    from .rose_trainer import RoseTrainer
-    from .selection import SelectionResult, load_selection
+    from .scoring.budget import budget_curve, select_top
+    from .scoring.selection import PoolScores, SelectionResult, load_selection, score_store
+    from .trainer.callback import RoseDataSelector
+    from .trainer.rose_trainer import RoseTrainer
 
 
 def __getattr__(name: str):

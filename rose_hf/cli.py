@@ -152,7 +152,7 @@ def parse(argv: list[str], command: str | None = None):
 def load_data(script_args: RoseScriptArguments, seed: int = 0):
     """The pool and the preference pairs named by `script_args`."""
     if SYNTHETIC in (script_args.dataset_name, script_args.preference_dataset_name):
-        from .synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+        from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
 
         task = make_synthetic_task(SyntheticTaskConfig(pool_size=script_args.synthetic_pool_size, seed=seed))
     pool = (
@@ -203,7 +203,7 @@ def load_model_and_tokenizer(model_args, training_args, gguf_file: str | None = 
             )
         return name, None
     if name in (None, TINY_MODEL):
-        from .synthetic.base_model import tiny_base_model
+        from rose_fixtures.base_model import tiny_base_model
 
         name = tiny_base_model()
     tokenizer = AutoTokenizer.from_pretrained(name)
@@ -236,7 +236,7 @@ def model_init_kwargs(model_args) -> dict | None:
 
 
 def _trainer(script_args, rose_config, training_args, model_args):
-    from .rose_trainer import RoseTrainer
+    from .trainer.rose_trainer import RoseTrainer
 
     pool, pairs = load_data(script_args, seed=rose_config.seed)
     model_name, tokenizer = load_model_and_tokenizer(model_args, training_args, script_args.gguf_file)
@@ -293,7 +293,7 @@ def cmd_report(argv: list[str]) -> None:
 
 
 def cmd_demo(argv: list[str]) -> None:
-    from .demo import main as demo_main
+    from examples.demo import main as demo_main
 
     demo_main(argv)
 

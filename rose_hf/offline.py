@@ -14,11 +14,11 @@ from accelerate import PartialState
 from datasets import Dataset
 from torch import nn
 
-from .checkpoint import TrainingCheckpoint
+from .features.checkpoint import TrainingCheckpoint
 from .logs import get_logger
 from .pipeline import SelectionPipeline
 from .rose_config import RoseConfig
-from .selection import SelectionResult
+from .scoring.selection import SelectionResult
 
 logger = get_logger(__name__)
 

@@ -18,18 +18,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from torch import nn
 
-from .checkpoint import TrainingCheckpoint
-from .data import (
-    DEFAULT_SUBTASK,
-    SUBTASK_COLUMN,
-    check_preference_dataset,
-    check_sft_dataset,
-    pad_token_id,
-    prepare_preference_dataset,
-    prepare_sft_dataset,
-)
-from .features import Featurizer, checkpoint_features
-from .fingerprint import (
+from .cache.fingerprint import (
     base_model_fingerprint,
     describe_argument_changes,
     describe_change,
@@ -39,12 +28,23 @@ from .fingerprint import (
     state_fingerprint,
     warmup_arguments,
 )
-from .gradients import LoraParameter
+from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable, read_json
+from .data import (
+    DEFAULT_SUBTASK,
+    SUBTASK_COLUMN,
+    check_preference_dataset,
+    check_sft_dataset,
+    pad_token_id,
+    prepare_preference_dataset,
+    prepare_sft_dataset,
+)
+from .features.checkpoint import TrainingCheckpoint
+from .features.featurizer import Featurizer, checkpoint_features
+from .features.gradients import LoraParameter
+from .features.preconditioner import AdamState
 from .logs import get_logger, summary
-from .preconditioner import AdamState
 from .rose_config import RoseConfig
-from .selection import SelectionResult, describe_selection, select_from_store
-from .store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable, read_json
+from .scoring.selection import SelectionResult, describe_selection, select_from_store
 
 logger = get_logger(__name__)
 
@@ -319,7 +319,7 @@ class SelectionPipeline:
             summary(describe_selection(result, self.config.output_dir, report if os.path.exists(report) else None))
         state.wait_for_everyone()
         if not state.is_main_process:
-            from .selection import load_selection
+            from .scoring.selection import load_selection
 
             result = load_selection(self.config.output_dir)
         return result

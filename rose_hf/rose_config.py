@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .dpo import check_loss_type
+from .features.dpo import check_loss_type
 
 # The validation features each objective scores with; "dpo+sft" is the mean rank of the two paper scores.
 OBJECTIVE_PARTS = {"dpo": ("dpo",), "sft": ("sft",), "dpo+sft": ("dpo", "sft")}

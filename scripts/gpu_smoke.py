@@ -20,7 +20,7 @@ def gradients_check(out: dict) -> None:
     from helpers import make_lora_model, make_tokenizer, pool_dataset
 
     from rose_hf.data import SFTCollator, prepare_sft_dataset
-    from rose_hf.gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
+    from rose_hf.features.gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
 
     def batched(model, rows, tokenizer):
         collector = LoraGradientCollector(model)

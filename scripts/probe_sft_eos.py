@@ -31,11 +31,11 @@ def main(output_dir: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from rose_fixtures.base_model import tiny_base_model
+    from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
     from rose_hf import RoseConfig, RoseDataSelector
-    from rose_hf.features import compute_validation_features
-    from rose_hf.gradients import feature_mode
-    from rose_hf.synthetic.base_model import tiny_base_model
-    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+    from rose_hf.features.featurizer import compute_validation_features
+    from rose_hf.features.gradients import feature_mode
 
     base = tiny_base_model()
     results = {}

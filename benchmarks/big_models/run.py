@@ -1,6 +1,6 @@
 """The paths users take to big models, measured on a CPU: FSDP2 (2 processes) and QLoRA against one float process.
 
-The base is the tiny Llama pretrained on the synthetic format (`rose_hf.synthetic.base_model`, hidden 256, cached).
+The base is the tiny Llama pretrained on the synthetic format (`rose_fixtures.base_model`, hidden 256, cached).
 One warmup (1 process, float32, plain AdamW loop) gives a LoRA adapter, the gradient of every step and the learning
 rates. Each setting then builds its model, replays those gradients through ITS OWN optimizer (so each holds the Adam
 state that optimizer would hold after that warmup: sharded DTensors under FSDP2, blockwise 8-bit bitsandbytes states
@@ -82,7 +82,7 @@ class BigModelsBenchConfig:
 def _data(config: BigModelsBenchConfig, base_path: str):
     from transformers import AutoTokenizer
 
-    from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
+    from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
 
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=config.pool_size, seed=config.seed))
     pairs = task.validation.select(range(min(config.num_pairs, len(task.validation))))
@@ -92,7 +92,7 @@ def _data(config: BigModelsBenchConfig, base_path: str):
 def base_model_path(config: BigModelsBenchConfig) -> str:
     """The tiny Llama pretrained on the synthetic format (cached in outputs/cache): a random-init model's gradients,
     and its reaction to quantization, would say little about a real base's."""
-    from rose_hf.synthetic.base_model import TinyBaseConfig, tiny_base_model
+    from rose_fixtures.base_model import TinyBaseConfig, tiny_base_model
 
     size = TinyBaseConfig(hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads)
     return os.path.abspath(tiny_base_model(size))
@@ -266,7 +266,7 @@ def build_model(config: BigModelsBenchConfig, base: str):
     from transformers import AutoModelForCausalLM
 
     if base == "4bit":
-        from rose_hf.synthetic.quantized import load_in_4bit
+        from rose_fixtures.quantized import load_in_4bit
 
         model = load_in_4bit(config.base_path)
     else:
@@ -411,7 +411,7 @@ def markdown(report: dict) -> str:
         f"{env['cpus']} CPUs, {env['torch_threads']} torch threads in the 1-process settings, 1 per process under "
         f"FSDP2; load average at the end {[round(x, 2) for x in env['load_average']]}.",
         "",
-        f"Model: the tiny Llama pretrained on the synthetic format (`rose_hf.synthetic.base_model`), hidden "
+        f"Model: the tiny Llama pretrained on the synthetic format (`rose_fixtures.base_model`), hidden "
         f"{c['hidden_size']}, {c['num_layers']} layers, {c['num_heads']} heads (half as many KV heads); LoRA "
         f"r={c['lora_r']} on q,k,v,o = {report['lora_parameters']:,} parameters. Warmup: 1 process, float32 AdamW, "
         f"{c['warmup_rows']} rows x {c['warmup_epochs']} epochs = {report['warmup_steps']} steps; every setting but "

@@ -1,7 +1,7 @@
 """Baseline data selectors of the quality benchmark: random, RDS-style representation similarity, and BM25.
 
 Every selector returns one score per pool row (higher = more wanted), in pool order, so that all methods, ROSE and
-LESS included, share `rose_hf.scoring.select_top` / `budget_curve` for their selections at every budget. The
+LESS included, share `rose_hf.scoring.similarity.select_top` / `budget_curve` for their selections at every budget. The
 similarity baselines aggregate over the validation pairs the way ROSE does: mean over the pairs of a subtask, then
 the max over subtasks, so the only difference between methods is the similarity itself.
 
@@ -14,7 +14,7 @@ the max over subtasks, so the only difference between methods is the similarity 
 
 Example:
 ```
-python -c "from benchmarks.quality.baselines import bm25_scores; from rose_hf.synthetic.tasks import make_synthetic_task; \
+python -c "from benchmarks.quality.baselines import bm25_scores; from rose_fixtures.tasks import make_synthetic_task; \
 t = make_synthetic_task(); print(bm25_scores(t.pool, t.validation)[:5])"
 ```
 """

@@ -105,7 +105,7 @@ def health_section(targets: dict[str, Any]) -> list[str]:
         return []
     lines = ["## Health check", "",
              "Verdict `noise` when fewer than half of the 5% most relevant rows pass the preference gate "
-             "(`rose_hf.robust.selection_health`). Bands by precision: bad < 2 x random, good >= 0.7 x oracle.", ""]
+             "(`rose_hf.scoring.robust.selection_health`). Bands by precision: bad < 2 x random, good >= 0.7 x oracle.", ""]
     rows = []
     for method in ("robust", "rose"):
         if method in health:
@@ -203,7 +203,7 @@ def cost_table(runs: list[dict[str, Any]], config: dict[str, Any]) -> str:
 def health_bands_table(runs: list[dict[str, Any]], budget: str) -> str:
     """The label-free health verdict against the precision it should reflect (issue 18's bands: bad < 0.5 x the
     oracle, good >= 0.8 x), every gradient selection including the second warmup seed's."""
-    from rose_hf.synthetic.evaluation import quality_band
+    from rose_fixtures.evaluation import quality_band
 
     counts = {band: {"runs": 0, "warned": 0} for band in ("bad", "middling", "good")}
     cases = []
@@ -235,7 +235,7 @@ def render_real_markdown(results: dict[str, Any]) -> str:
         "# Real-model benchmark: SmolLM2-135M-Instruct on real-data task families",
         "",
         f"{len(runs)} runs: families {', '.join(config['families'])} x seeds {list(config['seeds'])} "
-        "(`rose_hf.synthetic.real_worlds`; facts from CLDR through babel, and num2words). Pool "
+        "(`rose_fixtures.real_worlds`; facts from CLDR through babel, and num2words). Pool "
         f"{config['pool_size']} rows per world: {config['target_correct_fraction']:.0%} target task done right "
         f"(helpful), {config['target_wrong_fraction']:.0%} its on-topic but wrong twin (harmful), the rest "
         f"distractor tasks of the same shape; {2 * config['n_per_subtask']} preference pairs in 2 subtasks. Warmup: "

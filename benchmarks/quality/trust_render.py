@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import agg_figure, table
-from rose_hf.synthetic.evaluation import BAD_BELOW, GOOD_FROM
+from rose_fixtures.evaluation import BAD_BELOW, GOOD_FROM
 
 from .trust_analysis import DEFAULT
 

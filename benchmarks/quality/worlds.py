@@ -1,4 +1,4 @@
-"""World check: is each synthetic world (`rose_hf.synthetic.worlds`) usable for the quality benchmark?
+"""World check: is each synthetic world (`rose_fixtures.worlds`) usable for the quality benchmark?
 
 No selection method runs here. Per world it measures what the benchmark's verdicts rest on:
 - the base model: pretraining loss and greedy exact match on every task of its family (the distractors must be
@@ -67,8 +67,8 @@ class WorldCheckConfig:
 def _base_path(family: str, base: dict | None, cache_dir: str) -> str:
     import dataclasses
 
-    from rose_hf.synthetic.base_model import SORT_WORLD_BASE, world_base_model
-    from rose_hf.synthetic.worlds import SORT, get_family
+    from rose_fixtures.base_model import SORT_WORLD_BASE, world_base_model
+    from rose_fixtures.worlds import SORT, get_family
 
     if base is None:
         return world_base_model(family, cache_dir)
@@ -80,7 +80,7 @@ def base_report(family: str, path: str) -> dict[str, Any]:
     """The base model's pretraining record and its exact match on every task of the family."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rose_hf.synthetic.base_model import world_skill
+    from rose_fixtures.base_model import world_skill
 
     with open(os.path.join(path, "pretrain.json")) as handle:
         record = json.load(handle)
@@ -93,7 +93,7 @@ def base_report(family: str, path: str) -> dict[str, Any]:
 def _selection(model: str, task, seed: int, budget: float):
     from benchmarks.quality.baselines import random_scores
     from benchmarks.quality.run import oracle_scores
-    from rose_hf.scoring import select_top
+    from rose_hf.scoring.budget import select_top
 
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     if model == "oracle":
@@ -107,8 +107,8 @@ def _selection(model: str, task, seed: int, budget: float):
 
 def _by_length(model, tokenizer, task, max_new_tokens: int) -> dict[str, float]:
     # Exact match per input length: which lists the model gets right (the prompt symbols are its 1-char words).
-    from rose_hf.synthetic.evaluation import exact_match, greedy_generations
-    from rose_hf.synthetic.worlds import prompt_text
+    from rose_fixtures.evaluation import exact_match, greedy_generations
+    from rose_fixtures.worlds import prompt_text
 
     prompts = list(task.test_prompts["prompt"])
     generations = greedy_generations(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
@@ -130,8 +130,8 @@ def check_seed(config: WorldCheckConfig, label: str, family: str, base_path: str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.quality.run import QualityBenchConfig, _training_rows, train_lora
-    from rose_hf.synthetic.evaluation import evaluate_model
-    from rose_hf.synthetic.worlds import make_world, max_new_tokens
+    from rose_fixtures.evaluation import evaluate_model
+    from rose_fixtures.worlds import make_world, max_new_tokens
 
     cache = os.path.join(config.output_dir, "cache", f"{label.replace(' ', '_')}_seed{seed}.json")
     fingerprint = {"base": os.path.basename(base_path), "epochs": list(config.epochs), "models": list(config.models),
@@ -261,8 +261,8 @@ def run_world_check(config: WorldCheckConfig | None = None) -> dict[str, Any]:
     """Every world and seed; writes `worlds.json` and `worlds.md` into `config.output_dir`."""
     import torch
 
-    from rose_hf.synthetic.base_model import DEFAULT_CACHE
-    from rose_hf.synthetic.worlds import SORT, get_family
+    from rose_fixtures.base_model import DEFAULT_CACHE
+    from rose_fixtures.worlds import SORT, get_family
 
     config = config or WorldCheckConfig()
     start = time.perf_counter()

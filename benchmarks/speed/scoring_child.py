@@ -5,7 +5,7 @@ Run in a fresh process for each pool (`scoring.measure_scoring` does), so that i
 python -m benchmarks.speed.scoring_child POOL.npy VALIDATION.npy
 ```
 POOL.npy is opened as a read-only `np.memmap`; VALIDATION.npy holds the validation features (alternate rows in two
-subtasks). Only `rose_hf.scoring` and what it needs are imported (numpy; torch, through accelerate's logging), not
+subtasks). Only `rose_hf.scoring.similarity` and what it needs are imported (numpy; torch, through accelerate's logging), not
 the trainers, so the process's memory beyond that baseline is what scoring uses.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rose_hf.scoring import score_pool
+from rose_hf.scoring.similarity import score_pool
 
 
 def status_kb(*keys: str) -> dict[str, int]:

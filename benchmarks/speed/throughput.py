@@ -27,7 +27,7 @@ def measure_write(
     """Time `CheckpointFeatures.write_chunk` of one float16 chunk (what the pipeline does per chunk), per row."""
     import numpy as np
 
-    from rose_hf.store import STATUS_OK, CheckpointFeatures
+    from rose_hf.cache.store import STATUS_OK, CheckpointFeatures
 
     checkpoint = CheckpointFeatures(os.path.join(folder, f"write-{kind}"), step=0)
     checkpoint.create(rows, dim, "float16", rows)

@@ -39,7 +39,7 @@ def build_lora_model(config: SpeedBenchConfig, tokenizer: Any, device: torch.dev
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from rose_hf.synthetic.tiny import build_model, lora_target_modules
+    from rose_fixtures.tiny import build_model, lora_target_modules
 
     base = build_model(
         "llama",
@@ -73,8 +73,8 @@ def synthetic_batch(num: int, seq_len: int, vocab_size: int, seed: int, device: 
     """Random token ids, full attention mask, loss on the last half of each sequence (the 'completion')."""
     import torch
 
+    from rose_fixtures.tiny import SPECIAL_TOKENS
     from rose_hf.data import IGNORE_INDEX
-    from rose_hf.synthetic.tiny import SPECIAL_TOKENS
 
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, (num, seq_len), generator=generator)
@@ -93,7 +93,7 @@ def random_adam_state(num_params: int, seed: int):
     """Adam moments as a warmup would leave them: m small and signed, v positive."""
     import torch
 
-    from rose_hf.preconditioner import AdamState
+    from rose_hf.features.preconditioner import AdamState
 
     generator = torch.Generator().manual_seed(seed + 2)
     exp_avg = torch.randn(num_params, generator=generator) * 1e-4

@@ -23,10 +23,10 @@ from typing import Any
 
 from datasets import Dataset
 
+from ..cache.store import FeatureStore, atomic_write_text, disk_errors, read_json
 from ..logs import log
 from ..rose_config import RoseConfig
-from ..selection import SelectionResult, load_selection
-from ..store import FeatureStore, atomic_write_text, disk_errors, read_json
+from ..scoring.selection import SelectionResult, load_selection
 from . import sections
 from .context import PLOT_DIR, ReportContext
 from .markdown import escape_cell, image_links
@@ -197,7 +197,7 @@ def report_from_output_dir(
 
             selected_rows = load_from_disk(selected_dir)
     else:
-        from ..fingerprint import pool_fingerprint
+        from ..cache.fingerprint import pool_fingerprint
 
         fingerprint = _run_args(output_dir).get("pool_fingerprint")
         if fingerprint and pool_fingerprint(pool) != fingerprint and len(pool) == len(result.scores):

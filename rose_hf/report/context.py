@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from ..cache.store import FeatureStore, disk_errors
 from ..rose_config import RoseConfig
-from ..selection import SelectionResult, selectable_rows
-from ..store import FeatureStore, disk_errors
+from ..scoring.budget import selectable_rows
+from ..scoring.selection import SelectionResult
 from .plots import save_figure
 
 PLOT_DIR = "report"

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..selection import DEFAULT_BUDGET_FRACTIONS, budget_curve
+from ..scoring.budget import DEFAULT_BUDGET_FRACTIONS, budget_curve
 from . import plots
 from .context import ReportContext
 from .markdown import MAX_CELL_CHARS, escape_cell, message_text, pct, table

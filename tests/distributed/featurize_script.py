@@ -10,16 +10,16 @@ import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
 
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 from helpers import make_lora_model, make_tokenizer, pool_dataset  # noqa: E402
 
 from rose_hf import RoseConfig  # noqa: E402
-from rose_hf.checkpoint import TrainingCheckpoint
+from rose_hf.features.checkpoint import TrainingCheckpoint  # noqa: E402
+from rose_hf.features.preconditioner import AdamState  # noqa: E402
 from rose_hf.pipeline import SelectionPipeline  # noqa: E402
-from rose_hf.preconditioner import AdamState  # noqa: E402
 
 RESUME_ROSE = dict(projection_dim=128, chunk_size=4, feature_batch_size=3, max_length=48, report=False,
                    scoring="paper")

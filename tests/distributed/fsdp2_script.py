@@ -19,7 +19,7 @@ import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
 
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
@@ -29,10 +29,10 @@ from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import TrainerControl, TrainerState, TrainingArguments, get_linear_schedule_with_warmup  # noqa: E402
 
+from rose_fixtures.tiny import build_model  # noqa: E402
 from rose_hf import RoseDataSelector  # noqa: E402
 from rose_hf.data import SFTCollator, prepare_sft_dataset  # noqa: E402
 from rose_hf.sharding import uses_fsdp2  # noqa: E402
-from rose_hf.synthetic.tiny import build_model  # noqa: E402
 
 EPOCHS, BATCH = 2, 4  # 16 warmup rows / 4 = 4 steps per epoch, as in the Trainer warmup of the other tests
 

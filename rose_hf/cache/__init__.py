@@ -1,0 +1,1 @@
+"""The feature cache on disk and the fingerprints that key it."""

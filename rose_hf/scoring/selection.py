@@ -1,0 +1,320 @@
+"""From cached checkpoint features to scores and a selected `datasets.Dataset` (the last, named, resumable stage).
+
+Writes into the run's `output_dir`: `scores.npy` (one float32 per pool row, in pool order; rows without a usable
+gradient hold the float32 minimum), `selected_indices.json`, `selected/` (`Dataset.save_to_disk`), `selected.jsonl`
+and `selection.json` (what was selected with which settings, the checkpoint weights, the counts, the timings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+from ..cache.store import STATUS_OK, FeatureStore, atomic_write_json, disk_errors, read_json
+from ..logs import get_logger, warn
+from ..rose_config import OBJECTIVE_PARTS, RoseConfig
+from .budget import select_top
+from .health import pair_halves, selection_health
+from .robust import relevance_and_preference, robust_scores
+from .similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
+
+logger = get_logger(__name__)
+
+@dataclass
+class SelectionResult:
+    """Scores and selection of one run.
+
+    Args:
+        scores: `(N,)` float32 score per pool row, in pool order.
+        selected_indices: pool rows selected, best first.
+        valid: `(N,)` bool, rows that had a usable gradient at every checkpoint.
+        weights: checkpoint weights (mean learning rate per checkpoint, normalised).
+        steps: the warmup steps of the checkpoints used.
+        info: counts, per-subtask contributions and timings (also in `selection.json`).
+        loaded: whether the result was read back from a finished run instead of computed.
+    """
+
+    scores: np.ndarray
+    selected_indices: list[int]
+    valid: np.ndarray
+    weights: np.ndarray
+    steps: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+    loaded: bool = False  # read back from disk rather than computed now
+
+
+def _selection_args(config: RoseConfig, steps: list[int]) -> dict[str, Any]:
+    """Everything a finished selection depends on beyond the cached features: reused only if all are the same."""
+    return {
+        "selection_fraction": config.selection_fraction,
+        "selection_size": config.selection_size,
+        "scoring": config.scoring,
+        "validation_objective": config.validation_objective,
+        "subtask_aggregation": config.subtask_aggregation,
+        "steps": steps,
+    }
+
+
+@dataclass
+class PoolScores:
+    """What scoring a cache gives, before any row is selected.
+
+    Args:
+        scores: `(N,)` float32, `INVALID_SCORE` for rows without a usable gradient.
+        valid: `(N,)` bool, rows with a usable gradient at every checkpoint scored.
+        weights: checkpoint weights, one per cached checkpoint (robust: all on the last).
+        steps: the cached checkpoints' steps.
+        relevance, preference: `(N,)` parts of the health check (see `rose_hf.scoring.robust`); preference is None without
+            a preference side.
+        info: the scoring report (see `score_pool`), plus feature time per checkpoint.
+        half_scores: the same scoring from each half of the validation pairs (`rose_hf.scoring.health.pair_halves`), or
+            None when a half would be empty (one pair per subtask).
+        objective_scores: the ranking by the DPO side alone and by the SFT side alone (paper: the two objectives'
+            scores; robust: preference and relevance), or None without a preference side.
+    """
+
+    scores: np.ndarray
+    valid: np.ndarray
+    weights: np.ndarray
+    steps: list[int]
+    relevance: np.ndarray
+    preference: np.ndarray | None
+    info: dict[str, Any]
+    half_scores: tuple[np.ndarray, np.ndarray] | None = None
+    objective_scores: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, num_rows: int | None = None):
+    """Scores of every pool row from a run's cached features, without writing or selecting anything.
+
+    The public way to score one cache several ways: both objectives' validation features are cached at every
+    checkpoint, so `validation_objective="sft"` (LESS), `"dpo"` (ROSE) and `"dpo+sft"` (the mean rank of the two,
+    `rose_hf.scoring.similarity.rank_average`) score the same pool features.
+
+    Args:
+        store: the run's feature cache (`FeatureStore(output_dir)`).
+        subtasks: the subtask of each validation pair, in pair order.
+        config: the scoring settings (`scoring`, `validation_objective`, `subtask_aggregation`).
+        num_rows: the pool size, checked against the cache when given.
+
+    Returns:
+        A `PoolScores`.
+    """
+    checkpoints = store.completed_checkpoints()
+    if not checkpoints:
+        raise ValueError(
+            f"No completed checkpoint features in {store.features_dir}: run the warmup with RoseDataSelector "
+            "attached (it writes features at every save), or point `output_dir` at the run that did."
+        )
+    metas = [c.meta for c in checkpoints]
+    for meta in metas:
+        if num_rows is not None and meta["num_rows"] != num_rows:
+            raise ValueError(
+                f"The cached features cover {meta['num_rows']} pool rows but the pool has {num_rows}: pass the "
+                "same pool the features were computed for."
+            )
+    last = checkpoints[-1]
+    dpo = last.validation_features("dpo") if config.validation_objective != "sft" else None
+    if config.scoring == "robust":
+        weights = np.zeros(len(checkpoints))
+        weights[-1] = 1.0  # the trained end of the warmup (see rose_hf.scoring.robust)
+        valid = last.pool_status() == STATUS_OK
+    else:
+        weights = checkpoint_weights([meta["learning_rates"] for meta in metas])
+        valid = np.ones(metas[0]["num_rows"], dtype=bool)
+        for c in checkpoints:
+            valid &= c.pool_status() == STATUS_OK
+    # Relevance and preference at the last checkpoint: the robust score, and the health check of either scoring.
+    relevance, preference = relevance_and_preference(
+        last.pool_features(), last.validation_features("sft"), dpo, valid, last.pool_scales()
+    )
+
+    def rank(pairs: list[int] | None = None, progress: bool = False):
+        """The configured scoring over the validation pairs `pairs` (default all): scores, report, and the paper
+        scoring's per-objective scores (empty under robust)."""
+        if config.scoring == "robust":
+            if pairs is None:
+                rel, pref = relevance, preference
+            else:
+                rel, pref = relevance_and_preference(last.pool_features(), last.validation_features("sft")[pairs],
+                                                     None if dpo is None else dpo[pairs], valid, last.pool_scales())  # fmt: skip
+            scores = robust_scores(rel, pref)
+            return scores, {"scoring": "robust", "num_rows": len(scores),
+                            "num_invalid": int((scores == INVALID_SCORE).sum()),
+                            "num_preferred": None if pref is None else int((pref > 0).sum())}, {}  # fmt: skip
+        by_objective = {o: _paper_scores(checkpoints, weights, subtasks, o, config, valid, pairs, progress)
+                        for o in OBJECTIVE_PARTS[config.validation_objective]}  # fmt: skip
+        parts = {name: part for name, (part, _) in by_objective.items()}
+        scores, info = by_objective[OBJECTIVE_PARTS[config.validation_objective][0]]
+        if len(by_objective) > 1:
+            scores = rank_average(list(parts.values()))
+            info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()),
+                    "objectives": {name: report for name, (_, report) in by_objective.items()}}  # fmt: skip
+        return scores, {**info, "scoring": "paper"}, parts
+
+    scores, info, parts = rank(progress=True)
+    # The health check's signals (rose_hf.scoring.health): the ranking by each objective alone, and by each half of the pairs.
+    if config.scoring == "robust":
+        objective_scores = None if preference is None else (preference, relevance)
+    else:
+        objective_scores = tuple(parts[o] if o in parts else _paper_scores(checkpoints, weights, subtasks, o, config,
+                                                                            valid)[0] for o in ("dpo", "sft"))  # fmt: skip
+    halves = pair_halves(subtasks)
+    half_scores = tuple(rank(half)[0] for half in halves) if all(halves) else None
+    info["feature_seconds"] = {
+        str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
+    }
+    steps = [c.step for c in checkpoints]
+    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info,
+                      half_scores, objective_scores)  # fmt: skip
+
+
+def _paper_scores(checkpoints, weights, subtasks, objective: str, config: RoseConfig, valid: np.ndarray,
+                  pairs: list[int] | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The paper scoring of every cached checkpoint with one validation objective, over `pairs` (default all)."""
+    scales = [c.pool_scales() for c in checkpoints]
+    return score_pool(
+        [c.pool_features() for c in checkpoints],
+        [c.validation_features(objective)[slice(None) if pairs is None else pairs] for c in checkpoints],
+        weights,
+        list(subtasks) if pairs is None else [subtasks[p] for p in pairs],
+        aggregation=config.subtask_aggregation,
+        valid=valid,
+        row_scales=scales if all(s is not None for s in scales) else None,
+        progress=progress,
+    )
+
+
+def select_from_store(
+    store: FeatureStore,
+    pool: Dataset,
+    subtasks: list[str],
+    config: RoseConfig,
+    write: bool = True,
+    extra_info: dict[str, Any] | None = None,
+) -> SelectionResult:
+    """Score every pool row over all cached checkpoints (`score_store`) and select the top ones.
+
+    A finished selection with the same settings and checkpoints is loaded instead of recomputed.
+
+    Args:
+        store: the run's feature cache (every checkpoint in it must be complete).
+        pool: the original pool, all columns (the selected rows are taken from it).
+        subtasks: the subtask of each validation pair, in pair order.
+        config: the selection settings (recorded in `selection.json`, with `extra_info`).
+        write: save the artifacts (main process only).
+        extra_info: more to record in `selection.json` (e.g. the tokenization counts).
+    """
+    checkpoints = store.completed_checkpoints()
+    steps = [c.step for c in checkpoints]
+    # Keyed on each checkpoint's model state too: recomputed features must never meet a selection made from others.
+    args = {**_selection_args(config, steps), "fingerprints": [c.meta.get("fingerprint") for c in checkpoints]}
+    summary_path = os.path.join(store.root, "selection.json")
+    if steps and os.path.exists(summary_path) and os.path.exists(os.path.join(store.root, "scores.npy")):
+        saved = read_json(summary_path)
+        if saved.get("args") == json.loads(json.dumps(args)):
+            logger.info(f"rose_hf: selection already done in {store.root}; loading it.", main_process_only=True)
+            return load_selection(store.root)
+
+    start = time.perf_counter()
+    scored = score_store(store, subtasks, config, num_rows=len(pool))
+    scores, valid, weights, steps, score_info = scored.scores, scored.valid, scored.weights, scored.steps, scored.info
+    selected = select_top(scores, **config.budget(), valid=valid)
+    health = selection_health(scored.relevance, scored.preference, selected, len(selected), scored.half_scores,
+                              scored.objective_scores)  # fmt: skip
+    if health["verdict"] != "ok":
+        warn(f"rose_hf: selection health: {health['message']}.")
+    info = {
+        "health": health,
+        "args": args,
+        "num_pool": len(pool),
+        "num_selected": int(len(selected)),
+        "num_invalid": int((~valid).sum()),
+        "weights": [float(w) for w in weights],
+        "steps": steps,
+        "score_seconds": time.perf_counter() - start,
+        "feature_bytes": {str(c.step): c.nbytes() for c in store.completed_checkpoints()},
+        "config": config.to_dict(),
+        **score_info,
+        **(extra_info or {}),
+    }
+    result = SelectionResult(scores, [int(i) for i in selected], valid, weights, steps, info)
+    if write:
+        save_selection(store.root, result, pool)
+    logger.info(
+        f"rose_hf: scored {len(pool)} pool rows over {len(steps)} checkpoint(s) (weights "
+        f"{np.round(weights, 3).tolist()}), {info['num_invalid']} without a usable gradient; selected "
+        f"{len(selected)} in {info['score_seconds']:.1f}s -> {store.root}",
+        main_process_only=True,
+    )
+    return result
+
+
+def describe_selection(result: SelectionResult, output_dir: str, report: str | None = None) -> str:
+    """The one-line summary of a selection: rows selected, health verdict (when computed), where the report is."""
+    num_pool = len(result.scores)
+    parts = [f"selected {len(result.selected_indices)} of {num_pool} pool rows "
+             f"({len(result.selected_indices) / max(1, num_pool):.1%}) from {len(result.steps)} checkpoint(s)"]
+    health = result.info.get("health")
+    if health:
+        parts.append(f"health: {health['verdict']} ({health['message']})")
+    parts.append(f"report: {report}" if report else f"artifacts in {output_dir}")
+    return "; ".join(parts)
+
+
+def selection_log_metrics(result: SelectionResult, pool: Dataset | None = None, source_column: str | None = None):
+    """The figures of a selection as a trainer logs them (`Trainer.log`: TensorBoard, W&B... through `report_to`):
+    rows selected, feature and scoring time, score quantiles, and per-source shares when a source column exists."""
+    valid = result.scores[result.valid] if result.valid.any() else np.zeros(1, np.float32)
+    metrics = {
+        "rose/num_selected": float(len(result.selected_indices)),
+        "rose/num_invalid": float(result.info.get("num_invalid", 0)),
+        "rose/feature_seconds": float(sum(result.info.get("feature_seconds", {}).values())),
+        "rose/score_seconds": float(result.info.get("score_seconds", 0.0)),
+        **{f"rose/score_q{q}": float(np.quantile(valid, q / 100)) for q in (5, 50, 95)},
+    }
+    if result.selected_indices:
+        metrics["rose/selected_score_min"] = float(result.scores[result.selected_indices[-1]])
+    if pool is not None and source_column and source_column in pool.column_names:
+        sources = pool.select(result.selected_indices)[source_column]
+        for name in sorted(set(sources)):
+            metrics[f"rose/share/{name}"] = sources.count(name) / len(sources)
+    health = result.info.get("health")
+    if health:
+        metrics.update({f"rose/health/{k}": float(v) for k, v in health.get("signals", {}).items()})
+    return metrics
+
+
+def save_selection(output_dir: str, result: SelectionResult, pool: Dataset) -> None:
+    """Write scores, indices, the selected subset (`save_to_disk` and JSON lines) and `selection.json`."""
+    with disk_errors(output_dir):
+        tmp = os.path.join(output_dir, "scores.tmp.npy")
+        np.save(tmp, result.scores.astype(np.float32))
+        os.replace(tmp, os.path.join(output_dir, "scores.npy"))
+        np.save(os.path.join(output_dir, "valid.npy"), result.valid)
+        subset = pool.select(result.selected_indices)
+        subset.save_to_disk(os.path.join(output_dir, "selected"))
+        subset.to_json(os.path.join(output_dir, "selected.jsonl"), lines=True)
+    atomic_write_json(os.path.join(output_dir, "selected_indices.json"), result.selected_indices)
+    # Written last: its presence (with matching args) is what marks the selection as done.
+    atomic_write_json(os.path.join(output_dir, "selection.json"), result.info)
+
+
+def load_selection(output_dir: str) -> SelectionResult:
+    """Load a finished selection written by `select_from_store`."""
+    info = read_json(os.path.join(output_dir, "selection.json"))
+    return SelectionResult(
+        scores=np.load(os.path.join(output_dir, "scores.npy")),
+        selected_indices=read_json(os.path.join(output_dir, "selected_indices.json")),
+        valid=np.load(os.path.join(output_dir, "valid.npy")),
+        weights=np.asarray(info["weights"]),
+        steps=info["steps"],
+        info=info,
+        loaded=True,
+    )

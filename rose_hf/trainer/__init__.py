@@ -1,0 +1,1 @@
+"""The Trainer integration: the `RoseDataSelector` callback and `RoseTrainer`."""

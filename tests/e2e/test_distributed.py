@@ -1,0 +1,179 @@
+"""The callback in 2 processes (DDP, DeepSpeed ZeRO-2, ZeRO-3, FSDP2 on CPU) gives the features, scores and selection
+of one process computing from the SAME adapter and Adam state.
+
+The warmup runs under `accelerate launch` with the recipes in recipes/accelerate_configs/. Its rank 0 also saves the
+LoRA weights and Adam moments at every checkpoint (gathered with torch's/DeepSpeed's own APIs), and this test
+recomputes the features from them in one process. Tolerance: features are stored in float16, and the two runs
+compute each example in the same batch composition (chunks are fixed row ranges), so they agree up to float32
+reduction order in the model (~1e-6 relative) before fp16 rounding; a feature element (|x| <~ 0.3) may then differ
+by one fp16 ulp (<= 2.4e-4), which moves a score (a weighted mean of cosines of unit vectors) by far less than 1e-3.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from accelerate.utils import DistributedType
+from helpers import DISTRIBUTED_ROSE, ROOT, distributed_setup, make_lora_model
+from peft import get_peft_model
+
+from rose_fixtures.tiny import build_model
+from rose_hf import RoseConfig
+from rose_hf.features.checkpoint import TrainingCheckpoint
+from rose_hf.features.preconditioner import AdamState
+from rose_hf.pipeline import SelectionPipeline
+from rose_hf.trainer.callback import check_distributed_type
+
+SCRIPT = os.path.join(ROOT, "tests", "distributed", "warmup_script.py")
+CONFIGS = os.path.join(ROOT, "recipes", "accelerate_configs")
+
+
+def launch(config: str, output_dir: str, zero_stage: int) -> None:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, config),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
+        SCRIPT, "--output_dir", output_dir, "--zero_stage", str(zero_stage),
+    ]  # fmt: skip
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def single_process_reference(run_dir: str, output_dir: str):
+    """Features, scores and selection from the distributed run's own adapter and Adam state, in this process."""
+    setup = distributed_setup(output_dir)
+    model = get_peft_model(build_model("llama", setup["tokenizer"], hidden_size=32, seed=0), setup["lora"])
+    pipeline = SelectionPipeline(setup["pool"], setup["pairs"], RoseConfig(output_dir=output_dir, **DISTRIBUTED_ROSE))
+    pipeline.prepare(model, setup["tokenizer"])
+    names = pipeline.featurizer.collector.names
+    steps = sorted(int(f.split("-")[1][:-3]) for f in os.listdir(run_dir) if f.startswith("state-"))
+    for step in steps:
+        state = torch.load(os.path.join(run_dir, f"state-{step}.pt"))
+        params = dict(model.named_parameters())
+        for name, weight in state["weights"].items():
+            params[name].data.copy_(weight.reshape(params[name].shape))
+        adam = AdamState(
+            torch.cat([state["exp_avg"][n].flatten() for n in names]),
+            torch.cat([state["exp_avg_sq"][n].flatten() for n in names]),
+            state["betas"][0], state["betas"][1], state["eps"],
+        )  # fmt: skip
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "layout.json")) as handle:
+            learning_rates = json.load(handle)["learning_rates"]
+        pipeline.featurize(model, TrainingCheckpoint(step, learning_rates, adam))
+    return pipeline.select(), steps, list(setup["pairs"]["subtask"])
+
+
+def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subtasks: list[str], k: int) -> None:
+    """LESS's and the default dpo+sft's selections, scored from the distributed cache and from the one-process cache,
+    are the same rows; dpo+sft's mean ranks differ by at most one swap of neighbours per objective."""
+    from rose_hf.cache.store import FeatureStore
+    from rose_hf.scoring.budget import select_top
+    from rose_hf.scoring.selection import score_store
+
+    for objective in ("sft", "dpo+sft"):
+        config = RoseConfig(output_dir=reference_dir, **{**DISTRIBUTED_ROSE, "validation_objective": objective})
+        ours = score_store(FeatureStore(os.path.join(run_dir, "rose")), subtasks, config).scores
+        theirs = score_store(FeatureStore(reference_dir), subtasks, config).scores
+        assert set(select_top(ours, size=k).tolist()) == set(select_top(theirs, size=k).tolist()), objective
+        tolerance = 1e-3 if objective == "sft" else 1.0 / len(ours)
+        np.testing.assert_allclose(ours, theirs, atol=tolerance, rtol=0)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "config,zero_stage",
+    [("multi_gpu.yaml", 0), ("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)],
+    ids=["ddp", "zero2", "zero3"],
+)
+def test_two_processes_match_one(tmp_path, config, zero_stage):
+    if zero_stage:
+        pytest.importorskip("deepspeed")
+    run_dir = str(tmp_path / "run")
+    launch(config, run_dir, zero_stage)
+    with open(os.path.join(run_dir, "launch.json")) as handle:
+        launched = json.load(handle)
+    assert launched["num_processes"] == 2
+    assert ("DEEPSPEED" in launched["distributed_type"]) == bool(zero_stage)
+
+    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"))
+    assert len(steps) == 2
+    for step in steps:
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
+            meta = json.load(handle)
+        assert meta["validation_rank_max_diff"] <= 1e-6  # both processes computed the same
+        with open(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "meta.json")) as handle:
+            # The same adapter, Adam state and base hash the same in 2 processes (ZeRO-3: gathered) and in one.
+            assert meta["fingerprint"] == json.load(handle)["fingerprint"]
+        ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy")).astype(np.float32)
+        theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy")).astype(np.float32)
+        assert ours.shape == theirs.shape == (45, 256)
+        assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2  # every row written: no example lost
+        np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)
+        print(f"{config} step {step}: max feature difference {np.abs(ours - theirs).max():.2e}")
+    scores = np.load(os.path.join(run_dir, "rose", "scores.npy"))
+    np.testing.assert_allclose(scores, reference.scores, atol=1e-3, rtol=0)
+    print(f"{config}: max score difference {np.abs(scores - reference.scores).max():.2e}")
+    with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
+        assert json.load(handle) == reference.selected_indices
+    assert_other_objectives_select_alike(run_dir, str(tmp_path / "reference"), subtasks, len(reference.selected_indices))
+
+
+FSDP2_SCRIPT = os.path.join(ROOT, "tests", "distributed", "fsdp2_script.py")
+
+
+@pytest.mark.distributed
+def test_fsdp2_two_processes_match_one(tmp_path):
+    """Under `fully_shard` (gloo, 2 processes): LoRA weights and Adam moments are sharded DTensors; the features,
+    scores and selection equal one process's from the same (gathered) adapter and Adam state, to the DDP/ZeRO
+    tolerances, and a save interrupted after each process's first chunk is finished by a resumed run."""
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FSDP2_SCRIPT,
+               "--output_dir", run_dir]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    with open(os.path.join(run_dir, "launch.json")) as handle:
+        assert json.load(handle)["num_processes"] == 2
+
+    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"))
+    assert steps == [4, 8]
+    state = torch.load(os.path.join(run_dir, "state-8.pt"))
+    assert all(torch.count_nonzero(v) > 0 for v in state["exp_avg_sq"].values())  # every shard gathered
+    for step in steps:
+        with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
+            assert json.load(handle)["validation_rank_max_diff"] <= 1e-6
+        ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy"))
+        theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy"))
+        ours, theirs = ours.astype(np.float32), theirs.astype(np.float32)
+        assert ours.shape == theirs.shape == (45, 256)
+        assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2
+        np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)
+        print(f"fsdp2 step {step}: max feature difference {np.abs(ours - theirs).max():.2e}")
+    scores = np.load(os.path.join(run_dir, "rose", "scores.npy"))
+    np.testing.assert_allclose(scores, reference.scores, atol=1e-3, rtol=0)
+    print(f"fsdp2: max score difference {np.abs(scores - reference.scores).max():.2e}")
+    with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
+        assert json.load(handle) == reference.selected_indices
+    assert_other_objectives_select_alike(run_dir, str(tmp_path / "reference"), subtasks, len(reference.selected_indices))
+
+
+def test_fsdp1_is_refused_and_fsdp2_accepted(monkeypatch, tokenizer):
+    monkeypatch.setenv("FSDP_VERSION", "1")  # what `accelerate launch` exports for an fsdp_version 1 config
+    with pytest.raises(ValueError, match="not FSDP1.*fsdp_version: 2.*fsdp2.yaml"):
+        check_distributed_type(DistributedType.FSDP)
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    fsdp2 = load_config_from_file(os.path.join(CONFIGS, "fsdp2.yaml"))  # what `accelerate launch` reads
+    assert fsdp2.distributed_type == DistributedType.FSDP
+    monkeypatch.setenv("FSDP_VERSION", str(fsdp2.fsdp_config["fsdp_version"]))
+    check_distributed_type(DistributedType.FSDP)
+    model = make_lora_model(tokenizer)
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="not FSDP1"):  # FSDP without fully_shard modules is FSDP1
+        check_distributed_type(DistributedType.FSDP, model)
+    check_distributed_type(DistributedType.DEEPSPEED, model)  # supported: no error
+    check_distributed_type(DistributedType.MULTI_GPU, model)
