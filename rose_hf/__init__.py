@@ -28,11 +28,31 @@ _WHERE = {
     "FeatureStore": ".cache.store",
     "checkpoint_dirs": ".offline",
     "select_from_checkpoints": ".offline",
+    "CacheMismatchError": ".errors",
+    "UnsupportedAdapterError": ".errors",
+    "UnsupportedOptimizerError": ".errors",
 }
-__all__ = list(_WHERE)
+__all__ = [
+    "CacheMismatchError",
+    "FeatureStore",
+    "PoolScores",
+    "RoseConfig",
+    "RoseDataSelector",
+    "RoseTrainer",
+    "SelectionResult",
+    "UnsupportedAdapterError",
+    "UnsupportedOptimizerError",
+    "budget_curve",
+    "checkpoint_dirs",
+    "load_selection",
+    "score_store",
+    "select_from_checkpoints",
+    "select_top",
+]
 
 if TYPE_CHECKING:
     from .cache.store import FeatureStore
+    from .errors import CacheMismatchError, UnsupportedAdapterError, UnsupportedOptimizerError
     from .offline import checkpoint_dirs, select_from_checkpoints
     from .rose_config import RoseConfig
     from .scoring.budget import budget_curve, select_top

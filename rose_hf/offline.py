@@ -59,12 +59,12 @@ def select_from_checkpoints(
     pipeline = SelectionPipeline(pool, pairs, config)
     pipeline.prepare(model, tokenizer)
     previous = 0
-    if config.scoring == "robust":  # it reads the end of the warmup only
+    if config.scoring_method.last_checkpoint_only:
         previous = _step(checkpoints[-2]) if len(checkpoints) > 1 else 0
         checkpoints = checkpoints[-1:]
     for path in checkpoints:
         set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
-        # The only checkpoint's weight is 1 whatever its learning rates (the robust scoring uses one), so only
+        # The only checkpoint's weight is 1 whatever its learning rates, so only
         # several checkpoints need every step's rate.
         checkpoint = TrainingCheckpoint.from_folder(
             path, previous, pipeline.lora_parameters, model, config.preconditioner, weighted=len(checkpoints) > 1

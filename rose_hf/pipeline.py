@@ -22,13 +22,13 @@ from .cache.fingerprint import (
     base_model_fingerprint,
     describe_argument_changes,
     describe_change,
-    json_hash,
     pool_fingerprint,
     preference_fingerprint,
-    state_fingerprint,
     warmup_arguments,
 )
-from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable, read_json
+from .cache.io import jsonable
+from .cache.keys import adapter_config_hash, checkpoint_key, data_key, feature_run_key
+from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable
 from .data import (
     DEFAULT_SUBTASK,
     SUBTASK_COLUMN,
@@ -48,23 +48,11 @@ from .scoring.selection import SelectionResult, describe_selection, select_from_
 
 logger = get_logger(__name__)
 
-# The `RoseConfig` fields the cached features depend on (recorded in `run.json`).
-# (Validation features are cached for every objective, so `validation_objective` is not one of them.)
-FEATURE_CONFIG_FIELDS = (
-    "scoring", "beta", "loss_type", "label_smoothing", "projection", "projection_dim",
-    "projection_seed", "preconditioner", "max_length", "feature_dtype", "chunk_size",
-)
-
-
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """What the features depend on in the model: the base model (name, config and sampled weights, see
     `fingerprint.base_model_fingerprint`; collective under ZeRO-3) and the adapter's configuration."""
-    peft_config = getattr(model, "peft_config", {})
-    adapters = {name: cfg.to_dict() for name, cfg in peft_config.items()}
-    for adapter in adapters.values():  # paths and runtime flags say nothing about the features
-        for key in ("base_model_name_or_path", "revision", "inference_mode", "runtime_config"):
-            adapter.pop(key, None)
-    return {"base_model": base_model_fingerprint(model), "adapter_config_hash": json_hash(adapters)}
+    return {"base_model": base_model_fingerprint(model),
+            "adapter_config_hash": adapter_config_hash(getattr(model, "peft_config", {}))}  # fmt: skip
 
 
 @contextmanager
@@ -163,14 +151,10 @@ class SelectionPipeline:
             main_process_only=True,
         )
         self.training_args = warmup_arguments(training_args) if training_args is not None else None
-        described = describe_model(model)
         # The base model keys each checkpoint's features with the adapter and Adam state (`featurize`), not run.json.
-        self.base_fingerprint = described.pop("base_model")
+        self.base_fingerprint = base_model_fingerprint(model)
         run_args = {
-            **described,
-            "tokenizer_hash": json_hash(sorted(tokenizer.get_vocab().items())),
-            **self.loss_tokens,
-            **self.data_run_args(),
+            **feature_run_key(self.data_key(), getattr(model, "peft_config", {}), tokenizer, self.loss_tokens),
             RUN_INFO_KEY: {"base_model": self.base_fingerprint, "training_args": self.training_args},
         }
         self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
@@ -188,15 +172,9 @@ class SelectionPipeline:
             }
         return self._data_fingerprints
 
-    def data_run_args(self) -> dict[str, Any]:
-        """The part of `run.json` known before any model: the data and the feature settings."""
-        fingerprints = self.data_fingerprints
-        return {
-            "pool_fingerprint": fingerprints["pool_fingerprint"],
-            "pool_size": len(self.pool),
-            "validation_fingerprint": fingerprints["validation_fingerprint"],
-            **{key: getattr(self.config, key) for key in FEATURE_CONFIG_FIELDS},
-        }
+    def data_key(self) -> dict[str, Any]:
+        """The part of `run.json` known before any model: the data and the feature settings (`keys.data_key`)."""
+        return data_key(self.data_fingerprints, len(self.pool), self.config)
 
     @property
     def lora_parameters(self) -> list[LoraParameter]:
@@ -222,11 +200,12 @@ class SelectionPipeline:
         """
         if self.base_fingerprint is None:
             raise RuntimeError("Call `prepare(model, tokenizer)` first.")
-        fingerprint = state_fingerprint(model, adam, self.base_fingerprint)
+        fingerprint = checkpoint_key(model, adam, self.base_fingerprint)
         state, checkpoint = PartialState(), self.store.checkpoint(step)
         if state.is_main_process:
-            recorded = checkpoint.fingerprint
-            if checkpoint.exists() and recorded != fingerprint:
+            record = checkpoint.fingerprint_record
+            recorded = record.read()
+            if checkpoint.exists() and recorded != jsonable(fingerprint):
                 previous = self.store.previous_info.get("training_args")
                 arguments = describe_argument_changes(previous, self.training_args)
                 logger.warning(
@@ -237,8 +216,8 @@ class SelectionPipeline:
                     main_process_only=True,
                 )
                 checkpoint.discard()
-            if recorded != fingerprint:
-                checkpoint.record_fingerprint(fingerprint)
+            if recorded != jsonable(fingerprint):
+                record.write(fingerprint)
         state.wait_for_everyone()
         return fingerprint
 
@@ -294,14 +273,9 @@ class SelectionPipeline:
                 f"{self.config.output_dir} holds no features (no run.json): run the warmup with RoseDataSelector "
                 "attached first, or point `output_dir` at the folder where it ran."
             )
-        saved = read_json(self.store.run_file)
-        for key, value in self.data_fingerprints.items():
-            if saved.get(key) != value:
-                raise ValueError(
-                    f"The features in {self.config.output_dir} were computed for another "
-                    f"{'pool' if key.startswith('pool') else 'preference set'} ({key} differs): pass the same data, "
-                    "or recompute the features in a new `output_dir`."
-                )
+        self.store.record.check(self.data_fingerprints, overwrite=False, fields=self.data_fingerprints,
+                                fix="pass the pool and the preference pairs the features were computed for, or "
+                                    "compute features for these in a new `output_dir`.")  # fmt: skip
 
     def select(self) -> SelectionResult:
         """Scores and selection from every cached checkpoint; the main process writes them, then all load them."""

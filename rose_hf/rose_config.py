@@ -8,16 +8,13 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .cache.store import NUMPY_DTYPES
 from .features.dpo import check_loss_type
+from .features.projection import PROJECTION_KINDS
+from .scoring.methods import SCORING_METHODS, VALIDATION_OBJECTIVES, ScoringMethod
+from .scoring.similarity import AGGREGATIONS
 
-# The validation features each objective scores with; "dpo+sft" is the mean rank of the two paper scores.
-OBJECTIVE_PARTS = {"dpo": ("dpo",), "sft": ("sft",), "dpo+sft": ("dpo", "sft")}
-VALIDATION_OBJECTIVES = tuple(OBJECTIVE_PARTS)
-PROJECTIONS = ("rademacher", "sjlt", "none")
 PRECONDITIONERS = ("adam", "sgd")
-AGGREGATIONS = ("max", "mean")
-FEATURE_DTYPES = ("float16", "float32", "int8")
-SCORINGS = ("paper", "robust")
 
 
 @dataclass
@@ -155,12 +152,12 @@ class RoseConfig:
                    getattr(klass, "__annotations__", {}).items()}  # fmt: skip
         for f in fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), written.get(f.name, f.type)))
-        _choice("scoring", self.scoring, SCORINGS)
+        _choice("scoring", self.scoring, tuple(SCORING_METHODS))
         _choice("validation_objective", self.validation_objective, VALIDATION_OBJECTIVES)
-        _choice("projection", self.projection, PROJECTIONS)
+        _choice("projection", self.projection, PROJECTION_KINDS)
         _choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         _choice("subtask_aggregation", self.subtask_aggregation, AGGREGATIONS)
-        _choice("feature_dtype", self.feature_dtype, FEATURE_DTYPES)
+        _choice("feature_dtype", self.feature_dtype, tuple(NUMPY_DTYPES))
         _choice("final_training", self.final_training, ("lora", "full"))
         check_loss_type(self.loss_type)
         if not self.beta > 0:
@@ -191,6 +188,11 @@ class RoseConfig:
             raise ValueError(f"max_length={self.max_length} must be >= 2 tokens, or None for no truncation.")
         if not self.output_dir:
             raise ValueError("output_dir is empty: name a folder for the cache and the selection.")
+
+    @property
+    def scoring_method(self) -> ScoringMethod:
+        """The object behind `scoring` (`rose_hf.scoring.methods`)."""
+        return SCORING_METHODS[self.scoring]
 
     def budget(self) -> dict[str, Any]:
         """The budget as `select_top` takes it: `selection_size` when set (it overrides the fraction)."""

@@ -23,6 +23,8 @@ import os
 import torch
 from torch import nn
 
+from .errors import UnsupportedDistributedError
+
 
 def _fsdp2_module_class():
     try:
@@ -109,7 +111,7 @@ def check_fsdp_version(distributed_type: str, model: nn.Module | None = None) ->
         return
     if fsdp_version(model) == 2:
         return
-    raise ValueError(
+    raise UnsupportedDistributedError(
         "RoseDataSelector supports FSDP2 but not FSDP1 (fsdp_version 1): FSDP1 flattens each wrapped block's "
         "parameters into one sharded 1-D FlatParameter, so no process holds a LoRA weight's Adam moments as a tensor "
         "of its own. Set `fsdp_version: 2` in the accelerate config (recipes/accelerate_configs/fsdp2.yaml), or "

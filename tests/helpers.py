@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
 from rose_fixtures.tasks import vocabulary
 from rose_fixtures.tiny import build_model, build_tokenizer, lora_target_modules
+from rose_hf.cache.store import FeatureStore
 
 # The repository root (tests, benchmarks and fixtures all live under it).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,3 +117,27 @@ def distributed_setup(output_dir, zero_stage=0):
 
     return {"tokenizer": tokenizer, "pool": pool, "pairs": pairs, "lora": lora, "selector": selector,
             "make_trainer": make_trainer}
+
+
+def unit_rows(rng, rows, dim):
+    x = rng.normal(size=(rows, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_feature_store(root, subtasks, checkpoints=2, rows=40, dim=24):
+    """A finished feature cache of random unit features, written through the store's own API."""
+    rng = np.random.default_rng(1)
+    store, pool, validation, learning_rates = FeatureStore(str(root)), [], [], []
+    for c in range(checkpoints):
+        checkpoint = store.checkpoint(5 * (c + 1))
+        rates = [1e-3 * (1 - c / checkpoints)] * 5
+        checkpoint.create(num_rows=rows, dim=dim, dtype="float32", chunk_size=16, learning_rates=rates)
+        pool.append(unit_rows(rng, rows, dim))
+        for chunk in range(checkpoint.num_chunks()):
+            span = checkpoint.chunk_rows(chunk)
+            checkpoint.write_chunk(chunk, pool[-1][span.start:span.stop], np.ones(len(span), np.int8))
+        validation.append({name: unit_rows(rng, len(subtasks), dim) for name in ("dpo", "sft")})
+        checkpoint.write_validation(validation[-1])
+        checkpoint.finalize({})
+        learning_rates.append(rates)
+    return store, pool, validation, learning_rates

@@ -228,7 +228,7 @@ class QualityBenchConfig:
 
 
 # --- one warmup, two validation objectives ----------------------------------------------------------------------------
-def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe:
+def recipe_for(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe:
     """The warmup's recipe with `epochs`; without, the final models' (`final_epochs`)."""
     from rose_fixtures.recipe import TinyRecipe
 
@@ -244,7 +244,7 @@ def _recipe(config: QualityBenchConfig, epochs: int | None = None) -> TinyRecipe
     )
 
 
-def _rose_config(config: QualityBenchConfig, seed: int, scoring: str, projection_seed: int = 0):
+def rose_config_for(config: QualityBenchConfig, seed: int, scoring: str, projection_seed: int = 0):
     from rose_hf import RoseConfig
 
     return RoseConfig(
@@ -277,7 +277,7 @@ def warmup_trainer(config: QualityBenchConfig, task: SyntheticTask, base_path: s
 
     from rose_hf import RoseTrainer
 
-    recipe = _recipe(config, epochs)
+    recipe = recipe_for(config, epochs)
     set_seed(seed)  # PEFT initialises the adapter before Trainer seeds anything
     return RoseTrainer(
         model=AutoModelForCausalLM.from_pretrained(base_path),
@@ -285,7 +285,7 @@ def warmup_trainer(config: QualityBenchConfig, task: SyntheticTask, base_path: s
         train_dataset=task.pool,
         preference_dataset=task.validation,
         peft_config=recipe.lora_config(),
-        rose_config=_rose_config(config, seed, scoring="paper"),
+        rose_config=rose_config_for(config, seed, scoring="paper"),
         processing_class=tokenizer,
     )
 
@@ -304,7 +304,7 @@ def robust_from_last_checkpoint(config: QualityBenchConfig, task: SyntheticTask,
 
     last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
-    rose_config = dataclasses.replace(_rose_config(config, seed, "robust"), output_dir=os.path.join(run_dir, "robust"))
+    rose_config = dataclasses.replace(rose_config_for(config, seed, "robust"), output_dir=os.path.join(run_dir, "robust"))
     result = select_from_checkpoints(model, [last], task.pool, task.validation, tokenizer, rose_config)
     return result, FeatureStore(rose_config.output_dir).completed_checkpoints()[-1].meta
 
@@ -481,7 +481,7 @@ def stability(
     for scoring, method in (("paper", "rose"), ("robust", "robust")):
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), checkpoints[-1],
                                           is_trainable=True)  # fmt: skip
-        rose_config = dataclasses.replace(_rose_config(config, seed, scoring, projection_seed=1),
+        rose_config = dataclasses.replace(rose_config_for(config, seed, scoring, projection_seed=1),
                                           output_dir=os.path.join(run_dir, f"projection_{method}"))  # fmt: skip
         second = np.asarray(select_from_checkpoints(model, checkpoints, task.pool, task.validation, tokenizer,
                                                     rose_config).scores)  # fmt: skip
@@ -562,7 +562,7 @@ def run_world(
         for name, indices in runs.items():
             log(f"{family} seed {seed}: final model on {name} ({len(indices)} rows).")
             model, training[name] = train_lora(
-                _recipe(config), base_path, tokenizer, training_rows(task.pool, indices),
+                recipe_for(config), base_path, tokenizer, training_rows(task.pool, indices),
                 os.path.join(run_dir, "final", name), seed,
             )
             final[name] = evaluate_model(

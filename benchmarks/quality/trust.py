@@ -34,22 +34,16 @@ from typing import Any
 
 from benchmarks.common import log
 
-DEFAULT_OUTPUT = "outputs/bench_trust"
-DEV_OUTPUT = "outputs/bench_real"
-HELD_OUT_SEEDS = (3, 4, 5)
-DEV_SEEDS = (0, 1, 2)
-SECOND_SEED_OFFSET = 100
-# name -> (seed offset, warmup epochs): the design's warmup, a second warmup seed, a deliberately short warmup.
-WARMUPS = {"A": (0, None), "B": (SECOND_SEED_OFFSET, None), "bad_1epoch": (0, 1)}
-FINAL_METHODS = ("random", "less", "rose", "dpo+sft", "oracle")
-OBJECTIVE_OF = {"rose": "dpo", "less": "sft", "dpo+sft": "dpo+sft"}
-
-
-def _bench_config(output_dir: str, smoke: bool = False):
-    from .run import QualityBenchConfig
-
-    smaller = dict(pool_size=120, warmup_fraction=0.1, n_test_pairs=6, n_test_prompts=6) if smoke else {}
-    return QualityBenchConfig.real(output_dir=output_dir, **smaller)
+from .trust_settings import (
+    DEFAULT_OUTPUT,
+    DEV_OUTPUT,
+    DEV_SEEDS,
+    FINAL_METHODS,
+    HELD_OUT_SEEDS,
+    OBJECTIVE_OF,
+    WARMUPS,
+    bench_config,
+)
 
 
 def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int) -> dict:
@@ -88,9 +82,9 @@ def objective_scores(config, task, run_dir: str, objective: str):
 
     from rose_hf.scoring.selection import score_store
 
-    from .run import _rose_config
+    from .run import rose_config_for
 
-    rose_config = dataclasses.replace(_rose_config(config, 0, "paper"), validation_objective=objective)
+    rose_config = dataclasses.replace(rose_config_for(config, 0, "paper"), validation_objective=objective)
     return score_store(_store(run_dir), list(task.validation["subtask"]), rose_config, num_rows=len(task.pool))
 
 
@@ -110,7 +104,7 @@ def final_models(config, task, base_path: str, tokenizer, seed_dir: str, seed: i
     from rose_fixtures.recipe import train_lora, training_rows
     from rose_hf.scoring.budget import select_top
 
-    from .run import _recipe
+    from .run import recipe_for
 
     evaluate = dict(beta=config.beta, max_new_tokens=config.max_new_tokens or task.config.max_new_tokens,
                     batch_size=config.eval_batch_size)  # fmt: skip
@@ -118,7 +112,7 @@ def final_models(config, task, base_path: str, tokenizer, seed_dir: str, seed: i
     for method, method_scores in scores.items():
         indices = select_top(method_scores, fraction=config.final_budget)
         log(f"{task.config.family} seed {seed}: final model on {method} ({len(indices)} rows).")
-        model, training = train_lora(_recipe(config), base_path, tokenizer, training_rows(task.pool, indices),
+        model, training = train_lora(recipe_for(config), base_path, tokenizer, training_rows(task.pool, indices),
                                      os.path.join(seed_dir, "final", method), seed)  # fmt: skip
         metrics = evaluate_model(model, tokenizer, task.test_pairs, task.test_prompts, **evaluate)
         out[method] = {k: metrics[k] for k in ("exact_match", "wrong_match", "preference_accuracy") if k in metrics}
@@ -198,7 +192,7 @@ def collect(
 
     from rose_fixtures.smollm2 import smollm2_path
 
-    config = _bench_config(output_dir, smoke)
+    config = bench_config(output_dir, smoke)
     torch.set_num_threads(1)
     base_path = smollm2_path()
     for family in families:

@@ -18,9 +18,7 @@ from rose_fixtures.evaluation import quality_band
 from rose_hf.scoring.health import top_overlap
 from rose_hf.scoring.similarity import rank_average
 
-from .trust import DEV_OUTPUT, DEV_SEEDS, FINAL_METHODS, HELD_OUT_SEEDS, OBJECTIVE_OF, _bench_config
-
-DEFAULT = "dpo+sft"
+from .trust_settings import DEFAULT, DEV_OUTPUT, DEV_SEEDS, FINAL_METHODS, HELD_OUT_SEEDS, OBJECTIVE_OF, bench_config
 
 
 # --- scores from a kept cache ----------------------------------------------------------------------------------------
@@ -36,7 +34,7 @@ class Run:
 
     def scores(self, method: str, checkpoints: list[int] | None = None, pairs: list[int] | None = None) -> np.ndarray:
         """`method` in rose (dpo), less (sft), dpo+sft; over some checkpoints (default all) and validation pairs."""
-        from rose_hf.rose_config import OBJECTIVE_PARTS
+        from rose_hf.scoring.methods import OBJECTIVE_PARTS
         from rose_hf.scoring.similarity import checkpoint_weights, score_pool
 
         chosen = [
@@ -224,7 +222,7 @@ def analyse_dev(config, family: str, seed: int, output_dir: str) -> dict[str, An
 
 # --- aggregation -----------------------------------------------------------------------------------------------------
 def analyse(families: list[str], output_dir: str, smoke: bool = False) -> dict[str, Any]:
-    config = _bench_config(output_dir, smoke)
+    config = bench_config(output_dir, smoke)
     held_out, dev = [], []
     for family in families:
         for seed in HELD_OUT_SEEDS:

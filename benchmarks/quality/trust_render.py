@@ -9,7 +9,7 @@ import numpy as np
 from benchmarks.common import agg_figure, table
 from rose_fixtures.evaluation import BAD_BELOW, GOOD_FROM
 
-from .trust_analysis import DEFAULT
+from .trust_settings import DEFAULT
 
 MAIN = ("random", "less", "rose", "robust", DEFAULT, f"{DEFAULT} x2 warmups", "oracle")
 FRONTIER = ("rose @1-epoch warmup", "less @1-epoch warmup", f"{DEFAULT} @1-epoch warmup", "rose @last checkpoint",

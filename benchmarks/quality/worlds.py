@@ -129,8 +129,9 @@ def check_seed(config: WorldCheckConfig, label: str, family: str, base_path: str
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from benchmarks.quality.run import QualityBenchConfig, _training_rows, train_lora
+    from benchmarks.quality.run import QualityBenchConfig, recipe_for
     from rose_fixtures.evaluation import evaluate_model
+    from rose_fixtures.recipe import train_lora, training_rows
     from rose_fixtures.worlds import make_world, max_new_tokens
 
     cache = os.path.join(config.output_dir, "cache", f"{label.replace(' ', '_')}_seed{seed}.json")
@@ -158,8 +159,8 @@ def check_seed(config: WorldCheckConfig, label: str, family: str, base_path: str
         bench = QualityBenchConfig(epochs=epochs, final_budget=config.budget)
         for name in config.models:
             indices = _selection(name, task, seed, config.budget)
-            rows = _training_rows(task.pool, indices)
-            model, info = train_lora(bench, base_path, tokenizer, rows, os.path.join(config.output_dir, "tmp"), seed)
+            rows = training_rows(task.pool, indices)
+            model, info = train_lora(recipe_for(bench), base_path, tokenizer, rows, os.path.join(config.output_dir, "tmp"), seed)
             metrics = evaluate_model(
                 model, tokenizer, task.test_pairs, task.test_prompts, reference_logps=reference, max_new_tokens=limit
             )
@@ -305,10 +306,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     from accelerate import PartialState
 
-    from benchmarks.quality.run import _quiet
+    from rose_fixtures.recipe import quiet_libraries
 
     PartialState()
-    _quiet()
+    quiet_libraries()
     config = WorldCheckConfig(output_dir=args.output_dir, seeds=tuple(args.seeds), epochs=tuple(args.epochs),
                               models=tuple(args.models))  # fmt: skip
     if args.worlds:

@@ -20,8 +20,6 @@ of the same memory-mapped files; only the main process creates files and writes 
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -29,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CacheWriteError
+from .io import atomic_write_json, disk_errors, jsonable, read_json
+from .record import StageRecord
+
 STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
+# The validation features cached at every checkpoint (`validation_<kind>.npy`): the DPO gradient of each pair and the SFT
+# gradient of its (prompt, chosen) row. Every `validation_objective` is scored from these.
+VALIDATION_FEATURES = ("dpo", "sft")
 # numpy storage of each `RoseConfig.feature_dtype`
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
 # Everything a run writes into its `output_dir` (selection.py, report/): `overwrite` must leave none of it behind.
@@ -37,54 +42,6 @@ RUN_ARTIFACTS = (
     "features", "run.json", "scores.npy", "valid.npy", "selected_indices.json", "selected", "selected.jsonl",
     "selection.json", "report.md", "report",
 )
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` (UTF-8) so that a reader sees the old file or the whole new one, never a partial one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with disk_errors(path):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, payload: Any) -> None:
-    """Write JSON so that a reader sees the old file or the whole new one, never a partial one."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
-
-
-def read_json(path: str) -> Any:
-    with open(path) as handle:
-        return json.load(handle)
-
-
-class disk_errors:
-    """Turn a full disk or a read-only folder into an error that says what to do; completed work stays valid."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, OSError) and not isinstance(exc, StoreError):
-            if exc.errno == errno.ENOSPC:
-                raise StoreError(
-                    f"Disk full while writing {self.path}. Every chunk finished before this one is kept: free space "
-                    "(or point `output_dir` elsewhere) and run again to resume where it stopped."
-                ) from exc
-            if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise StoreError(
-                    f"Cannot write {self.path} ({os.strerror(exc.errno)}): choose a writable `output_dir`."
-                ) from exc
-        return False
-
-
-class StoreError(OSError):
-    """A feature-cache write failed in a way the user can fix; the cache is left consistent."""
 
 
 def check_output_dir(output_dir: str, name: str = "output_dir") -> None:
@@ -134,7 +91,7 @@ def check_writable(output_dir: str) -> None:
             handle.write("ok")
         os.remove(probe)
     except OSError as error:
-        raise StoreError(
+        raise CacheWriteError(
             f"output_dir={output_dir!r} is not writable ({error.strerror}): choose a folder you can write to."
         ) from error
 
@@ -144,19 +101,13 @@ def check_writable(output_dir: str) -> None:
 RUN_INFO_KEY = "warmup"
 
 
-def diff_run_args(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the fields whose values differ between two run descriptions (the `RUN_INFO_KEY` record aside)."""
-    keys = sorted((set(saved) | set(current)) - {RUN_INFO_KEY})
-    return [key for key in keys if saved.get(key) != current.get(key)]
-
-
 class FeatureStore:
     """The cache of one selection run.
 
     Args:
         root: the run's `output_dir`.
-        run_args: everything the cached features depend on (model, adapter, data fingerprints, objective,
-            projection...). A cache written with other values is never reused.
+        run_args: everything the cached features depend on (`rose_hf.cache.keys.feature_run_key`). A cache
+            written with other values is never reused.
         overwrite: delete a cache written with other values instead of refusing.
     """
 
@@ -174,28 +125,27 @@ class FeatureStore:
     def features_dir(self) -> str:
         return os.path.join(self.root, "features")
 
+    @property
+    def record(self):
+        """The run's recorded key (`run.json`), as every cached stage keeps one (`rose_hf.cache.record`)."""
+        return StageRecord(self.run_file, f"The feature cache in {self.root}", ignore={RUN_INFO_KEY})
+
     def prepare(self) -> None:
         """Main process: check or record `run.json`. Raises on a cache of another run unless `overwrite`."""
         check_writable(self.root)
-        record = jsonable(self.run_args)
-        if os.path.exists(self.run_file):
-            saved = read_json(self.run_file)
+        record, key = self.record, jsonable(self.run_args)
+        saved = record.read()
+        if saved is not None:
             self.previous_info = saved.get(RUN_INFO_KEY) or {}
             # What this run does not know (e.g. offline selection: no training arguments) stays as recorded.
-            info = {k: v for k, v in (record.get(RUN_INFO_KEY) or {}).items() if v is not None}
+            info = {k: v for k, v in (key.get(RUN_INFO_KEY) or {}).items() if v is not None}
             if info or self.previous_info:
-                record[RUN_INFO_KEY] = {**self.previous_info, **info}
-            differing = diff_run_args(saved, jsonable(self.run_args))
-            if differing and not self.overwrite:
-                details = "; ".join(f"{k}: cached={saved.get(k)!r}, now={jsonable(self.run_args).get(k)!r}" for k in differing)
-                raise ValueError(
-                    f"{self.root} holds a cache written for another run ({details}). Set `overwrite=True` to discard "
-                    "it, or choose another `output_dir`."
-                )
-            if differing:
+                key[RUN_INFO_KEY] = {**self.previous_info, **info}
+            fix = "set `overwrite=True` to discard it, or choose another `output_dir`."
+            if record.check(key, overwrite=self.overwrite, fix=fix):
                 self.clear()
         os.makedirs(self.features_dir, exist_ok=True)
-        atomic_write_json(self.run_file, record)
+        record.write(key)
 
     def clear(self) -> None:
         """Delete every cached artifact of this run (features, scores, selection)."""
@@ -230,16 +180,11 @@ class CheckpointFeatures:
     def is_complete(self) -> bool:
         return os.path.exists(self._file("meta.json"))
 
-    # --- the model state the features are computed from (fingerprint.py) -----------------------------------------
+    # --- the model state the features are computed from (keys.checkpoint_key) ------------------------------------
     @property
-    def fingerprint(self) -> dict[str, Any] | None:
-        """The state fingerprint recorded before the first chunk was written (`None` if none was)."""
-        path = self._file("fingerprint.json")
-        return read_json(path) if os.path.exists(path) else None
-
-    def record_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        os.makedirs(self.path, exist_ok=True)
-        atomic_write_json(self._file("fingerprint.json"), fingerprint)
+    def fingerprint_record(self):
+        """The recorded key of these features (`fingerprint.json`, written before the first chunk)."""
+        return StageRecord(self._file("fingerprint.json"), f"The features of checkpoint {self.step} in {self.path}")
 
     def exists(self) -> bool:
         return os.path.isdir(self.path)
@@ -405,8 +350,3 @@ def dequantize_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
         scales: `(N,)` per-row scales.
     """
     return np.asarray(q, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
-
-
-def jsonable(value: Any) -> Any:
-    """Round-trip through JSON so that saved and current run descriptions compare like for like."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))

@@ -18,10 +18,17 @@ from accelerate.utils import tqdm
 from datasets import Dataset
 from torch import nn
 
-from ..cache.store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK, CheckpointFeatures, quantize_int8
+from ..cache.store import (
+    STATUS_EMPTY,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    VALIDATION_FEATURES,
+    CheckpointFeatures,
+    quantize_int8,
+)
 from ..data import SFTCollator, preference_collator
 from ..logs import get_logger
-from ..rose_config import VALIDATION_OBJECTIVES, RoseConfig
+from ..rose_config import RoseConfig
 from ..sharding import reshard, uses_fsdp2
 from .dpo import dpo_pair_gradients
 from .gradients import LoraGradientCollector, feature_mode, sft_per_example_loss
@@ -89,7 +96,7 @@ class Featurizer:
             self.collector.backward(loss.sum())
             grads = self.collector.flat_gradients()
         if adam is not None:
-            grads = adam.scale(grads) if self.config.scoring == "robust" else adam.precondition(grads)
+            grads = self.config.scoring_method.pool_gradients(adam, grads)
         features, ok = self._normalise(grads)
         # Adam turns an example's zero gradient into b1*m/sqrt(b2*v+eps): store zeros, the mark of "no feature".
         empty = num_tokens == 0
@@ -276,7 +283,7 @@ def checkpoint_features(
             objective: compute_validation_features(
                 featurizer, pairs, config.feature_batch_size, pad_token_id, config.max_length, objective
             )
-            for objective in VALIDATION_OBJECTIVES
+            for objective in VALIDATION_FEATURES
         }
         timings["validation_seconds"] = time.perf_counter() - start
     reshard(model)  # leave FSDP2's parameters sharded, as the optimizer expects them

@@ -35,6 +35,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..data import IGNORE_INDEX
+from ..errors import UnsupportedAdapterError
 
 
 @dataclass(frozen=True)
@@ -83,20 +84,20 @@ def find_lora_parameters(model: nn.Module, adapter_name: str | None = None) -> l
         adapters = [adapter_name] if adapter_name else list(module.active_adapters)
         for adapter in adapters:
             if adapter in getattr(module, "lora_embedding_A", {}):
-                raise ValueError(
+                raise UnsupportedAdapterError(
                     f"LoRA on the embedding layer `{module_name}` is not supported for gradient features: remove it "
                     "from `target_modules` of your LoraConfig."
                 )
             if adapter not in module.lora_A:
                 continue
             if getattr(module, "use_dora", {}).get(adapter, False):
-                raise ValueError(
+                raise UnsupportedAdapterError(
                     f"`{module_name}` uses DoRA (`use_dora=True`), whose per-example gradients are not outer-product "
                     "sums: set `use_dora=False` in your LoraConfig."
                 )
             for part in (module.lora_A[adapter], module.lora_B[adapter]):
                 if not _is_plain_linear(part) or part.bias is not None:
-                    raise ValueError(
+                    raise UnsupportedAdapterError(
                         f"`{module_name}` has a LoRA part of type {type(part).__name__} (bias={part.bias is not None}); "
                         "only bias-free `nn.Linear` LoRA parts are supported: set `lora_bias=False` and target "
                         "linear layers only in your LoraConfig."
@@ -109,7 +110,7 @@ def find_lora_parameters(model: nn.Module, adapter_name: str | None = None) -> l
             module, _ = linears[id(param)]
             params.append(LoraParameter(name, module, (module.out_features, module.in_features)))
     if not params:
-        raise ValueError(
+        raise UnsupportedAdapterError(
             "The model has no trainable LoRA adapter, so there are no LoRA gradients to featurize: wrap it with "
             "`peft.get_peft_model(model, LoraConfig(...))` or pass `peft_config=` to the trainer."
         )

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UnsupportedOptimizerError
 from ..sharding import full_tensor, reshard
 from .gradients import LoraParameter
 
@@ -105,7 +106,7 @@ def _group_hyperparameters(groups: list[dict], where: str) -> tuple[float, float
     found = set()
     for group in groups:
         if "betas" not in group or "eps" not in group:
-            raise ValueError(
+            raise UnsupportedOptimizerError(
                 f"The optimizer ({where}) has no `betas`/`eps`: it is not an Adam-family optimizer. Use AdamW "
                 "(`optim='adamw_torch'`) for the warmup, or `preconditioner='sgd'` for raw gradients."
             )
@@ -128,7 +129,7 @@ def check_adam_optimizer(optimizer) -> tuple[float, float, float]:
     if reason is None and bnb_rule is not None and bnb_rule != "adam":
         reason = f"runs bitsandbytes' {bnb_rule!r} update, not Adam's, so its state is not Adam's (m, v)"
     if reason is not None:
-        raise ValueError(f"The warmup optimizer {name} {reason}, which Adam preconditioning needs. {_ADAM_FIX}")
+        raise UnsupportedOptimizerError(f"The warmup optimizer {name} {reason}, which Adam preconditioning needs. {_ADAM_FIX}")
     return _group_hyperparameters(inner.param_groups, name)
 
 
@@ -147,7 +148,7 @@ def _bnb_moment(state: dict, index: int) -> torch.Tensor:
     if tensor.dtype != torch.uint8:
         return tensor
     if f"absmax{index}" not in state:
-        raise ValueError(
+        raise UnsupportedOptimizerError(
             "This bitsandbytes 8-bit state is not blockwise-quantized (no `absmax`): upgrade bitsandbytes (>= 0.41) "
             "so the warmup stores blockwise 8-bit states, or use a 32-bit optimizer."
         )

@@ -35,9 +35,11 @@ from typing import Any
 import torch
 
 from ..logs import get_logger, log
-from ..rose_config import PROJECTIONS as PROJECTION_KINDS
 
 logger = get_logger(__name__)
+
+# `RoseConfig.projection`: the sparse sketch, the paper's dense +-1 matrix, or exact gradients.
+PROJECTION_KINDS = ("rademacher", "sjlt", "none")
 
 
 # Rows of the Rademacher matrix drawn from one generator seed. The matrix is defined by these seed chunks, not by

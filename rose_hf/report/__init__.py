@@ -23,7 +23,8 @@ from typing import Any
 
 from datasets import Dataset
 
-from ..cache.store import FeatureStore, atomic_write_text, disk_errors, read_json
+from ..cache.io import atomic_write_text, disk_errors, read_json
+from ..cache.store import FeatureStore
 from ..logs import log
 from ..rose_config import RoseConfig
 from ..scoring.selection import SelectionResult, load_selection

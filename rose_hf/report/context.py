@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from ..cache.store import FeatureStore, disk_errors
+from ..cache.io import disk_errors
+from ..cache.store import FeatureStore
 from ..rose_config import RoseConfig
 from ..scoring.budget import selectable_rows
 from ..scoring.selection import SelectionResult

@@ -7,7 +7,6 @@ and `selection.json` (what was selected with which settings, the checkpoint weig
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,13 +15,17 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from ..cache.store import STATUS_OK, FeatureStore, atomic_write_json, disk_errors, read_json
+from ..cache.io import atomic_write_json, disk_errors, read_json
+from ..cache.keys import selection_key
+from ..cache.record import StageRecord
+from ..cache.store import FeatureStore
 from ..logs import get_logger, warn
-from ..rose_config import OBJECTIVE_PARTS, RoseConfig
+from ..rose_config import RoseConfig
 from .budget import select_top
 from .health import pair_halves, selection_health
-from .robust import relevance_and_preference, robust_scores
-from .similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
+from .methods import ScoringInputs, scoring_method
+from .robust import relevance_and_preference
+from .similarity import INVALID_SCORE
 
 logger = get_logger(__name__)
 
@@ -47,18 +50,6 @@ class SelectionResult:
     steps: list[int]
     info: dict[str, Any] = field(default_factory=dict)
     loaded: bool = False  # read back from disk rather than computed now
-
-
-def _selection_args(config: RoseConfig, steps: list[int]) -> dict[str, Any]:
-    """Everything a finished selection depends on beyond the cached features: reused only if all are the same."""
-    return {
-        "selection_fraction": config.selection_fraction,
-        "selection_size": config.selection_size,
-        "scoring": config.scoring,
-        "validation_objective": config.validation_objective,
-        "subtask_aggregation": config.subtask_aggregation,
-        "steps": steps,
-    }
 
 
 @dataclass
@@ -119,76 +110,25 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
                 f"The cached features cover {meta['num_rows']} pool rows but the pool has {num_rows}: pass the "
                 "same pool the features were computed for."
             )
-    last = checkpoints[-1]
-    dpo = last.validation_features("dpo") if config.validation_objective != "sft" else None
-    if config.scoring == "robust":
-        weights = np.zeros(len(checkpoints))
-        weights[-1] = 1.0  # the trained end of the warmup (see rose_hf.scoring.robust)
-        valid = last.pool_status() == STATUS_OK
-    else:
-        weights = checkpoint_weights([meta["learning_rates"] for meta in metas])
-        valid = np.ones(metas[0]["num_rows"], dtype=bool)
-        for c in checkpoints:
-            valid &= c.pool_status() == STATUS_OK
-    # Relevance and preference at the last checkpoint: the robust score, and the health check of either scoring.
-    relevance, preference = relevance_and_preference(
-        last.pool_features(), last.validation_features("sft"), dpo, valid, last.pool_scales()
+    method = scoring_method(config.scoring)
+    weights, valid, last = method.checkpoint_weights(checkpoints), method.valid_rows(checkpoints), checkpoints[-1]
+    inputs = ScoringInputs(checkpoints, list(subtasks), config.validation_objective, config.subtask_aggregation,
+                           weights, valid, relevance=None, preference=None)  # fmt: skip
+    # Relevance and preference at the last checkpoint: the robust score, and the health check of either method.
+    inputs.relevance, inputs.preference = relevance_and_preference(
+        last.pool_features(), last.validation_features("sft"), inputs.dpo_features(), valid, last.pool_scales()
     )
-
-    def rank(pairs: list[int] | None = None, progress: bool = False):
-        """The configured scoring over the validation pairs `pairs` (default all): scores, report, and the paper
-        scoring's per-objective scores (empty under robust)."""
-        if config.scoring == "robust":
-            if pairs is None:
-                rel, pref = relevance, preference
-            else:
-                rel, pref = relevance_and_preference(last.pool_features(), last.validation_features("sft")[pairs],
-                                                     None if dpo is None else dpo[pairs], valid, last.pool_scales())  # fmt: skip
-            scores = robust_scores(rel, pref)
-            return scores, {"scoring": "robust", "num_rows": len(scores),
-                            "num_invalid": int((scores == INVALID_SCORE).sum()),
-                            "num_preferred": None if pref is None else int((pref > 0).sum())}, {}  # fmt: skip
-        by_objective = {o: _paper_scores(checkpoints, weights, subtasks, o, config, valid, pairs, progress)
-                        for o in OBJECTIVE_PARTS[config.validation_objective]}  # fmt: skip
-        parts = {name: part for name, (part, _) in by_objective.items()}
-        scores, info = by_objective[OBJECTIVE_PARTS[config.validation_objective][0]]
-        if len(by_objective) > 1:
-            scores = rank_average(list(parts.values()))
-            info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()),
-                    "objectives": {name: report for name, (_, report) in by_objective.items()}}  # fmt: skip
-        return scores, {**info, "scoring": "paper"}, parts
-
-    scores, info, parts = rank(progress=True)
-    # The health check's signals (rose_hf.scoring.health): the ranking by each objective alone, and by each half of the pairs.
-    if config.scoring == "robust":
-        objective_scores = None if preference is None else (preference, relevance)
-    else:
-        objective_scores = tuple(parts[o] if o in parts else _paper_scores(checkpoints, weights, subtasks, o, config,
-                                                                            valid)[0] for o in ("dpo", "sft"))  # fmt: skip
+    scores, info, parts = method.rank(inputs, progress=True)
+    # The health check's signals (rose_hf.scoring.health): the ranking by each side alone, and by each half of the pairs.
+    objective_scores = method.objective_scores(inputs, parts)
     halves = pair_halves(subtasks)
-    half_scores = tuple(rank(half)[0] for half in halves) if all(halves) else None
+    half_scores = tuple(method.rank(inputs, half)[0] for half in halves) if all(halves) else None
     info["feature_seconds"] = {
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
     }
     steps = [c.step for c in checkpoints]
-    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, relevance, preference, info,
-                      half_scores, objective_scores)  # fmt: skip
-
-
-def _paper_scores(checkpoints, weights, subtasks, objective: str, config: RoseConfig, valid: np.ndarray,
-                  pairs: list[int] | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """The paper scoring of every cached checkpoint with one validation objective, over `pairs` (default all)."""
-    scales = [c.pool_scales() for c in checkpoints]
-    return score_pool(
-        [c.pool_features() for c in checkpoints],
-        [c.validation_features(objective)[slice(None) if pairs is None else pairs] for c in checkpoints],
-        weights,
-        list(subtasks) if pairs is None else [subtasks[p] for p in pairs],
-        aggregation=config.subtask_aggregation,
-        valid=valid,
-        row_scales=scales if all(s is not None for s in scales) else None,
-        progress=progress,
-    )
+    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, inputs.relevance, inputs.preference,
+                      info, half_scores, objective_scores)  # fmt: skip
 
 
 def select_from_store(
@@ -212,15 +152,11 @@ def select_from_store(
         extra_info: more to record in `selection.json` (e.g. the tokenization counts).
     """
     checkpoints = store.completed_checkpoints()
-    steps = [c.step for c in checkpoints]
-    # Keyed on each checkpoint's model state too: recomputed features must never meet a selection made from others.
-    args = {**_selection_args(config, steps), "fingerprints": [c.meta.get("fingerprint") for c in checkpoints]}
-    summary_path = os.path.join(store.root, "selection.json")
-    if steps and os.path.exists(summary_path) and os.path.exists(os.path.join(store.root, "scores.npy")):
-        saved = read_json(summary_path)
-        if saved.get("args") == json.loads(json.dumps(args)):
-            logger.info(f"rose_hf: selection already done in {store.root}; loading it.", main_process_only=True)
-            return load_selection(store.root)
+    args = selection_key(config, checkpoints)
+    record = StageRecord(os.path.join(store.root, "selection.json"), f"The selection in {store.root}", section="args")
+    if checkpoints and os.path.exists(os.path.join(store.root, "scores.npy")) and record.differing(args) == []:
+        logger.info(f"rose_hf: selection already done in {store.root}; loading it.", main_process_only=True)
+        return load_selection(store.root)
 
     start = time.perf_counter()
     scored = score_store(store, subtasks, config, num_rows=len(pool))

@@ -41,11 +41,12 @@ import numpy as np
 from accelerate.utils import tqdm
 
 from ..logs import get_logger, warn
-from ..rose_config import AGGREGATIONS
 
 logger = get_logger(__name__)
 
 INVALID_SCORE = float(np.finfo(np.float32).min)
+# How per-subtask mean similarities combine into one score (`RoseConfig.subtask_aggregation`); the paper takes the max.
+AGGREGATIONS = ("max", "mean")
 
 
 

@@ -143,8 +143,8 @@ class RoseDataSelector(TrainerCallback):
         self._learning_rates, self._last_step = [], step
 
     def _wants_features(self, state: TrainerState) -> bool:
-        # The robust scoring reads the end of the warmup only: one pool pass instead of one per checkpoint.
-        return self.config.scoring != "robust" or state.global_step >= state.max_steps
+        # A method that reads the end of the warmup only makes one pool pass instead of one per checkpoint.
+        return not self.config.scoring_method.last_checkpoint_only or state.global_step >= state.max_steps
 
     def _featurize(self, model, optimizer, step: int, learning_rates: list[float]) -> None:
         checkpoint = TrainingCheckpoint.from_trainer(
@@ -164,7 +164,7 @@ class RoseDataSelector(TrainerCallback):
         )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if self.config.scoring == "robust" and state.global_step not in self.pipeline.completed_steps():
+        if self.config.scoring_method.last_checkpoint_only and state.global_step not in self.pipeline.completed_steps():
             # The last step was not saved (e.g. save_steps does not divide it): featurize the trained end now.
             rates = self._learning_rates or logged_learning_rates(
                 state.log_history, self._last_step, state.global_step, "The trainer"
@@ -214,7 +214,7 @@ class RoseDataSelector(TrainerCallback):
         if dataloader is not None and hasattr(dataloader, "__len__"):  # as Trainer.set_initial_training_values
             batches, accumulation = len(dataloader), args.gradient_accumulation_steps
             steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
-        if self.config.scoring == "robust":
+        if self.config.scoring_method.last_checkpoint_only:
             ends = [state.max_steps]  # only the end of the warmup is featurized; its weight is 1
         elif strategy == "steps":
             every = int(state.save_steps or args.save_steps)

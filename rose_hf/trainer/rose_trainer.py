@@ -20,8 +20,10 @@ from accelerate import PartialState
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from ..cache.fingerprint import json_hash, warmup_arguments
-from ..cache.store import FeatureStore, atomic_write_json, diff_run_args, jsonable, read_json
+from ..cache.io import atomic_write_json
+from ..cache.keys import final_key, warmup_key
+from ..cache.record import StageRecord
+from ..cache.store import FeatureStore
 from ..logs import get_logger
 from ..pipeline import describe_model
 from ..rose_config import RoseConfig
@@ -129,16 +131,14 @@ class RoseTrainer:
             train_dataset, preference_dataset, self.rose_config, tokenizer=kwargs.get("processing_class")
         )
         # Taken before PEFT wraps a model object in place. The warmup's features depend on all of it.
-        self._warmup_inputs = {
+        self._warmup_inputs = warmup_key(
             # A float copy's folder name is keyed on the GGUF file's content; its cache folder may move between runs.
-            "model": model_id or (model if isinstance(model, str) else describe_model(model)),
-            "adapter_config_hash": json_hash(
-                {k: v for k, v in peft_config.to_dict().items() if k not in ("base_model_name_or_path", "revision")}
-            ),
-            "warmup_indices": self.warmup_indices,
-            "training_args": warmup_arguments(args),
-            **self.selector.pipeline.data_run_args(),
-        }
+            model_id or (model if isinstance(model, str) else describe_model(model)),
+            peft_config,
+            self.warmup_indices,
+            args,
+            self.selector.pipeline.data_key(),
+        )
         self.warmup_trainer: SFTTrainer | None = None
         self.final_trainer: SFTTrainer | None = None
         self.selection: SelectionResult | None = None
@@ -201,11 +201,7 @@ class RoseTrainer:
         """
         self.run_warmup()
         selection = self.run_selection()
-        self._check_stage_inputs(
-            FINAL_DIR,
-            {"selected_indices": selection.selected_indices, "final_training": self.rose_config.final_training,
-             "final_num_train_epochs": self.rose_config.final_num_train_epochs},
-        )
+        self._check_stage_inputs(FINAL_DIR, final_key(selection.selected_indices, self.rose_config))
         selected = self.pool.select(selection.selected_indices)
         logger.info(
             f"rose_hf: final training on {len(selected)} selected rows ({len(selected) / len(self.pool):.1%} of the "
@@ -259,14 +255,10 @@ class RoseTrainer:
     def _check_stage_inputs(self, stage: str, inputs: dict[str, Any]) -> None:
         """Refuse to resume or reuse a stage started with other inputs (with `overwrite=True`, redo it instead)."""
         folder, state = os.path.join(self.root_dir, stage), PartialState()
-        path, inputs = os.path.join(folder, STAGE_INPUTS), jsonable(inputs)
-        recorded = os.path.exists(path)
-        differing = diff_run_args(read_json(path), inputs) if recorded else []
-        if differing and not self.rose_config.overwrite:
-            raise ValueError(
-                f"{folder} was started with other settings ({', '.join(differing)} differ): set `overwrite=True` in "
-                "RoseConfig to redo it, or choose another `output_dir`."
-            )
+        record = StageRecord(os.path.join(folder, STAGE_INPUTS), f"The {stage} stage in {folder}")
+        recorded = record.read() is not None
+        differing = record.check(inputs, overwrite=self.rose_config.overwrite,
+                                 fix="set `overwrite=True` in RoseConfig to redo it, or choose another `output_dir`.")
         if state.is_main_process:
             if differing:
                 logger.warning(f"rose_hf: overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
@@ -274,8 +266,7 @@ class RoseTrainer:
                 if stage == WARMUP_DIR and os.path.isdir(self.rose_config.output_dir):
                     FeatureStore(self.rose_config.output_dir).clear()  # its features came from that warmup
             if differing or not recorded:
-                os.makedirs(folder, exist_ok=True)
-                atomic_write_json(path, inputs)
+                record.write(inputs)
         state.wait_for_everyone()
 
 

@@ -12,8 +12,9 @@ from datasets import Dataset
 from helpers import make_lora_model, pool_dataset, tiny_pairs
 
 from rose_hf import RoseConfig
-from rose_hf.cache.store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK, StoreError
+from rose_hf.cache.store import STATUS_EMPTY, STATUS_NONFINITE, STATUS_OK
 from rose_hf.data import pad_token_id, prepare_sft_dataset
+from rose_hf.errors import CacheWriteError
 from rose_hf.features.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.scoring.similarity import INVALID_SCORE
@@ -130,7 +131,7 @@ def test_unwritable_output_dir_found_at_start_is_still_refused(tokenizer, tmp_pa
     """Between construction and the first step the folder can become unwritable: the write probe then says so."""
     pipeline = SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose"), **SMALL))
     (tmp_path / "rose").write_text("now a file")
-    with pytest.raises(StoreError, match="is not writable.*choose a folder"):
+    with pytest.raises(CacheWriteError, match="is not writable.*choose a folder"):
         pipeline.prepare(make_lora_model(tokenizer), tokenizer)
 
 

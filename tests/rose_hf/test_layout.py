@@ -14,10 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PACKAGE = os.path.join(ROOT, "rose_hf")
 
 
-def _modules() -> dict[str, str]:
-    """`{module name: file}` of every module of rose_hf."""
+def _modules(package: str = PACKAGE) -> dict[str, str]:
+    """`{module name: file}` of every module of `package` (a folder)."""
     found = {}
-    for folder, _, files in os.walk(PACKAGE):
+    for folder, _, files in os.walk(package):
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
@@ -45,9 +45,10 @@ def _imports(module: str, path: str, known: set[str]) -> set[str]:
     return found
 
 
-def test_no_import_circles():
-    modules = _modules()
-    graph = {m: _imports(m, p, set(modules)) - {"rose_hf"} for m, p in modules.items()}
+@pytest.mark.parametrize("package", ["rose_hf", "rose_fixtures", "benchmarks"])
+def test_no_import_circles(package):
+    modules = _modules(os.path.join(ROOT, package))
+    graph = {m: _imports(m, p, set(modules)) - {package} for m, p in modules.items()}
     # A package's __init__ importing its own submodules lazily is not a circle of the design; drop parent edges.
     graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
     cycles, state, stack = [], {}, []

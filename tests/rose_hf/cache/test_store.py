@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 from helpers import make_lora_model, pool_dataset, preference_dataset
 
+from rose_hf.cache.io import atomic_write_json, read_json
+from rose_hf.cache.record import StageRecord
 from rose_hf.cache.store import (
     STATUS_EMPTY,
     STATUS_OK,
     FeatureStore,
-    StoreError,
-    atomic_write_json,
     check_writable,
-    diff_run_args,
-    read_json,
 )
+from rose_hf.errors import CacheMismatchError, CacheWriteError
 from rose_hf.features.checkpoint import TrainingCheckpoint
 from rose_hf.pipeline import SelectionPipeline
 from rose_hf.rose_config import RoseConfig
@@ -46,7 +45,7 @@ def test_atomic_json_failure_keeps_the_old_file(tmp_path, monkeypatch):
     path = str(tmp_path / "a.json")
     atomic_write_json(path, {"version": 1})
     monkeypatch.setattr(os, "fsync", _enospc)
-    with pytest.raises(StoreError, match="Disk full"):
+    with pytest.raises(CacheWriteError, match="Disk full"):
         atomic_write_json(path, {"version": 2})
     assert read_json(path) == {"version": 1}
 
@@ -116,18 +115,37 @@ def test_int8_storage_keeps_row_scales(tmp_path):
 
 
 # --- run arguments ------------------------------------------------------------------------------------------------
-def test_diff_run_args():
-    assert diff_run_args(RUN, dict(RUN)) == []
-    assert diff_run_args(RUN, {**RUN, "projection_dim": 128}) == ["projection_dim"]
-    assert diff_run_args(RUN, {**RUN, "new": 1, "pool_size": 11}) == ["new", "pool_size"]
-    assert diff_run_args({**RUN, "gone": 1}, RUN) == ["gone"]
+def test_stage_record_names_every_differing_field(tmp_path):
+    record = StageRecord(str(tmp_path / "stage.json"), "The stage", ignore={"info"})
+    assert record.differing(RUN) is None and record.check(RUN, overwrite=False, fix="-") == []
+    record.write({**RUN, "info": 1})
+    assert record.differing({**RUN, "info": 2}) == []
+    assert record.differing({**RUN, "projection_dim": 128}) == ["projection_dim"]
+    assert record.differing({**RUN, "new": 1, "pool_size": 11}) == ["new", "pool_size"]
+    assert record.differing({k: v for k, v in RUN.items() if k != "pool_size"}) == ["pool_size"]
+    assert record.differing({**RUN, "pool_size": 11}, fields=["projection_dim"]) == []
+    with pytest.raises(CacheMismatchError, match=r"The stage was written for other inputs \(pool_size: recorded 10, "
+                       r"now 11\)\. Fix: rename it") as info:
+        record.check({**RUN, "pool_size": 11}, overwrite=False, fix="rename it")
+    assert info.value.fields == ["pool_size"] and isinstance(info.value, ValueError)
+    assert record.check({**RUN, "pool_size": 11}, overwrite=True, fix="-") == ["pool_size"]
+    assert read_json(record.path)["pool_size"] == RUN["pool_size"], "check never writes"
+
+
+def test_stage_record_in_a_section_keeps_the_rest_of_the_file(tmp_path):
+    path = tmp_path / "selection.json"
+    path.write_text('{"num_selected": 3, "args": {"a": 1}}')
+    record = StageRecord(str(path), "The selection", section="args")
+    assert record.differing({"a": 1}) == [] and record.differing({"a": 2}) == ["a"]
+    record.write({"a": 2})
+    assert read_json(str(path)) == {"num_selected": 3, "args": {"a": 2}}
 
 
 def test_refuses_to_mix_runs_and_names_the_field(tmp_path):
     root = str(tmp_path)
     FeatureStore(root, RUN).prepare()
     FeatureStore(root, dict(RUN)).prepare()  # the same run again: fine
-    with pytest.raises(ValueError, match=r"validation_objective: cached='dpo', now='sft'") as info:
+    with pytest.raises(ValueError, match=r"validation_objective: recorded 'dpo', now 'sft'") as info:
         FeatureStore(root, {**RUN, "validation_objective": "sft"}).prepare()
     assert "overwrite=True" in str(info.value) and "projection_dim" not in str(info.value)
     assert read_json(os.path.join(root, "run.json")) == RUN
@@ -167,9 +185,9 @@ def test_overwrite_keeps_the_cache_of_the_same_run(tmp_path):
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(StoreError, match="not writable"):
+    with pytest.raises(CacheWriteError, match="not writable"):
         check_writable(str(blocker / "rose"))
-    with pytest.raises(StoreError, match="a_file/rose"):
+    with pytest.raises(CacheWriteError, match="a_file/rose"):
         FeatureStore(str(blocker / "rose"), RUN).prepare()
 
 
@@ -181,14 +199,14 @@ def test_read_only_error_says_what_to_do(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(np, "save", read_only)
-    with pytest.raises(StoreError, match="writable `output_dir`"):
+    with pytest.raises(CacheWriteError, match="writable `output_dir`"):
         checkpoint.write_validation({"dpo": np.ones((2, 4))})
 
 
 def test_disk_full_on_allocation(tmp_path, monkeypatch):
     checkpoint = FeatureStore(str(tmp_path)).checkpoint(1)
     monkeypatch.setattr(np.lib.format, "open_memmap", _enospc)
-    with pytest.raises(StoreError, match="Disk full"):
+    with pytest.raises(CacheWriteError, match="Disk full"):
         checkpoint.create(4, 4, "float32", 2)
     assert not os.path.exists(os.path.join(checkpoint.path, "layout.json"))
 
@@ -205,11 +223,11 @@ def test_disk_full_keeps_finished_chunks(tmp_path, monkeypatch):
         return real_load(path, *args, mmap_mode=mmap_mode, **kwargs)
 
     monkeypatch.setattr(np, "load", load)
-    with pytest.raises(StoreError, match="Disk full") as info:
+    with pytest.raises(CacheWriteError, match="Disk full") as info:
         checkpoint.write_chunk(1, _rows(2, 4), np.ones(2, np.int8))
     assert info.value.__cause__.errno == errno.ENOSPC
     monkeypatch.setattr(np, "save", _enospc)
-    with pytest.raises(StoreError, match="Disk full"):
+    with pytest.raises(CacheWriteError, match="Disk full"):
         checkpoint.write_validation({"dpo": np.ones((2, 4))})
     monkeypatch.undo()
     assert checkpoint.pending_chunks() == [1, 2]
@@ -257,7 +275,7 @@ def test_resume_skips_done_chunks_and_disk_full_resumes(tokenizer, tmp_path, mon
     def disk_fills_after_chunk_2(chunk):
         monkeypatch.setattr(np, "load", _enospc)
 
-    with pytest.raises(StoreError, match="Disk full"):
+    with pytest.raises(CacheWriteError, match="Disk full"):
         _featurize(pipeline, model, disk_fills_after_chunk_2)
     monkeypatch.undo()
     assert checkpoint.pending_chunks() == [3, 4] and not checkpoint.is_complete()

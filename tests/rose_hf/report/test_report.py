@@ -15,9 +15,9 @@ import pytest
 from accelerate.state import PartialState
 from datasets import Dataset
 
+from rose_hf.cache.keys import feature_settings
 from rose_hf.cache.store import STATUS_EMPTY, STATUS_OK, FeatureStore
 from rose_hf.features.projection import make_projector, resolve_projection
-from rose_hf.pipeline import FEATURE_CONFIG_FIELDS
 from rose_hf.report import escape_cell, report_from_output_dir, write_report
 from rose_hf.rose_config import RoseConfig
 from rose_hf.scoring.budget import select_top
@@ -100,7 +100,7 @@ def make_run(output_dir: str, pool: Dataset, seed: int = 0, num_params: int = NU
         "base_model": "fake",
         "pool_fingerprint": pool._fingerprint,
         "pool_size": num_rows,
-        **{key: getattr(config, key) for key in FEATURE_CONFIG_FIELDS},
+        **feature_settings(config),
     }
     store = FeatureStore(output_dir, run_args)
     store.prepare()

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import write_feature_store
 
-from rose_hf.cache.store import FeatureStore
 from rose_hf.rose_config import RoseConfig
 from rose_hf.scoring.budget import select_top
 from rose_hf.scoring.health import HEALTH_THRESHOLD, pair_halves, selection_health, top_overlap
@@ -65,35 +65,11 @@ def test_verdict_follows_the_agreement_of_the_two_objectives_and_names_the_fix()
     assert ok["signals"]["preferred_share"] == 1.0 and ok["signals"]["selected_preferred_share"] == 1.0
 
 
-def _unit(rng, rows, dim):
-    x = rng.normal(size=(rows, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _write_store(root, subtasks, checkpoints=2, rows=40, dim=24):
-    """A finished feature cache of random unit features, written through the store's own API."""
-    rng = np.random.default_rng(1)
-    store, pool, validation, learning_rates = FeatureStore(str(root)), [], [], []
-    for c in range(checkpoints):
-        checkpoint = store.checkpoint(5 * (c + 1))
-        rates = [1e-3 * (1 - c / checkpoints)] * 5
-        checkpoint.create(num_rows=rows, dim=dim, dtype="float32", chunk_size=16, learning_rates=rates)
-        pool.append(_unit(rng, rows, dim))
-        for chunk in range(checkpoint.num_chunks()):
-            span = checkpoint.chunk_rows(chunk)
-            checkpoint.write_chunk(chunk, pool[-1][span.start:span.stop], np.ones(len(span), np.int8))
-        validation.append({name: _unit(rng, len(subtasks), dim) for name in ("dpo", "sft")})
-        checkpoint.write_validation(validation[-1])
-        checkpoint.finalize({})
-        learning_rates.append(rates)
-    return store, pool, validation, learning_rates
-
-
 @pytest.mark.parametrize("objective", ["dpo", "sft", "dpo+sft"])
 def test_half_scores_of_a_cache_are_its_scoring_with_only_those_pairs(tmp_path, objective):
     """score_store's half scores against score_pool called on the half's validation rows by hand."""
     subtasks = ["x", "y", "x", "y", "x", "y", "x"]
-    store, pool, validation, learning_rates = _write_store(tmp_path, subtasks)
+    store, pool, validation, learning_rates = write_feature_store(tmp_path, subtasks)
     config = RoseConfig(output_dir=str(tmp_path), validation_objective=objective)
     scored = score_store(store, subtasks, config, num_rows=40)
     weights = checkpoint_weights(learning_rates)
@@ -110,7 +86,7 @@ def test_half_scores_of_a_cache_are_its_scoring_with_only_those_pairs(tmp_path, 
     assert robust.half_scores is not None and not np.array_equal(robust.half_scores[0], robust.half_scores[1])
     assert robust.objective_scores[0] is robust.preference and robust.objective_scores[1] is robust.relevance
     # One pair per subtask: no second half, no half scores, and the verdict says why.
-    two, *_ = _write_store(tmp_path / "two", ["x", "y"])
+    two, *_ = write_feature_store(tmp_path / "two", ["x", "y"])
     thin = score_store(two, ["x", "y"], config, num_rows=40)
     assert thin.half_scores is None
     assert selection_health(thin.relevance, thin.preference, np.arange(2), 2, thin.half_scores)["verdict"] == "unchecked"

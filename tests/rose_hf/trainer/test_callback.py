@@ -368,8 +368,8 @@ def test_other_data_refuses_to_mix_and_another_objective_reuses_the_features(tok
     output_dir = copy_of(run, "mixed")
     other_pool = RoseDataSelector(pool.select(range(60)), pairs, rose_config(output_dir))
     assert_fails_before_training(sft_trainer(tokenizer, run.root / "mixed_pool", pool, [other_pool]),
-                                 "another run.*pool_fingerprint.*overwrite=True")
-    with pytest.raises(ValueError, match="another pool .pool_fingerprint differs"):
+                                 "other inputs .pool_fingerprint: recorded.*overwrite=True")
+    with pytest.raises(ValueError, match="other inputs .pool_fingerprint: recorded.*Fix: pass the pool and the preference pairs"):
         RoseDataSelector(pool.select(range(60)), pairs, rose_config(output_dir)).select()
     # Both objectives' validation features are cached at every checkpoint: LESS's scores need no new features.
     features = {f: os.stat(f).st_mtime_ns for folder in feature_folders(output_dir) for f in

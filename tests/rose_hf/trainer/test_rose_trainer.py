@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig
 
 from rose_fixtures.tiny import build_model
+from rose_hf.errors import CacheMismatchError
 from rose_hf.rose_config import RoseConfig
 from rose_hf.trainer.rose_trainer import RoseTrainer, warmup_indices
 
@@ -230,8 +231,9 @@ def test_interrupted_warmup_resumes_to_the_same_selection(full_run, tokenizer, d
 def test_changed_settings_refuse_a_finished_warmup(full_run, tokenizer, data, tmp_path, change, differing):
     root = copy_stages(full_run.root, tmp_path)
     trainer, _ = rose_trainer(tokenizer, root, data, **change)
-    with pytest.raises(ValueError, match=f"warmup was started with other settings .{differing} differ.*overwrite=True"):
+    with pytest.raises(CacheMismatchError, match=f"warmup stage .* other inputs .*{differing}: recorded.*overwrite=True") as info:
         trainer.train()
+    assert differing in info.value.fields
     assert not os.path.exists(os.path.join(root, "final", "STAGE_INPUTS.json")), "the final stage must not start"
     assert json.load(open(os.path.join(root, "selection", "run.json")))["beta"] == 0.1
 
@@ -240,7 +242,7 @@ def test_other_selection_refuses_the_final_stage_unless_overwrite(full_run, toke
     root = copy_stages(full_run.root, tmp_path, ("warmup", "selection", "final"))
     warmup = files_with_mtimes(os.path.join(root, "warmup"))
     trainer, _ = rose_trainer(tokenizer, root, data, selection_fraction=0.1)
-    with pytest.raises(ValueError, match="final was started with other settings .selected_indices differ"):
+    with pytest.raises(ValueError, match="final stage .* other inputs .selected_indices: recorded"):
         trainer.train()
     trainer, _ = rose_trainer(tokenizer, root, data, selection_fraction=0.1, overwrite=True)
     trainer.train()

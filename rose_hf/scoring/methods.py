@@ -1,0 +1,202 @@
+"""Scoring methods: each is one object that says which warmup checkpoints it needs, how Adam's state transforms a pool
+gradient into a feature, and how the cached features become one score per pool row.
+
+`RoseConfig.scoring` names one of `SCORING_METHODS`; everything that depends on the method (the featurizer, the
+callback's choice of checkpoints, offline selection, `score_store`) asks the object, so a new method is one new class
+here and one line in the registry.
+
+- `"paper"` (`PaperScoring`): the published ROSE ranking (ROSE_METHOD.md, steps 2-5): Adam-preconditioned features
+  at every warmup checkpoint, learning-rate-weighted cosine to the validation gradient of each objective
+  (`validation_objective`), aggregated over subtasks; `"dpo+sft"` ranks rows by their mean rank under both objectives.
+- `"robust"` (`RobustScoring`): features at the end of the warmup only, with Adam's per-coordinate scaling but not its
+  momentum; rows are ranked by their nearest validation chosen answer among those whose DPO alignment is positive
+  (`rose_hf.scoring.robust`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..cache.store import STATUS_OK
+from .robust import relevance_and_preference, robust_scores
+from .similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..cache.store import CheckpointFeatures
+    from ..features.preconditioner import AdamState
+
+# The cached validation features (`VALIDATION_FEATURES`) each objective scores with; "dpo+sft" is the mean rank of the
+# two paper scores.
+OBJECTIVE_PARTS = {"dpo": ("dpo",), "sft": ("sft",), "dpo+sft": ("dpo", "sft")}
+VALIDATION_OBJECTIVES = tuple(OBJECTIVE_PARTS)
+
+
+@dataclass
+class ScoringInputs:
+    """What a scoring method reads from one run's cache.
+
+    Args:
+        checkpoints: the completed checkpoints, in step order.
+        subtasks: the subtask of each validation pair, in pair order.
+        objective: `validation_objective`.
+        aggregation: `subtask_aggregation`.
+        weights: the method's checkpoint weights.
+        valid: `(N,)` rows with a usable gradient at every checkpoint the method reads.
+        relevance, preference: the health check's parts at the last checkpoint (`relevance_and_preference`).
+    """
+
+    checkpoints: list[CheckpointFeatures]
+    subtasks: list[str]
+    objective: str
+    aggregation: str
+    weights: np.ndarray
+    valid: np.ndarray
+    relevance: np.ndarray
+    preference: np.ndarray | None
+
+    @property
+    def last(self) -> CheckpointFeatures:
+        return self.checkpoints[-1]
+
+    def dpo_features(self, pairs: list[int] | None = None) -> np.ndarray | None:
+        """The last checkpoint's DPO validation features (None when the objective has no preference side)."""
+        if self.objective == "sft":
+            return None
+        features = self.last.validation_features("dpo")
+        return features if pairs is None else features[pairs]
+
+
+class ScoringMethod(ABC):
+    """One way of turning cached checkpoint features into pool scores."""
+
+    name: ClassVar[str]
+    #: Featurize only the end of the warmup (one pool pass) instead of every checkpoint.
+    last_checkpoint_only: ClassVar[bool]
+
+    @abstractmethod
+    def pool_gradients(self, adam: AdamState, grads: torch.Tensor) -> torch.Tensor:
+        """The pool rows' `(B, P)` gradients as this method's features use them, given the checkpoint's Adam state."""
+
+    @abstractmethod
+    def checkpoint_weights(self, checkpoints: Sequence[CheckpointFeatures]) -> np.ndarray:
+        """`(C,)` weight of each completed checkpoint, summing to 1."""
+
+    def valid_rows(self, checkpoints: Sequence[CheckpointFeatures]) -> np.ndarray:
+        """`(N,)` rows with a usable gradient at every checkpoint this method reads."""
+        read = checkpoints[-1:] if self.last_checkpoint_only else checkpoints
+        valid = np.ones(read[0].meta["num_rows"], dtype=bool)
+        for checkpoint in read:
+            valid &= checkpoint.pool_status() == STATUS_OK
+        return valid
+
+    @abstractmethod
+    def rank(
+        self, inputs: ScoringInputs, pairs: list[int] | None = None, progress: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+        """Scores over the validation pairs `pairs` (default all): `(scores, report, per-objective scores)`."""
+
+    @abstractmethod
+    def objective_scores(
+        self, inputs: ScoringInputs, parts: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ranking by the preference side alone and by the relevance side alone, for the health check (None
+        without a preference side). `parts` is `rank`'s third output, to reuse what was already scored."""
+
+
+class PaperScoring(ScoringMethod):
+    """The published ROSE ranking, bit for bit with `validation_objective="dpo"`."""
+
+    name = "paper"
+    last_checkpoint_only = False
+
+    def pool_gradients(self, adam, grads):
+        return adam.precondition(grads)
+
+    def checkpoint_weights(self, checkpoints):
+        return checkpoint_weights([c.meta["learning_rates"] for c in checkpoints])
+
+    def rank(self, inputs, pairs=None, progress=False):
+        parts, reports = {}, {}
+        for objective in OBJECTIVE_PARTS[inputs.objective]:
+            parts[objective], reports[objective] = self.objective_score(inputs, objective, pairs, progress)
+        scores, info = next(iter(parts.values())), next(iter(reports.values()))
+        if len(parts) > 1:
+            scores = rank_average(list(parts.values()))
+            info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()), "objectives": reports}
+        return scores, {**info, "scoring": self.name}, parts
+
+    def objective_score(
+        self, inputs: ScoringInputs, objective: str, pairs: list[int] | None = None, progress: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The paper scoring of every cached checkpoint with one validation objective, over `pairs` (default all)."""
+        checkpoints = inputs.checkpoints
+        scales = [c.pool_scales() for c in checkpoints]
+        chosen = slice(None) if pairs is None else pairs
+        return score_pool(
+            [c.pool_features() for c in checkpoints],
+            [c.validation_features(objective)[chosen] for c in checkpoints],
+            inputs.weights,
+            list(inputs.subtasks) if pairs is None else [inputs.subtasks[p] for p in pairs],
+            aggregation=inputs.aggregation,
+            valid=inputs.valid,
+            row_scales=scales if all(s is not None for s in scales) else None,
+            progress=progress,
+        )
+
+    def objective_scores(self, inputs, parts):
+        return tuple(parts[o] if o in parts else self.objective_score(inputs, o)[0] for o in ("dpo", "sft"))
+
+
+class RobustScoring(ScoringMethod):
+    """Relevance to the nearest validation chosen answer, gated by a positive DPO alignment (`rose_hf.scoring.robust`).
+
+    Under it, `validation_objective="dpo+sft"` and `"dpo"` are the same ranking (the SFT side is the relevance)."""
+
+    name = "robust"
+    last_checkpoint_only = True
+
+    def pool_gradients(self, adam, grads):
+        return adam.scale(grads)
+
+    def checkpoint_weights(self, checkpoints):
+        weights = np.zeros(len(checkpoints))
+        weights[-1] = 1.0  # the trained end of the warmup
+        return weights
+
+    def rank(self, inputs, pairs=None, progress=False):
+        if pairs is None:
+            relevance, preference = inputs.relevance, inputs.preference
+        else:
+            last = inputs.last
+            relevance, preference = relevance_and_preference(
+                last.pool_features(), last.validation_features("sft")[pairs], inputs.dpo_features(pairs),
+                inputs.valid, last.pool_scales(),
+            )  # fmt: skip
+        scores = robust_scores(relevance, preference)
+        info = {
+            "scoring": self.name,
+            "num_rows": len(scores),
+            "num_invalid": int((scores == INVALID_SCORE).sum()),
+            "num_preferred": None if preference is None else int((preference > 0).sum()),
+        }
+        return scores, info, {}
+
+    def objective_scores(self, inputs, parts):
+        return None if inputs.preference is None else (inputs.preference, inputs.relevance)
+
+
+SCORING_METHODS: dict[str, ScoringMethod] = {method.name: method for method in (PaperScoring(), RobustScoring())}
+
+
+def scoring_method(name: str) -> ScoringMethod:
+    """The scoring method registered under `name` (`RoseConfig.scoring`)."""
+    if name not in SCORING_METHODS:
+        raise ValueError(f"scoring={name!r} is not valid: use one of {list(SCORING_METHODS)}.")
+    return SCORING_METHODS[name]
