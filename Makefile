@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real bench-trust lint clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real bench-trust lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-trust: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check rose_hf tests examples benchmarks
+
+# The manual (docs/, mkdocs.yml) as a static site in outputs/site; --strict turns mkdocs' warnings into errors.
+docs: $(STAMP)
+	$(BIN)/python -c "import material" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[docs]"
+	$(BIN)/mkdocs build --strict --site-dir outputs/site
 
 clean:
 	rm -rf outputs .pytest_cache
