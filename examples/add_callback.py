@@ -32,7 +32,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
 
     selector = RoseDataSelector(
-        train_dataset=pool, preference_dataset=pairs, config=RoseConfig(output_dir="outputs/add_callback/rose")
+        train_dataset=pool, preference_dataset=pairs, config=RoseConfig(selection_dir="outputs/add_callback/rose")
     )
     trainer = SFTTrainer(
         model=model,

@@ -19,7 +19,7 @@ from rose_hf.pipeline import SelectionPipeline
 from rose_hf.scoring.similarity import INVALID_SCORE
 
 PartialState()
-SMALL = dict(projection_dim=64, chunk_size=4, feature_batch_size=3, max_length=64, report=False, preconditioner="sgd")
+SMALL = dict(projection_dim=64, chunk_size=4, feature_batch_size=3, feature_max_length=64, report=False, preconditioner="sgd")
 
 
 def pool_rows(n=6):
@@ -40,7 +40,7 @@ def pool_rows(n=6):
 )
 def test_bad_pools_are_refused_before_work(tmp_path, pool, match):
     with pytest.raises(ValueError, match=match):
-        SelectionPipeline(pool, tiny_pairs(), RoseConfig(output_dir=str(tmp_path)))
+        SelectionPipeline(pool, tiny_pairs(), RoseConfig(selection_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir()), "nothing may be written for a refused input"
 
 
@@ -49,19 +49,19 @@ def test_mixed_row_formats_are_refused(tmp_path):
         [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "yes"}]},
          {"messages": [{"role": "user", "content": "what"}, {"role": "assistant", "content": "no"}]}]
     )  # fmt: skip
-    SelectionPipeline(pool, tiny_pairs(), RoseConfig(output_dir=str(tmp_path)))  # a valid conversational pool
+    SelectionPipeline(pool, tiny_pairs(), RoseConfig(selection_dir=str(tmp_path)))  # a valid conversational pool
     mixed = Dataset.from_dict({"prompt": ["hello", "what"], "completion": [" yes", " no"]})
     pairs = Dataset.from_list(
         [{"prompt": "hello", "chosen": " yes", "rejected": " no"},
          {"prompt": "what", "chosen": " no", "rejected": " yes"}]
     )  # fmt: skip
-    SelectionPipeline(mixed, pairs, RoseConfig(output_dir=str(tmp_path)))
+    SelectionPipeline(mixed, pairs, RoseConfig(selection_dir=str(tmp_path)))
     conversational_pairs = Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
          "chosen": [[{"role": "assistant", "content": "x"}], [{"role": "assistant", "content": "y"}]],
          "rejected": [[{"role": "assistant", "content": "y"}], [{"role": "assistant", "content": "x"}]]}
     )  # fmt: skip
-    SelectionPipeline(mixed, conversational_pairs, RoseConfig(output_dir=str(tmp_path)))
+    SelectionPipeline(mixed, conversational_pairs, RoseConfig(selection_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_mixed_row_formats_are_refused(tmp_path):
 )
 def test_bad_preference_sets_are_refused_before_work(tmp_path, pairs, match):
     with pytest.raises(ValueError, match=match):
-        SelectionPipeline(pool_rows(), pairs, RoseConfig(output_dir=str(tmp_path)))
+        SelectionPipeline(pool_rows(), pairs, RoseConfig(selection_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_bad_settings_name_the_field(kwargs, field):
 
 def test_selection_size_larger_than_the_pool(tmp_path):
     with pytest.raises(ValueError, match="selection_size=100 exceeds the pool's 6 rows"):
-        SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path), selection_size=100))
+        SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(tmp_path), selection_size=100))
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_bad_output_dir_is_refused_when_built_and_nothing_is_written(tmp_path, m
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     try:
         with pytest.raises(ValueError, match=match):
-            SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(make_path(tmp_path)), **SMALL))
+            SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(make_path(tmp_path)), **SMALL))
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "nothing may be written for a refused input"
     finally:
         locked.chmod(0o755)
@@ -128,7 +128,7 @@ def test_bad_output_dir_is_refused_when_built_and_nothing_is_written(tmp_path, m
 
 def test_unwritable_output_dir_found_at_start_is_still_refused(tokenizer, tmp_path):
     """Between construction and the first step the folder can become unwritable: the write probe then says so."""
-    pipeline = SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose"), **SMALL))
+    pipeline = SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(tmp_path / "rose"), **SMALL))
     (tmp_path / "rose").write_text("now a file")
     with pytest.raises(StoreError, match="is not writable.*choose a folder"):
         pipeline.prepare(make_lora_model(tokenizer), tokenizer)
@@ -153,7 +153,7 @@ def test_rows_over_max_length_are_truncated_and_counted(tokenizer):
 
 def _score(tokenizer, model, pool, output_dir):
     pairs = pool_dataset(6)[1].validation.select(range(4))  # no "hello" in them: the NaN stays in the pool row
-    pipeline = SelectionPipeline(pool, pairs, RoseConfig(output_dir=output_dir, selection_size=2, **SMALL))
+    pipeline = SelectionPipeline(pool, pairs, RoseConfig(selection_dir=output_dir, selection_size=2, **SMALL))
     pipeline.prepare(model, tokenizer)
     pipeline.featurize(model, TrainingCheckpoint(1, [1.0], None))
     return pipeline.select(), pipeline.store.checkpoint(1).pool_status()
@@ -197,7 +197,7 @@ def test_checks_hold_after_an_argument_parser_rewrote_the_field_types():
     HfArgumentParser(RoseConfig)
     assert dataclasses.fields(RoseConfig)[0].type is str  # what the parser did, and the checks must survive
     assert RoseConfig(projection_dim=" 4096 ").projection_dim == 4096
-    assert RoseConfig(selection_size=None, max_length=None).selection_size is None
+    assert RoseConfig(selection_size=None, feature_max_length=None).selection_size is None
     with pytest.raises(ValueError, match="projection_dim=2.5 .*must be an integer"):
         RoseConfig(projection_dim=2.5)
 
@@ -243,7 +243,7 @@ def test_fractional_selection_size_fails_before_any_model(tmp_path):
     from rose_hf.trainer.callback import RoseDataSelector
 
     with pytest.raises(ValueError, match="selection_size=2.5"):
-        RoseDataSelector(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose"), selection_size=2.5))
+        RoseDataSelector(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(tmp_path / "rose"), selection_size=2.5))
     assert not any(tmp_path.iterdir())
 
 
@@ -260,7 +260,7 @@ def test_streaming_datasets_are_refused_with_the_fix(tmp_path, which):
         args = (iterable, pairs) if which == "train_dataset" else (pool, iterable)
         match = f"`{which}` is an IterableDataset.*Dataset.from_generator.*streaming=False"
         with pytest.raises(ValueError, match=match):
-            SelectionPipeline(*args, RoseConfig(output_dir=str(tmp_path / "rose")))
+            SelectionPipeline(*args, RoseConfig(selection_dir=str(tmp_path / "rose")))
     assert not (tmp_path / "rose").exists()
     # The fix the message gives works, and gives the very rows back.
     iterable = data.to_iterable_dataset()
@@ -326,7 +326,7 @@ def test_every_kind_of_blank_target_is_flagged_scored_lowest_and_never_selected(
 def test_a_pool_of_nothing_but_blank_targets_is_refused(tmp_path):
     pool = Dataset.from_dict({"prompt": ["hello", "what"], "completion": [None, " "]})
     with pytest.raises(ValueError, match="Every row of `train_dataset` lacks a training target"):
-        SelectionPipeline(pool, tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose")))
+        SelectionPipeline(pool, tiny_pairs(), RoseConfig(selection_dir=str(tmp_path / "rose")))
 
 
 def test_blank_conversational_answers_in_pairs_are_refused_like_empty_strings():

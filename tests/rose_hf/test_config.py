@@ -102,7 +102,7 @@ def test_argument_parser_defaults_and_values():
         ["--output_dir", "out", "--selection_size", "7", "--max_length", "16", "--report", "false",
          "--validation_objective", "sft", "--beta", "0.25"]
     )
-    assert config == RoseConfig(output_dir="out", selection_size=7, max_length=16, report=False,
+    assert config == RoseConfig(selection_dir="out", selection_size=7, feature_max_length=16, report=False,
                                 validation_objective="sft", beta=0.25)
     assert "--projection_dim" in parser.format_help()
 
@@ -116,7 +116,7 @@ def test_yaml_file(tmp_path):
     path = tmp_path / "rose.yaml"
     path.write_text("output_dir: sel\nselection_fraction: 0.1\nprojection: sjlt\nprojection_dim: 256\nreport: false\n")
     (config,) = HfArgumentParser(RoseConfig).parse_yaml_file(str(path))
-    assert config == RoseConfig(output_dir="sel", selection_fraction=0.1, projection="sjlt", projection_dim=256,
+    assert config == RoseConfig(selection_dir="sel", selection_fraction=0.1, projection="sjlt", projection_dim=256,
                                 report=False)
     path.write_text("feature_dtype: bfloat16\n")
     with pytest.raises(ValueError, match="feature_dtype"):

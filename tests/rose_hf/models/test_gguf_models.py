@@ -58,7 +58,7 @@ def sft_args(output_dir, **changes):
 
 def rose_config():
     return RoseConfig(projection_dim=64, warmup_fraction=0.5, selection_size=2, feature_batch_size=8, chunk_size=16,
-                      max_length=64, report=False)
+                      feature_max_length=64, report=False)
 
 
 def trainer(model, output_dir, args=None, **kwargs):
@@ -120,7 +120,7 @@ def test_cli_train_loads_model_and_tokenizer_from_the_float_copy_in_both_stages(
           "--dataset_name", str(tmp_path / "pool.jsonl"), "--preference_dataset_name", str(tmp_path / "pairs.jsonl"),
           "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0",
           "--lora_target_modules", *TARGETS, "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-          "--learning_rate", "1e-4", "--max_length", "64", "--rose_max_length", "64", "--projection_dim", "64",
+          "--learning_rate", "1e-4", "--max_length", "64", "--feature_max_length", "64", "--projection_dim", "64",
           "--warmup_fraction", "0.5", "--selection_size", "2", "--feature_batch_size", "8", "--report", "false",
           "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--disable_tqdm", "true",
           "--activation_checkpointing", "false", "--output_dir", str(out)])  # fmt: skip
