@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python examples/add_callback.py     # one torch thread: see README "Two commands"
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml examples/add_callback.py
 
-The tiny base model is pretrained once on the bundled synthetic data (cached in outputs/cache); with your own model,
+The tiny base model is pretrained once on the bundled synthetic data (cached in ~/.cache/rose_hf, or $ROSE_HF_CACHE); with your own model,
 pool and preference pairs, only the data and model lines change.
 """
 

@@ -90,7 +90,7 @@ def _data(config: BigModelsBenchConfig, base_path: str):
 
 
 def base_model_path(config: BigModelsBenchConfig) -> str:
-    """The tiny Llama pretrained on the synthetic format (cached in outputs/cache): a random-init model's gradients,
+    """The tiny Llama pretrained on the synthetic format (cached under `rose_hf.paths.cache_root()`): a random-init model's gradients,
     and its reaction to quantization, would say little about a real base's."""
     from rose_fixtures.base_model import TinyBaseConfig, tiny_base_model
 

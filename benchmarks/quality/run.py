@@ -605,9 +605,10 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     """
     import torch
 
-    from rose_fixtures.base_model import DEFAULT_CACHE, world_base_model
+    from rose_fixtures.base_model import world_base_model
     from rose_fixtures.real_worlds import real_families
     from rose_fixtures.smollm2 import smollm2_path
+    from rose_hf.paths import cache_root
 
     from .render import plot_final, plot_selection, render_markdown
     from .targets import check_targets, summarize
@@ -621,7 +622,7 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     try:
         os.makedirs(config.output_dir, exist_ok=True)
         for family in config.families:
-            cache_dir = config.cache_dir or DEFAULT_CACHE
+            cache_dir = config.cache_dir or cache_root()
             bases[family] = smollm2_path(cache_dir) if family in real_families() else world_base_model(family, cache_dir)
             for seed in config.seeds:
                 for epochs in config.warmup_epochs:
