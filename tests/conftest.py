@@ -38,3 +38,12 @@ def smollm2():
     cache_root = os.path.abspath(default_root())
     return SimpleNamespace(folder=folder, file=name, path=smollm2_path(cache_root), cache_root=cache_root,
                            cache_dir=os.path.join(cache_root, "gguf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """The tiny recipe's model, pool and pairs as files (`rose_fixtures.tiny_assets`), written once per session: a
+    400-row pool (the recipe's 2000 rows, cut for time) and the tiny base model (pretrained once, then cached)."""
+    from rose_fixtures.tiny_assets import write_tiny_assets
+
+    return write_tiny_assets(str(tmp_path_factory.mktemp("tiny_assets")), pool_size=400)

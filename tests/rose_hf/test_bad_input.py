@@ -87,7 +87,7 @@ def test_bad_preference_sets_are_refused_before_work(tmp_path, pairs, match):
     "kwargs,field",
     [({"selection_fraction": 0.0}, "selection_fraction"), ({"selection_fraction": 1.5}, "selection_fraction"),
      ({"selection_size": 0}, "selection_size"), ({"projection_dim": 0}, "projection_dim"),
-     ({"projection_dim": -8}, "projection_dim"), ({"loss_type": "aot"}, "loss_type"),
+     ({"projection_dim": -8}, "projection_dim"), ({"dpo_loss_type": "aot"}, "dpo_loss_type"),
      ({"validation_objective": "kto"}, "validation_objective")],
 )  # fmt: skip
 def test_bad_settings_name_the_field(kwargs, field):
@@ -206,16 +206,16 @@ def test_numeric_strings_are_numbers_for_every_int_and_float_field():
     from rose_hf.cli import parse
 
     valid = {"selection_fraction": 0.1, "warmup_fraction": 0.1, "beta": 0.2, "label_smoothing": 0.1,
-             "selection_size": 3, "max_length": 64, "final_num_train_epochs": 3.0}  # fmt: skip
+             "selection_size": 3, "feature_max_length": 64, "final_num_train_epochs": 3.0}  # fmt: skip
     int_fields, float_fields = _typed_fields("int"), _typed_fields("float")
-    assert {f.name for f in int_fields} >= {"projection_dim", "selection_size", "chunk_size", "seed"}
+    assert {f.name for f in int_fields} >= {"projection_dim", "selection_size", "chunk_size", "warmup_seed"}
     assert {f.name for f in float_fields} >= {"beta", "selection_fraction", "warmup_fraction"}
     values, flags = {}, ["--bf16", "false", "--use_cpu", "true"]
     for f in int_fields + float_fields:
         value = values[f.name] = valid.get(f.name, f.default if f.default is not None else 1)
         config = RoseConfig(**{f.name: f" {value} "})  # a string, as a YAML recipe or an environment variable gives
         assert getattr(config, f.name) == value and type(getattr(config, f.name)) is type(value), f.name
-        flags += [f"--rose_{f.name}" if f.name in ("max_length", "seed") else f"--{f.name}", str(value)]
+        flags += [f"--{f.name}", str(value)]
     # The same values as the command line: HfArgumentParser parses each flag to the number Python now gets.
     parsed = parse(flags)[1]
     assert {name: getattr(parsed, name) for name in values} == values
@@ -231,7 +231,7 @@ def test_numeric_strings_are_numbers_for_every_int_and_float_field():
      ({"beta": float("inf")}, "beta=inf .*must be a finite number"),
      ({"selection_fraction": float("nan")}, "selection_fraction=nan .*must be a finite number"),
      ({"overwrite": "sometimes"}, "overwrite='sometimes' .*must be true or false"),
-     ({"output_dir": 7}, "output_dir=7 .*must be a string")],
+     ({"selection_dir": 7}, "selection_dir=7 .*must be a string")],
     ids=["fractional-size", "fractional-string", "none", "bool-as-int", "word", "inf", "nan", "bool-word", "dir-int"],
 )  # fmt: skip
 def test_values_of_the_wrong_kind_are_refused_naming_the_field(kwargs, match):

@@ -95,11 +95,14 @@ def test_gguf_file_needs_the_folder_and_one_name(tmp_path, tokenizer):
 
 
 def test_cli_names_a_missing_gguf_file_and_a_missing_folder(tmp_path):
-    flags = ["--synthetic_pool_size", "40", "--use_peft", "true", "--use_cpu", "true", "--bf16", "false",
-             "--output_dir", str(tmp_path / "out"), "--gguf_file", "missing.gguf"]  # fmt: skip
+    pool().to_json(tmp_path / "pool.jsonl")
+    pairs().to_json(tmp_path / "pairs.jsonl")
+    flags = ["--dataset_name", str(tmp_path / "pool.jsonl"), "--preference_dataset_name", str(tmp_path / "pairs.jsonl"),
+             "--use_peft", "true", "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "out"),
+             "--gguf_file", "missing.gguf"]  # fmt: skip
     with pytest.raises(FileNotFoundError, match="gguf_file='missing.gguf'.*--model_name_or_path models/smollm2"):
         main(["select", "--model_name_or_path", str(tmp_path), *flags])
-    with pytest.raises(ValueError, match="--gguf_file missing.gguf needs --model_name_or_path"):
+    with pytest.raises(SystemExit, match="missing model_name_or_path.*with --gguf_file, the folder of the file"):
         main(["select", *flags])
 
 
