@@ -95,7 +95,7 @@ def summary(ctx: ReportContext) -> list[str]:
     if tokenization:
         rows.append(
             (
-                f"Truncated to feature_max_length={config.feature_max_length}",
+                f"Truncated to max_length={config.feature_max_length}",
                 f"{tokenization.get('pool_truncated', 'n/a')} pool rows, "
                 f"{tokenization.get('pairs_truncated', 'n/a')} preference pairs",
             )
