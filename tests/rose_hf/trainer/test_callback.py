@@ -177,7 +177,7 @@ def test_training_arguments_fail_before_training(tokenizer, data, tmp_path, args
 def test_unwritable_output_dir_fails_when_the_selector_is_built(data, tmp_path):
     pool, pairs = data
     (tmp_path / "a_file").write_text("not a folder")
-    with pytest.raises(ValueError, match="output_dir=.*cannot be a folder: its parent .*a_file.* is a file"):
+    with pytest.raises(ValueError, match="selection_dir=.*cannot be a folder: its parent .*a_file.* is a file"):
         RoseDataSelector(pool, pairs, rose_config(tmp_path / "a_file" / "rose"))
     assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
