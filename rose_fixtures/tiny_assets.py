@@ -32,7 +32,9 @@ def write_tiny_assets(output_dir: str, pool_size: int = 2000, seed: int = 0) -> 
     }
     task.pool.to_json(paths["dataset_name"], lines=True)
     task.validation.to_json(paths["preference_dataset_name"], lines=True)
-    shutil.copytree(tiny_base_model(), paths["model_name_or_path"], dirs_exist_ok=True)
+    # `_trainer` holds the pretraining run's leftovers: the recipe needs the model and its tokenizer only.
+    shutil.copytree(tiny_base_model(), paths["model_name_or_path"], dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("_trainer"))
     return paths
 
 
