@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python examples/add_callback.py     # one torch thread: see README "Two commands"
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml examples/add_callback.py
 
-The tiny base model is pretrained once on the bundled synthetic data (cached in outputs/cache); with your own model,
+The tiny base model is pretrained once on the bundled synthetic data (cached in ~/.cache/rose_hf, or $ROSE_HF_CACHE); with your own model,
 pool and preference pairs, only the data and model lines change.
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
 
     selector = RoseDataSelector(
-        train_dataset=pool, preference_dataset=pairs, config=RoseConfig(output_dir="outputs/add_callback/rose")
+        train_dataset=pool, preference_dataset=pairs, config=RoseConfig(selection_dir="outputs/add_callback/rose")
     )
     trainer = SFTTrainer(
         model=model,

@@ -291,7 +291,7 @@ def run_demo(
         preference_dataset=task.validation,
         peft_config=recipe.lora_config(),
         rose_config=RoseConfig(
-            warmup_fraction=recipe.warmup_fraction, max_length=recipe.max_length, seed=seed, overwrite=True,
+            warmup_fraction=recipe.warmup_fraction, feature_max_length=recipe.max_length, warmup_seed=seed, overwrite=True,
             final_num_train_epochs=world.final_epochs,
             report=False,  # written below, with the evaluation section
         ),
@@ -335,7 +335,7 @@ def run_demo(
         metrics.pop("rejected_logps", None)
     seconds["evaluation"] = time.perf_counter() - tick
 
-    selection_dir = trainer.rose_config.output_dir
+    selection_dir = trainer.rose_config.selection_dir
     plot_dir = os.path.join(selection_dir, "report")
     os.makedirs(plot_dir, exist_ok=True)
     groups, series, _ = _evaluation_plot_data(final)

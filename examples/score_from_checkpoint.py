@@ -52,7 +52,7 @@ def main() -> None:
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoints[0], is_trainable=True)
     result = select_from_checkpoints(
         model, checkpoints, task.pool, task.validation, tokenizer,
-        RoseConfig(output_dir=os.path.join(args.output_dir, "selection"), report=False),
+        RoseConfig(selection_dir=os.path.join(args.output_dir, "selection"), report=False),
     )  # fmt: skip
     print(f"checkpoint weights {[round(float(w), 3) for w in result.weights]}; top {args.top} of {len(task.pool)}:")
     for rank, index in enumerate(result.selected_indices[: args.top], start=1):

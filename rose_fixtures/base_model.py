@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from rose_hf.logs import log
-
-DEFAULT_CACHE = os.environ.get("ROSE_HF_CACHE", os.path.join("outputs", "cache"))
+from rose_hf.paths import cache_root
 
 
 @dataclass
@@ -46,15 +45,15 @@ class TinyBaseConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str = DEFAULT_CACHE) -> str:
+def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str | None = None) -> str:
     """Path of a pretrained tiny base model (model + tokenizer), built and cached on first use.
 
     Args:
         config: size and pretraining settings; each distinct config has its own cache folder.
-        cache_dir: where to cache it (default `outputs/cache`, or `$ROSE_HF_CACHE`).
+        cache_dir: where to cache it (default `rose_hf.paths.cache_root()`: `$ROSE_HF_CACHE`, else `~/.cache/rose_hf`).
     """
     config = config or TinyBaseConfig()
-    path = os.path.join(cache_dir, f"tiny-base-{config.key()}")
+    path = os.path.join(cache_dir or cache_root(), f"tiny-base-{config.key()}")
     if os.path.exists(os.path.join(path, "DONE")):
         return path
 
@@ -140,7 +139,7 @@ def _save(model, tokenizer, path: str, record: dict) -> None:
 SORT_WORLD_BASE = TinyBaseConfig(epochs=10, n_pretrain=6000)
 
 
-def world_base_model(family: str, cache_dir: str = DEFAULT_CACHE, base=None) -> str:
+def world_base_model(family: str, cache_dir: str | None = None, base=None) -> str:
     """Path of the tiny base model of a world family (see `rose_fixtures.worlds`), built and cached on first use.
 
     Pretrained on the family's distractor tasks only (never the target), with the family's `BaseSpec`, one torch
@@ -149,7 +148,7 @@ def world_base_model(family: str, cache_dir: str = DEFAULT_CACHE, base=None) -> 
 
     Args:
         family: one of `rose_fixtures.worlds.world_families()`; `sort` gives `tiny_base_model(SORT_WORLD_BASE)`.
-        cache_dir: where to cache it (default `outputs/cache`, or `$ROSE_HF_CACHE`).
+        cache_dir: where to cache it (default `rose_hf.paths.cache_root()`: `$ROSE_HF_CACHE`, else `~/.cache/rose_hf`).
         base: another `BaseSpec` (or, for `sort`, `TinyBaseConfig`) than the family's, e.g. another seed to check
             that a world does not hinge on one lucky base model.
     """
@@ -161,7 +160,7 @@ def world_base_model(family: str, cache_dir: str = DEFAULT_CACHE, base=None) -> 
     base = base or spec.base
     record = {"family": family, "world_version": WORLD_VERSION, **asdict(base)}
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(cache_dir, f"world-{family}-{key}")
+    path = os.path.join(cache_dir or cache_root(), f"world-{family}-{key}")
     if os.path.exists(os.path.join(path, "DONE")):
         return path
 

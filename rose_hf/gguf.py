@@ -30,16 +30,17 @@ import shutil
 import time
 
 from .logs import log
+from .paths import CACHE_ENV, cache_root
 
-GGUF_CACHE_ENV = "ROSE_HF_CACHE"
+GGUF_CACHE_ENV = CACHE_ENV
 _RECORD = "rose_hf_gguf.json"
 _HASH_BLOCK = 1 << 24
 
 
 def default_cache_dir() -> str:
-    """Where float copies go: `$ROSE_HF_CACHE/gguf` when set, else `~/.cache/rose_hf/gguf`."""
-    root = os.environ.get(GGUF_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rose_hf")
-    return os.path.join(root, "gguf")
+    """Where float copies go: `gguf/` under `rose_hf.paths.cache_root()` (`$ROSE_HF_CACHE`, else
+    `~/.cache/rose_hf`)."""
+    return os.path.join(cache_root(), "gguf")
 
 
 def resolve_gguf_file(model_name_or_path: str, gguf_file: str) -> str:

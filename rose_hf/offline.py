@@ -43,7 +43,7 @@ def select_from_checkpoints(
     tokenizer,
     config: RoseConfig,
 ) -> SelectionResult:
-    """Features at every saved checkpoint, then scores and selection, all cached in `config.output_dir`.
+    """Features at every saved checkpoint, then scores and selection, all cached in `config.selection_dir`.
 
     Args:
         model: the PEFT model of the warmup (base model with the adapter, e.g. `PeftModel.from_pretrained(base,

@@ -76,13 +76,13 @@ class SelectionPipeline:
     Args:
         pool: the instruction pool to select from (TRL SFT format).
         pairs: the preference pairs of the target task (TRL preference format, optional `subtask` column).
-        config: selection settings; `config.output_dir` holds the cache.
+        config: selection settings; `config.selection_dir` holds the cache.
     """
 
     def __init__(self, pool: Dataset, pairs: Dataset, config: RoseConfig):
         check_sft_dataset(pool, "train_dataset")
         check_preference_dataset(pairs, "preference_dataset")
-        check_output_dir(config.output_dir)  # read-only: nothing is created before the run starts
+        check_output_dir(config.selection_dir, "selection_dir")  # read-only: nothing is created before the run starts
         # Otherwise `select_top` would refuse the budget only after the whole warmup.
         if config.selection_size is not None and config.selection_size > len(pool):
             raise ValueError(
@@ -92,7 +92,7 @@ class SelectionPipeline:
         self.pool = pool
         self.pairs = pairs
         self.config = config
-        self.store = FeatureStore(config.output_dir)
+        self.store = FeatureStore(config.selection_dir)
         self.featurizer: Featurizer | None = None
         self.pool_tokens: Dataset | None = None
         self.pair_tokens: Dataset | None = None
@@ -119,7 +119,7 @@ class SelectionPipeline:
         state = PartialState()
         config = self.config
         if state.is_main_process:
-            check_writable(config.output_dir)
+            check_writable(config.selection_dir)
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
         if tokenizer is None:
             raise ValueError(
@@ -132,8 +132,8 @@ class SelectionPipeline:
             "assistant_only_loss": bool(getattr(training_args, "assistant_only_loss", False)),
             "completion_only_loss": getattr(training_args, "completion_only_loss", None),
         }
-        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.max_length, **self.loss_tokens)
-        self.pair_tokens = prepare_preference_dataset(self.pairs, tokenizer, config.max_length)
+        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.feature_max_length, **self.loss_tokens)
+        self.pair_tokens = prepare_preference_dataset(self.pairs, tokenizer, config.feature_max_length)
         truncated = int(np.sum(self.pool_tokens["rose_truncated"]))
         empty = int(np.sum(np.asarray(self.pool_tokens["rose_num_tokens"]) == 0))
         self.stats = {
@@ -143,7 +143,8 @@ class SelectionPipeline:
             "tokenize_seconds": time.perf_counter() - start,
         }
         logger.info(
-            f"rose_hf: {len(self.pool)} pool rows ({truncated} truncated to max_length={config.max_length}, {empty} "
+            f"rose_hf: {len(self.pool)} pool rows ({truncated} truncated to "
+            f"feature_max_length={config.feature_max_length}, {empty} "
             f"without a training target (blank or missing completion or assistant turn, or none left after "
             f"truncation): scored lowest, never selected), {len(self.pairs)} preference pairs in "
             f"{len(set(self.subtasks))} subtask(s); {self.featurizer.collector.num_params} LoRA parameters -> "
@@ -157,7 +158,7 @@ class SelectionPipeline:
             **feature_run_key(self.data_key(), getattr(model, "peft_config", {}), tokenizer, self.loss_tokens),
             RUN_INFO_KEY: {"base_model": self.base_fingerprint, "training_args": self.training_args},
         }
-        self.store = FeatureStore(config.output_dir, run_args, overwrite=config.overwrite)
+        self.store = FeatureStore(config.selection_dir, run_args, overwrite=config.overwrite)
         if state.is_main_process:
             self.store.prepare()
         state.wait_for_everyone()
@@ -228,7 +229,7 @@ class SelectionPipeline:
         stale = [c for c in self.store.completed_checkpoints() if not keep(c.step)]
         if stale and state.is_main_process:
             logger.warning(
-                f"rose_hf: {self.config.output_dir} holds features of checkpoint(s) {[c.step for c in stale]} that "
+                f"rose_hf: {self.config.selection_dir} holds features of checkpoint(s) {[c.step for c in stale]} that "
                 "this warmup did not produce (another run in the same folder): discarding them.",
                 main_process_only=True,
             )
@@ -270,12 +271,12 @@ class SelectionPipeline:
     def _check_same_data(self) -> None:
         if not os.path.exists(self.store.run_file):
             raise ValueError(
-                f"{self.config.output_dir} holds no features (no run.json): run the warmup with RoseDataSelector "
-                "attached first, or point `output_dir` at the folder where it ran."
+                f"{self.config.selection_dir} holds no features (no run.json): run the warmup with RoseDataSelector "
+                "attached first, or point `selection_dir` at the folder where it ran."
             )
         self.store.record.check(self.data_fingerprints, overwrite=False, fields=self.data_fingerprints,
                                 fix="pass the pool and the preference pairs the features were computed for, or "
-                                    "compute features for these in a new `output_dir`.")  # fmt: skip
+                                    "compute features for these in a new `selection_dir`.")  # fmt: skip
 
     def select(self) -> SelectionResult:
         """Scores and selection from every cached checkpoint; the main process writes them, then all load them."""
@@ -285,16 +286,16 @@ class SelectionPipeline:
             result = select_from_store(
                 self.store, self.pool, self.subtasks, self.config, extra_info={"tokenization": self.stats}
             )
-            report = os.path.join(self.config.output_dir, "report.md")
+            report = os.path.join(self.config.selection_dir, "report.md")
             if self.config.report and not result.loaded:
                 from .report import write_report
 
-                report = write_report(self.config.output_dir, self.pool, result, self.config, self.store)
-            summary(describe_selection(result, self.config.output_dir, report if os.path.exists(report) else None))
+                report = write_report(self.config.selection_dir, self.pool, result, self.config, self.store)
+            summary(describe_selection(result, self.config.selection_dir, report if os.path.exists(report) else None))
         state.wait_for_everyone()
         if not state.is_main_process:
             from .scoring.selection import load_selection
 
-            result = load_selection(self.config.output_dir)
+            result = load_selection(self.config.selection_dir)
         return result
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -15,6 +17,14 @@ from .scoring.methods import SCORING_METHODS, VALIDATION_OBJECTIVES, ScoringMeth
 from .scoring.similarity import AGGREGATIONS
 
 PRECONDITIONERS = ("adam", "sgd")
+# Old names of fields that `SFTConfig` also has, accepted with a FutureWarning for one release: a parser given both
+# dataclasses could not tell them apart. On the command line and in recipes the old names were spelled `rose_<name>`.
+DEPRECATED_NAMES = {
+    "output_dir": "selection_dir",
+    "loss_type": "dpo_loss_type",
+    "max_length": "feature_max_length",
+    "seed": "warmup_seed",
+}
 
 
 @dataclass
@@ -24,27 +34,26 @@ class RoseConfig:
 
     Defaults follow the ROSE paper (Wu et al., 2025): DPO sigmoid loss with beta 0.1 on the validation pairs, Adam
     preconditioning, 8192-dimensional projection with seed 0, max over subtasks, top 5% of the pool, 5% warmup
-    slice. Two deliberate differences, both measured:
+    slice. Two deliberate differences:
     - the projection is a sparse JL sketch (`"sjlt"`) rather than the paper's dense Rademacher matrix, which for a 7B
-      LoRA (134M x 8192 entries) can be neither stored nor regenerated per batch; `rose-hf bench speed` measured the
-      same ranking quality (Spearman 0.989 vs 0.990 against exact gradients, the same top-5% overlap) at 0.99x instead
-      of 3.6x a plain training step on CPU;
+      LoRA (134M x 8192 entries) can be neither stored nor regenerated per batch; the sketch preserves the ranking at
+      a fraction of the cost;
     - rows are ranked by their mean rank under the DPO (ROSE) and the SFT (LESS) validation gradients
-      (`validation_objective="dpo+sft"`), from the same features: on the real-model benchmark it had more of the
-      target's rows than either alone and fewer harmful ones than LESS (README, "Can you trust a selection?").
-      `validation_objective="dpo"` is the paper's ranking, bit for bit.
+      (`validation_objective="dpo+sft"`), from the same features: a row must both look like the chosen answers and
+      move the preference the right way. `validation_objective="dpo"` is the paper's ranking, bit for bit.
 
-    Parsed next to `SFTConfig` and `ModelConfig` (e.g. `rose-hf train --config recipe.yaml`), the fields that
-    `SFTConfig` also has are spelled `rose_output_dir`, `rose_loss_type`, `rose_max_length` and
-    `rose_seed`.
+    Every field has a name of its own, so `RoseConfig` parses next to `trl.SFTConfig` and `trl.ModelConfig` (e.g.
+    `rose-hf train --config recipe.yaml`). The old names `output_dir`, `loss_type`, `max_length` and `seed` (on the
+    command line `rose_output_dir`, ...) still work for one release, with a `FutureWarning`; they are now
+    `selection_dir`, `dpo_loss_type`, `feature_max_length` and `warmup_seed`.
 
     Example:
     ```python
-    >>> config = RoseConfig(output_dir="rose", selection_fraction=0.1)
+    >>> config = RoseConfig(selection_dir="rose", selection_fraction=0.1)
     ```
     """
 
-    output_dir: str = field(
+    selection_dir: str = field(
         default="rose_output",
         metadata={"help": "Folder for the feature cache, scores, selection and report (one run per folder)."},
     )
@@ -55,7 +64,7 @@ class RoseConfig:
             "warmup checkpoint, bit-for-bit) or 'robust' (rose_hf's: features at the end of the warmup with Adam's "
             "scaling but not its momentum, rows ranked by their nearest validation chosen answer among those whose "
             "DPO alignment is positive; one pool pass instead of one per checkpoint, the same precision on the "
-            "benchmark but more harmful rows). See the README's quality table."
+            "scoring but more harmful rows)."
         },
     )
     validation_objective: str = field(
@@ -65,11 +74,11 @@ class RoseConfig:
             "rank under the two below, from the same features at no extra cost; a row must both look like the chosen "
             "answers and move the preference the right way), 'dpo' (the paper's ROSE: preference loss on (prompt, "
             "chosen, rejected)) or 'sft' (LESS: cross-entropy on (prompt, chosen)). Under scoring='robust', which "
-            "gates SFT relevance by DPO preference, 'dpo+sft' and 'dpo' are the same. See the README."
+            "gates SFT relevance by DPO preference, 'dpo+sft' and 'dpo' are the same."
         },
     )
     beta: float = field(default=0.1, metadata={"help": "DPO beta, as in `trl.DPOConfig`."})
-    loss_type: str = field(
+    dpo_loss_type: str = field(
         default="sigmoid",
         metadata={"help": "DPO loss type, as in `trl.DPOConfig` (those with a per-pair form: sigmoid, hinge, ipo...)."},
     )
@@ -79,8 +88,8 @@ class RoseConfig:
     projection: str = field(
         default="sjlt",
         metadata={
-            "help": "Random projection of gradients: 'sjlt' (sparse count-sketch: same ranking quality as the dense "
-            "one in `rose-hf bench speed`, at a fraction of the cost, and the only one feasible for a 7B LoRA), "
+            "help": "Random projection of gradients: 'sjlt' (sparse count-sketch: the ranking of the dense one at a "
+            "fraction of the cost, and the only one feasible for a 7B LoRA), "
             "'rademacher' (dense +-1, the paper's TRAK projection), or 'none' (exact gradients)."
         },
     )
@@ -120,10 +129,12 @@ class RoseConfig:
         default=1024,
         metadata={"help": "Pool rows per resumable chunk: a killed run redoes at most one chunk per process."},
     )
-    max_length: int | None = field(
-        default=2048, metadata={"help": "Truncate pool and validation sequences to this many tokens (paper: 2048)."}
+    feature_max_length: int | None = field(
+        default=2048,
+        metadata={"help": "Truncate pool and validation sequences to this many tokens when computing features "
+                  "(paper: 2048)."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the warmup slice (RoseTrainer)."})
+    warmup_seed: int = field(default=0, metadata={"help": "Seed of the warmup slice (RoseTrainer)."})
     final_training: str = field(
         default="lora",
         metadata={"help": "RoseTrainer's final stage on the selection: 'lora' (a fresh adapter, paper) or 'full' "
@@ -136,7 +147,7 @@ class RoseConfig:
     )
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Discard a cache in output_dir written for another run, instead of refusing to mix."},
+        metadata={"help": "Discard a cache in selection_dir written for another run, instead of refusing to mix."},
     )
     source_column: str | None = field(
         default="source",
@@ -159,7 +170,10 @@ class RoseConfig:
         _choice("subtask_aggregation", self.subtask_aggregation, AGGREGATIONS)
         _choice("feature_dtype", self.feature_dtype, tuple(NUMPY_DTYPES))
         _choice("final_training", self.final_training, ("lora", "full"))
-        check_loss_type(self.loss_type)
+        try:
+            check_loss_type(self.dpo_loss_type)
+        except ValueError as error:  # its message names the argument `loss_type`; here the field is dpo_loss_type
+            raise ValueError(f"dpo_{error}") from None
         if not self.beta > 0:
             raise ValueError(f"beta={self.beta} must be > 0 (TRL's and the paper's default is 0.1).")
         if not 0 <= self.label_smoothing < 0.5:
@@ -184,10 +198,12 @@ class RoseConfig:
         for name in ("feature_batch_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length} must be >= 2 tokens, or None for no truncation.")
-        if not self.output_dir:
-            raise ValueError("output_dir is empty: name a folder for the cache and the selection.")
+        if self.feature_max_length is not None and self.feature_max_length < 2:
+            raise ValueError(
+                f"feature_max_length={self.feature_max_length} must be >= 2 tokens, or None for no truncation."
+            )
+        if not self.selection_dir:
+            raise ValueError("selection_dir is empty: name a folder for the cache and the selection.")
 
     @property
     def scoring_method(self) -> ScoringMethod:
@@ -202,6 +218,60 @@ class RoseConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _deprecated_name(old: str, new: str) -> property:
+    """`config.<old>`, read or set, as `config.<new>` with a FutureWarning (transformers' habit for renames)."""
+
+    def get(self):
+        warnings.warn(_renamed(old, new), FutureWarning, stacklevel=2)
+        return getattr(self, new)
+
+    def set(self, value):
+        warnings.warn(_renamed(old, new), FutureWarning, stacklevel=2)
+        setattr(self, new, value)
+
+    return property(get, set, doc=f"Deprecated: use `{new}`.")
+
+
+def _renamed(old: str, new: str, spelling: str | None = None) -> str:
+    return (
+        f"RoseConfig's `{spelling or old}` is deprecated and will be removed in the next release: use `{new}` "
+        f"(renamed because trl.SFTConfig has a field `{old}` too)."
+    )
+
+
+def rename_deprecated(kwargs: dict[str, Any], prefix: str = "", stacklevel: int = 3) -> dict[str, Any]:
+    """`kwargs` with each deprecated RoseConfig name (`prefix` + old name) replaced by its new name, warning for each.
+
+    Raises:
+        ValueError: both the old and the new name of a field are given.
+    """
+    kwargs = dict(kwargs)
+    for old, new in DEPRECATED_NAMES.items():
+        spelling = prefix + old
+        if spelling in kwargs:
+            if new in kwargs:
+                raise ValueError(f"Both `{spelling}` and `{new}` are given: `{spelling}` is the deprecated name of "
+                                 f"`{new}`; keep `{new}` only.")  # fmt: skip
+            warnings.warn(_renamed(old, new, spelling), FutureWarning, stacklevel=stacklevel)
+            kwargs[new] = kwargs.pop(spelling)
+    return kwargs
+
+
+def _accept_deprecated_names(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **rename_deprecated(kwargs))
+
+    return __init__
+
+
+# The old names are not fields (a parser of RoseConfig and SFTConfig would see them twice), only a keyword of the
+# constructor and properties.
+RoseConfig.__init__ = _accept_deprecated_names(RoseConfig.__init__)
+for _old, _new in DEPRECATED_NAMES.items():
+    setattr(RoseConfig, _old, _deprecated_name(_old, _new))
 
 
 _TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")  # HfArgumentParser's string_to_bool

@@ -59,11 +59,14 @@ def gradients_check(out: dict) -> None:
 
 
 def recipe_check(output_dir: str, out: dict) -> None:
+    from rose_fixtures.tiny_assets import write_tiny_assets
     from rose_hf.cli import main
 
+    assets = write_tiny_assets(os.path.join(output_dir, "tiny_assets"))  # the files the recipe names
     start = time.perf_counter()
     main(["select", "--config", "recipes/tiny/rose_tiny.yaml", "--use_cpu", "false", "--bf16", "true",
-          "--output_dir", os.path.join(output_dir, "tiny")])  # fmt: skip
+          "--output_dir", os.path.join(output_dir, "tiny"),
+          *[item for key, path in assets.items() for item in (f"--{key}", path)]])  # fmt: skip
     out["tiny_recipe_select_seconds"] = time.perf_counter() - start
     with open(os.path.join(output_dir, "tiny", "selection", "selection.json")) as handle:
         info = json.load(handle)

@@ -43,8 +43,8 @@ def main(output_dir: str) -> None:
         task = make_synthetic_task(SyntheticTaskConfig(pool_size=2000, seed=seed))
         tokenizer = AutoTokenizer.from_pretrained(base)
         root = os.path.join(output_dir, f"seed{seed}")
-        config = RoseConfig(output_dir=os.path.join(root, "rose"), validation_objective="sft", projection_dim=1024,
-                            max_length=64, report=False, overwrite=True)  # fmt: skip
+        config = RoseConfig(selection_dir=os.path.join(root, "rose"), validation_objective="sft", projection_dim=1024,
+                            feature_max_length=64, report=False, overwrite=True)  # fmt: skip
         selector = RoseDataSelector(task.pool, task.validation, config)
         rows = np.random.default_rng(seed).choice(len(task.pool), 100, replace=False)
         warmup = task.pool.select(sorted(rows)).select_columns(["prompt", "completion"])

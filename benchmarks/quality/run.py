@@ -258,8 +258,8 @@ def rose_config_for(config: QualityBenchConfig, seed: int, scoring: str, project
         subtask_aggregation="max",
         selection_fraction=config.final_budget,
         warmup_fraction=config.warmup_fraction,
-        max_length=config.max_length,
-        seed=seed,
+        feature_max_length=config.max_length,
+        warmup_seed=seed,
         overwrite=True,
         report=False,
     )
@@ -304,9 +304,9 @@ def robust_from_last_checkpoint(config: QualityBenchConfig, task: SyntheticTask,
 
     last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
-    rose_config = dataclasses.replace(rose_config_for(config, seed, "robust"), output_dir=os.path.join(run_dir, "robust"))
+    rose_config = dataclasses.replace(rose_config_for(config, seed, "robust"), selection_dir=os.path.join(run_dir, "robust"))
     result = select_from_checkpoints(model, [last], task.pool, task.validation, tokenizer, rose_config)
-    return result, FeatureStore(rose_config.output_dir).completed_checkpoints()[-1].meta
+    return result, FeatureStore(rose_config.selection_dir).completed_checkpoints()[-1].meta
 
 
 def warmup_and_gradient_scores(
@@ -334,7 +334,7 @@ def warmup_and_gradient_scores(
     trainer = warmup_trainer(config, task, base_path, tokenizer, run_dir, seed, epochs)
     trainer.run_warmup()
     paper = trainer.run_selection()
-    store = FeatureStore(trainer.rose_config.output_dir)
+    store = FeatureStore(trainer.rose_config.selection_dir)
     less = dataclasses.replace(trainer.rose_config, validation_objective="sft")
     less_scores = score_store(store, list(task.validation["subtask"]), less, num_rows=len(task.pool)).scores
     both = dataclasses.replace(trainer.rose_config, validation_objective="dpo+sft")
@@ -482,12 +482,12 @@ def stability(
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), checkpoints[-1],
                                           is_trainable=True)  # fmt: skip
         rose_config = dataclasses.replace(rose_config_for(config, seed, scoring, projection_seed=1),
-                                          output_dir=os.path.join(run_dir, f"projection_{method}"))  # fmt: skip
+                                          selection_dir=os.path.join(run_dir, f"projection_{method}"))  # fmt: skip
         second = np.asarray(select_from_checkpoints(model, checkpoints, task.pool, task.validation, tokenizer,
                                                     rose_config).scores)  # fmt: skip
         projected[method] = compare(scores[method], second)
         projected_scores[method] = second
-        shutil.rmtree(rose_config.output_dir, ignore_errors=True)
+        shutil.rmtree(rose_config.selection_dir, ignore_errors=True)
     np.savez_compressed(os.path.join(run_dir, "scores_second_projection.npz"), **projected_scores)
     out["projection_seed"] = projected
     return out
@@ -605,9 +605,10 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     """
     import torch
 
-    from rose_fixtures.base_model import DEFAULT_CACHE, world_base_model
+    from rose_fixtures.base_model import world_base_model
     from rose_fixtures.real_worlds import real_families
     from rose_fixtures.smollm2 import smollm2_path
+    from rose_hf.paths import cache_root
 
     from .render import plot_final, plot_selection, render_markdown
     from .targets import check_targets, summarize
@@ -621,7 +622,7 @@ def run_quality_benchmark(config: QualityBenchConfig | None = None, only_cached:
     try:
         os.makedirs(config.output_dir, exist_ok=True)
         for family in config.families:
-            cache_dir = config.cache_dir or DEFAULT_CACHE
+            cache_dir = config.cache_dir or cache_root()
             bases[family] = smollm2_path(cache_dir) if family in real_families() else world_base_model(family, cache_dir)
             for seed in config.seeds:
                 for epochs in config.warmup_epochs:

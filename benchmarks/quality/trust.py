@@ -58,7 +58,7 @@ def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, 
     trainer.run_warmup()
     warmup_seconds = time.perf_counter() - start
     trainer.run_selection()
-    checkpoints = FeatureStore(trainer.rose_config.output_dir).completed_checkpoints()
+    checkpoints = FeatureStore(trainer.rose_config.selection_dir).completed_checkpoints()
     return {
         "seed": seed,
         "epochs": epochs,

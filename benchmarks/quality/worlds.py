@@ -262,12 +262,12 @@ def run_world_check(config: WorldCheckConfig | None = None) -> dict[str, Any]:
     """Every world and seed; writes `worlds.json` and `worlds.md` into `config.output_dir`."""
     import torch
 
-    from rose_fixtures.base_model import DEFAULT_CACHE
     from rose_fixtures.worlds import SORT, get_family
+    from rose_hf.paths import cache_root
 
     config = config or WorldCheckConfig()
     start = time.perf_counter()
-    cache_dir = config.cache_dir or DEFAULT_CACHE
+    cache_dir = config.cache_dir or cache_root()
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

@@ -140,7 +140,7 @@ def measure_real_shape(config: SpeedBenchConfig, device: torch.device, dtype: to
     featurizer = Featurizer(
         model,
         # scoring "paper": the LESS-style loop computes m' / sqrt(v' + eps) (the default "robust" costs the same).
-        RoseConfig(output_dir="unused", projection_dim=shape.projection_dim, validation_objective="sft", scoring="paper"),
+        RoseConfig(selection_dir="unused", projection_dim=shape.projection_dim, validation_objective="sft", scoring="paper"),
         device=device,
     )
     collector = featurizer.collector

@@ -147,7 +147,7 @@ def run_core(config: SpeedBenchConfig, device: torch.device, dtype: torch.dtype,
     featurizers = {}
     for kind in config.projections:
         rose_config = RoseConfig(
-            output_dir=config.output_dir,
+            selection_dir=config.output_dir,
             projection=kind,
             projection_dim=config.projection_dim,
             validation_objective="sft",

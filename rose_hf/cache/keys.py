@@ -37,13 +37,13 @@ if TYPE_CHECKING:
 FEATURE_SETTINGS = {
     "scoring": "scoring",  # the method's transform of pool gradients (rose_hf.scoring.methods)
     "beta": "beta",
-    "loss_type": "loss_type",
+    "loss_type": "dpo_loss_type",
     "label_smoothing": "label_smoothing",
     "projection": "projection",
     "projection_dim": "projection_dim",
     "projection_seed": "projection_seed",
     "preconditioner": "preconditioner",
-    "max_length": "max_length",
+    "max_length": "feature_max_length",
     "feature_dtype": "feature_dtype",
     "chunk_size": "chunk_size",
 }

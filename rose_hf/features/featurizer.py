@@ -117,7 +117,7 @@ class Featurizer:
         else:
             config = self.config
             grads = dpo_pair_gradients(
-                self.model, self.collector, batch, config.beta, config.loss_type, config.label_smoothing
+                self.model, self.collector, batch, config.beta, config.dpo_loss_type, config.label_smoothing
             )
         features, ok = self._normalise(grads)
         if not bool(ok.all()):
@@ -281,7 +281,7 @@ def checkpoint_features(
         # Every objective, so that any scoring can be computed from the cache (one more backward per pair).
         validation = {
             objective: compute_validation_features(
-                featurizer, pairs, config.feature_batch_size, pad_token_id, config.max_length, objective
+                featurizer, pairs, config.feature_batch_size, pad_token_id, config.feature_max_length, objective
             )
             for objective in VALIDATION_FEATURES
         }

@@ -26,7 +26,7 @@ from datasets import Dataset
 from ..cache.io import atomic_write_text, disk_errors, read_json
 from ..cache.store import FeatureStore
 from ..logs import log
-from ..rose_config import RoseConfig
+from ..rose_config import DEPRECATED_NAMES, RoseConfig
 from ..scoring.selection import SelectionResult, load_selection
 from . import sections
 from .context import PLOT_DIR, ReportContext
@@ -97,7 +97,7 @@ def write_report(
 
     Example:
     ```python
-    >>> path = write_report(config.output_dir, pool, result, config, store)  # doctest: +SKIP
+    >>> path = write_report(config.selection_dir, pool, result, config, store)  # doctest: +SKIP
     ```
     """
     return _write(output_dir, pool, None, result, config, store, extra_sections)
@@ -150,7 +150,8 @@ def config_from_output_dir(output_dir: str, result: SelectionResult | None = Non
     saved = (result.info or {}).get("config") or {}
     if not saved:
         log(f"rose_hf: {output_dir}/selection.json records no config; the report shows default settings.")
-    return RoseConfig(**{**{k: v for k, v in saved.items() if k in known}, "output_dir": output_dir})
+    saved = {DEPRECATED_NAMES.get(k, k): v for k, v in saved.items()}  # runs recorded before the renames
+    return RoseConfig(**{**{k: v for k, v in saved.items() if k in known}, "selection_dir": output_dir})
 
 
 def _run_args(output_dir: str) -> dict[str, Any]:

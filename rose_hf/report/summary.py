@@ -73,7 +73,7 @@ def summary(ctx: ReportContext) -> list[str]:
         invalid_detail.append(f"{info['num_nonfinite_rows']} with non-finite features")
     objective = config.validation_objective
     if "dpo" in objective:
-        objective += f" ({config.loss_type}, beta {config.beta:g})"
+        objective += f" ({config.dpo_loss_type}, beta {config.beta:g})"
     rows = [
         ("Pool rows", ctx.num_pool),
         ("Selected rows", f"{num_selected} ({pct(num_selected, ctx.num_pool, 2)} of the pool; {budget})"),
@@ -95,7 +95,7 @@ def summary(ctx: ReportContext) -> list[str]:
     if tokenization:
         rows.append(
             (
-                f"Truncated to max_length={config.max_length}",
+                f"Truncated to max_length={config.feature_max_length}",
                 f"{tokenization.get('pool_truncated', 'n/a')} pool rows, "
                 f"{tokenization.get('pairs_truncated', 'n/a')} preference pairs",
             )

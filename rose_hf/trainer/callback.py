@@ -55,7 +55,7 @@ class RoseDataSelector(TrainerCallback):
 
     Example:
     ```python
-    >>> selector = RoseDataSelector(train_dataset=pool, preference_dataset=pairs, config=RoseConfig(output_dir="rose"))
+    >>> selector = RoseDataSelector(train_dataset=pool, preference_dataset=pairs, config=RoseConfig(selection_dir="rose"))
     >>> trainer = SFTTrainer(model=model, args=sft_args, train_dataset=warmup_slice, peft_config=lora,
     ...                      processing_class=tokenizer, callbacks=[selector])
     >>> trainer.train()

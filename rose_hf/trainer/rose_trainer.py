@@ -65,7 +65,7 @@ class RoseTrainer:
         args: `SFTConfig` for both stages.
         train_dataset: the instruction pool (TRL SFT formats).
         preference_dataset: the target task's preference pairs (TRL preference formats, optional `subtask`).
-        rose_config: selection settings; `rose_config.output_dir` is ignored (the cache lives in `selection/`).
+        rose_config: selection settings; `rose_config.selection_dir` is ignored (the cache lives in `selection/`).
         peft_config: the LoRA configuration (required: the features are LoRA gradients).
         gguf_file: a llama.cpp GGUF file inside the folder `model` (its name, or a path): both stages load a float
             copy of it (`rose_hf.gguf.gguf_float_copy`, converted once and cached), and its tokenizer when
@@ -119,13 +119,13 @@ class RoseTrainer:
         rose_config = rose_config or RoseConfig()
         self.args = args
         self.root_dir = args.output_dir
-        self.rose_config = dataclasses.replace(rose_config, output_dir=os.path.join(self.root_dir, SELECTION_DIR))
+        self.rose_config = dataclasses.replace(rose_config, selection_dir=os.path.join(self.root_dir, SELECTION_DIR))
         self.pool = train_dataset
         self.preference_dataset = preference_dataset
         self.peft_config = peft_config
         self.base_model = model
         self.trainer_kwargs = kwargs
-        self.warmup_indices = warmup_indices(len(train_dataset), rose_config.warmup_fraction, rose_config.seed)
+        self.warmup_indices = warmup_indices(len(train_dataset), rose_config.warmup_fraction, rose_config.warmup_seed)
         # Validates the data (and the budget) now, before anything trains; its result is the stage-2 output.
         self.selector = RoseDataSelector(
             train_dataset, preference_dataset, self.rose_config, tokenizer=kwargs.get("processing_class")
@@ -263,8 +263,8 @@ class RoseTrainer:
             if differing:
                 logger.warning(f"rose_hf: overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
                 shutil.rmtree(folder)
-                if stage == WARMUP_DIR and os.path.isdir(self.rose_config.output_dir):
-                    FeatureStore(self.rose_config.output_dir).clear()  # its features came from that warmup
+                if stage == WARMUP_DIR and os.path.isdir(self.rose_config.selection_dir):
+                    FeatureStore(self.rose_config.selection_dir).clear()  # its features came from that warmup
             if differing or not recorded:
                 record.write(inputs)
         state.wait_for_everyone()

@@ -171,7 +171,7 @@ def test_none_features_are_exact_per_example_gradients():
     tokenizer = build_tokenizer(vocabulary())
     model = build_lora_model(config, tokenizer, cpu, torch.float32, "sdpa")
     batch = synthetic_batch(4, config.seq_len, len(tokenizer), seed=3, device=cpu)
-    featurizer = Featurizer(model, RoseConfig(output_dir="unused", projection="none", scoring="paper"), device=cpu)
+    featurizer = Featurizer(model, RoseConfig(selection_dir="unused", projection="none", scoring="paper"), device=cpu)
     adam = random_adam_state(featurizer.collector.num_params, seed=0)
     with feature_mode(model):
         features, status = featurizer.pool_features(batch, adam)

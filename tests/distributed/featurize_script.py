@@ -21,7 +21,7 @@ from rose_hf.features.checkpoint import TrainingCheckpoint  # noqa: E402
 from rose_hf.features.preconditioner import AdamState  # noqa: E402
 from rose_hf.pipeline import SelectionPipeline  # noqa: E402
 
-RESUME_ROSE = dict(projection_dim=128, chunk_size=4, feature_batch_size=3, max_length=48, report=False,
+RESUME_ROSE = dict(projection_dim=128, chunk_size=4, feature_batch_size=3, feature_max_length=48, report=False,
                    scoring="paper")
 
 
@@ -31,7 +31,7 @@ def main(output_dir: str) -> None:
     tokenizer = make_tokenizer()
     pool, task = pool_dataset(42)
     model = make_lora_model(tokenizer, seed=5)
-    pipeline = SelectionPipeline(pool, task.validation, RoseConfig(output_dir=output_dir, **RESUME_ROSE))
+    pipeline = SelectionPipeline(pool, task.validation, RoseConfig(selection_dir=output_dir, **RESUME_ROSE))
     pipeline.prepare(model, tokenizer)
     generator = torch.Generator().manual_seed(0)
     n = pipeline.featurizer.collector.num_params

@@ -47,7 +47,7 @@ def single_process_reference(run_dir: str, output_dir: str):
     """Features, scores and selection from the distributed run's own adapter and Adam state, in this process."""
     setup = distributed_setup(output_dir)
     model = get_peft_model(build_model("llama", setup["tokenizer"], hidden_size=32, seed=0), setup["lora"])
-    pipeline = SelectionPipeline(setup["pool"], setup["pairs"], RoseConfig(output_dir=output_dir, **DISTRIBUTED_ROSE))
+    pipeline = SelectionPipeline(setup["pool"], setup["pairs"], RoseConfig(selection_dir=output_dir, **DISTRIBUTED_ROSE))
     pipeline.prepare(model, setup["tokenizer"])
     names = pipeline.featurizer.collector.names
     steps = sorted(int(f.split("-")[1][:-3]) for f in os.listdir(run_dir) if f.startswith("state-"))
@@ -75,7 +75,7 @@ def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subta
     from rose_hf.scoring.selection import score_store
 
     for objective in ("sft", "dpo+sft"):
-        config = RoseConfig(output_dir=reference_dir, **{**DISTRIBUTED_ROSE, "validation_objective": objective})
+        config = RoseConfig(selection_dir=reference_dir, **{**DISTRIBUTED_ROSE, "validation_objective": objective})
         ours = score_store(FeatureStore(os.path.join(run_dir, "rose")), subtasks, config).scores
         theirs = score_store(FeatureStore(reference_dir), subtasks, config).scores
         assert set(select_top(ours, size=k).tolist()) == set(select_top(theirs, size=k).tolist()), objective

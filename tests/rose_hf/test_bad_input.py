@@ -20,7 +20,7 @@ from rose_hf.pipeline import SelectionPipeline
 from rose_hf.scoring.similarity import INVALID_SCORE
 
 PartialState()
-SMALL = dict(projection_dim=64, chunk_size=4, feature_batch_size=3, max_length=64, report=False, preconditioner="sgd")
+SMALL = dict(projection_dim=64, chunk_size=4, feature_batch_size=3, feature_max_length=64, report=False, preconditioner="sgd")
 
 
 def pool_rows(n=6):
@@ -41,7 +41,7 @@ def pool_rows(n=6):
 )
 def test_bad_pools_are_refused_before_work(tmp_path, pool, match):
     with pytest.raises(ValueError, match=match):
-        SelectionPipeline(pool, tiny_pairs(), RoseConfig(output_dir=str(tmp_path)))
+        SelectionPipeline(pool, tiny_pairs(), RoseConfig(selection_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir()), "nothing may be written for a refused input"
 
 
@@ -50,19 +50,19 @@ def test_mixed_row_formats_are_refused(tmp_path):
         [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "yes"}]},
          {"messages": [{"role": "user", "content": "what"}, {"role": "assistant", "content": "no"}]}]
     )  # fmt: skip
-    SelectionPipeline(pool, tiny_pairs(), RoseConfig(output_dir=str(tmp_path)))  # a valid conversational pool
+    SelectionPipeline(pool, tiny_pairs(), RoseConfig(selection_dir=str(tmp_path)))  # a valid conversational pool
     mixed = Dataset.from_dict({"prompt": ["hello", "what"], "completion": [" yes", " no"]})
     pairs = Dataset.from_list(
         [{"prompt": "hello", "chosen": " yes", "rejected": " no"},
          {"prompt": "what", "chosen": " no", "rejected": " yes"}]
     )  # fmt: skip
-    SelectionPipeline(mixed, pairs, RoseConfig(output_dir=str(tmp_path)))
+    SelectionPipeline(mixed, pairs, RoseConfig(selection_dir=str(tmp_path)))
     conversational_pairs = Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
          "chosen": [[{"role": "assistant", "content": "x"}], [{"role": "assistant", "content": "y"}]],
          "rejected": [[{"role": "assistant", "content": "y"}], [{"role": "assistant", "content": "x"}]]}
     )  # fmt: skip
-    SelectionPipeline(mixed, conversational_pairs, RoseConfig(output_dir=str(tmp_path)))
+    SelectionPipeline(mixed, conversational_pairs, RoseConfig(selection_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -81,14 +81,14 @@ def test_mixed_row_formats_are_refused(tmp_path):
 )
 def test_bad_preference_sets_are_refused_before_work(tmp_path, pairs, match):
     with pytest.raises(ValueError, match=match):
-        SelectionPipeline(pool_rows(), pairs, RoseConfig(output_dir=str(tmp_path)))
+        SelectionPipeline(pool_rows(), pairs, RoseConfig(selection_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
     "kwargs,field",
     [({"selection_fraction": 0.0}, "selection_fraction"), ({"selection_fraction": 1.5}, "selection_fraction"),
      ({"selection_size": 0}, "selection_size"), ({"projection_dim": 0}, "projection_dim"),
-     ({"projection_dim": -8}, "projection_dim"), ({"loss_type": "aot"}, "loss_type"),
+     ({"projection_dim": -8}, "projection_dim"), ({"dpo_loss_type": "aot"}, "dpo_loss_type"),
      ({"validation_objective": "kto"}, "validation_objective")],
 )  # fmt: skip
 def test_bad_settings_name_the_field(kwargs, field):
@@ -98,7 +98,7 @@ def test_bad_settings_name_the_field(kwargs, field):
 
 def test_selection_size_larger_than_the_pool(tmp_path):
     with pytest.raises(ValueError, match="selection_size=100 exceeds the pool's 6 rows"):
-        SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path), selection_size=100))
+        SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(tmp_path), selection_size=100))
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_bad_output_dir_is_refused_when_built_and_nothing_is_written(tmp_path, m
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     try:
         with pytest.raises(ValueError, match=match):
-            SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(make_path(tmp_path)), **SMALL))
+            SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(make_path(tmp_path)), **SMALL))
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "nothing may be written for a refused input"
     finally:
         locked.chmod(0o755)
@@ -129,7 +129,7 @@ def test_bad_output_dir_is_refused_when_built_and_nothing_is_written(tmp_path, m
 
 def test_unwritable_output_dir_found_at_start_is_still_refused(tokenizer, tmp_path):
     """Between construction and the first step the folder can become unwritable: the write probe then says so."""
-    pipeline = SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose"), **SMALL))
+    pipeline = SelectionPipeline(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(tmp_path / "rose"), **SMALL))
     (tmp_path / "rose").write_text("now a file")
     with pytest.raises(CacheWriteError, match="is not writable.*choose a folder"):
         pipeline.prepare(make_lora_model(tokenizer), tokenizer)
@@ -154,7 +154,7 @@ def test_rows_over_max_length_are_truncated_and_counted(tokenizer):
 
 def _score(tokenizer, model, pool, output_dir):
     pairs = pool_dataset(6)[1].validation.select(range(4))  # no "hello" in them: the NaN stays in the pool row
-    pipeline = SelectionPipeline(pool, pairs, RoseConfig(output_dir=output_dir, selection_size=2, **SMALL))
+    pipeline = SelectionPipeline(pool, pairs, RoseConfig(selection_dir=output_dir, selection_size=2, **SMALL))
     pipeline.prepare(model, tokenizer)
     pipeline.featurize(model, TrainingCheckpoint(1, [1.0], None))
     return pipeline.select(), pipeline.store.checkpoint(1).pool_status()
@@ -198,7 +198,7 @@ def test_checks_hold_after_an_argument_parser_rewrote_the_field_types():
     HfArgumentParser(RoseConfig)
     assert dataclasses.fields(RoseConfig)[0].type is str  # what the parser did, and the checks must survive
     assert RoseConfig(projection_dim=" 4096 ").projection_dim == 4096
-    assert RoseConfig(selection_size=None, max_length=None).selection_size is None
+    assert RoseConfig(selection_size=None, feature_max_length=None).selection_size is None
     with pytest.raises(ValueError, match="projection_dim=2.5 .*must be an integer"):
         RoseConfig(projection_dim=2.5)
 
@@ -207,16 +207,16 @@ def test_numeric_strings_are_numbers_for_every_int_and_float_field():
     from rose_hf.cli import parse
 
     valid = {"selection_fraction": 0.1, "warmup_fraction": 0.1, "beta": 0.2, "label_smoothing": 0.1,
-             "selection_size": 3, "max_length": 64, "final_num_train_epochs": 3.0}  # fmt: skip
+             "selection_size": 3, "feature_max_length": 64, "final_num_train_epochs": 3.0}  # fmt: skip
     int_fields, float_fields = _typed_fields("int"), _typed_fields("float")
-    assert {f.name for f in int_fields} >= {"projection_dim", "selection_size", "chunk_size", "seed"}
+    assert {f.name for f in int_fields} >= {"projection_dim", "selection_size", "chunk_size", "warmup_seed"}
     assert {f.name for f in float_fields} >= {"beta", "selection_fraction", "warmup_fraction"}
     values, flags = {}, ["--bf16", "false", "--use_cpu", "true"]
     for f in int_fields + float_fields:
         value = values[f.name] = valid.get(f.name, f.default if f.default is not None else 1)
         config = RoseConfig(**{f.name: f" {value} "})  # a string, as a YAML recipe or an environment variable gives
         assert getattr(config, f.name) == value and type(getattr(config, f.name)) is type(value), f.name
-        flags += [f"--rose_{f.name}" if f.name in ("max_length", "seed") else f"--{f.name}", str(value)]
+        flags += [f"--{f.name}", str(value)]
     # The same values as the command line: HfArgumentParser parses each flag to the number Python now gets.
     parsed = parse(flags)[1]
     assert {name: getattr(parsed, name) for name in values} == values
@@ -232,7 +232,7 @@ def test_numeric_strings_are_numbers_for_every_int_and_float_field():
      ({"beta": float("inf")}, "beta=inf .*must be a finite number"),
      ({"selection_fraction": float("nan")}, "selection_fraction=nan .*must be a finite number"),
      ({"overwrite": "sometimes"}, "overwrite='sometimes' .*must be true or false"),
-     ({"output_dir": 7}, "output_dir=7 .*must be a string")],
+     ({"selection_dir": 7}, "selection_dir=7 .*must be a string")],
     ids=["fractional-size", "fractional-string", "none", "bool-as-int", "word", "inf", "nan", "bool-word", "dir-int"],
 )  # fmt: skip
 def test_values_of_the_wrong_kind_are_refused_naming_the_field(kwargs, match):
@@ -244,7 +244,7 @@ def test_fractional_selection_size_fails_before_any_model(tmp_path):
     from rose_hf.trainer.callback import RoseDataSelector
 
     with pytest.raises(ValueError, match="selection_size=2.5"):
-        RoseDataSelector(pool_rows(), tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose"), selection_size=2.5))
+        RoseDataSelector(pool_rows(), tiny_pairs(), RoseConfig(selection_dir=str(tmp_path / "rose"), selection_size=2.5))
     assert not any(tmp_path.iterdir())
 
 
@@ -261,7 +261,7 @@ def test_streaming_datasets_are_refused_with_the_fix(tmp_path, which):
         args = (iterable, pairs) if which == "train_dataset" else (pool, iterable)
         match = f"`{which}` is an IterableDataset.*Dataset.from_generator.*streaming=False"
         with pytest.raises(ValueError, match=match):
-            SelectionPipeline(*args, RoseConfig(output_dir=str(tmp_path / "rose")))
+            SelectionPipeline(*args, RoseConfig(selection_dir=str(tmp_path / "rose")))
     assert not (tmp_path / "rose").exists()
     # The fix the message gives works, and gives the very rows back.
     iterable = data.to_iterable_dataset()
@@ -327,7 +327,7 @@ def test_every_kind_of_blank_target_is_flagged_scored_lowest_and_never_selected(
 def test_a_pool_of_nothing_but_blank_targets_is_refused(tmp_path):
     pool = Dataset.from_dict({"prompt": ["hello", "what"], "completion": [None, " "]})
     with pytest.raises(ValueError, match="Every row of `train_dataset` lacks a training target"):
-        SelectionPipeline(pool, tiny_pairs(), RoseConfig(output_dir=str(tmp_path / "rose")))
+        SelectionPipeline(pool, tiny_pairs(), RoseConfig(selection_dir=str(tmp_path / "rose")))
 
 
 def test_blank_conversational_answers_in_pairs_are_refused_like_empty_strings():

@@ -19,7 +19,7 @@ BAD_VALUES = [
     ("final_num_train_epochs", 0),
     ("final_num_train_epochs", -1.0),
     ("final_num_train_epochs", math.inf),
-    ("loss_type", "not_a_loss"),
+    ("dpo_loss_type", "not_a_loss"),
     ("beta", 0.0),
     ("beta", -0.1),
     ("beta", math.nan),
@@ -38,8 +38,8 @@ BAD_VALUES = [
     ("warmup_fraction", math.nan),
     ("feature_batch_size", 0),
     ("chunk_size", 0),
-    ("max_length", 1),
-    ("output_dir", ""),
+    ("feature_max_length", 1),
+    ("selection_dir", ""),
 ]
 
 
@@ -51,7 +51,7 @@ def test_bad_value_names_the_field(field, value):
 
 def test_every_field_has_a_bad_value_test_or_is_free():
     # Fields without constraints: any value of the right type is meaningful.
-    free = {"projection_seed", "seed", "overwrite", "source_column", "report"}
+    free = {"projection_seed", "warmup_seed", "overwrite", "source_column", "report"}
     tested = {field for field, _ in BAD_VALUES}
     names = {f.name for f in dataclasses.fields(RoseConfig)}
     assert names - free == tested, "a new constrained field needs a row in BAD_VALUES"
@@ -63,9 +63,9 @@ def test_every_field_has_a_bad_value_test_or_is_free():
         {"selection_size": 7, "selection_fraction": None},  # a size makes the fraction irrelevant
         {"selection_fraction": 1.0},
         {"warmup_fraction": 1.0},
-        {"max_length": None},
-        {"max_length": 2},
-        {"loss_type": "ipo", "label_smoothing": 0.0},
+        {"feature_max_length": None},
+        {"feature_max_length": 2},
+        {"dpo_loss_type": "ipo", "label_smoothing": 0.0},
         {"validation_objective": "sft", "projection": "none", "preconditioner": "sgd", "feature_dtype": "int8"},
         {"validation_objective": "dpo+sft", "scoring": "paper"},
         {"validation_objective": "sft", "scoring": "robust"},
@@ -77,15 +77,15 @@ def test_good_values_are_accepted(kwargs):
         assert getattr(config, key) == value
 
 
-def test_defaults_are_the_papers_but_two_measured_choices():
+def test_defaults_are_the_papers_but_two_deliberate_choices():
     config = RoseConfig()
-    assert (config.scoring, config.beta, config.loss_type) == ("paper", 0.1, "sigmoid")
+    assert (config.scoring, config.beta, config.dpo_loss_type) == ("paper", 0.1, "sigmoid")
     assert (config.selection_fraction, config.warmup_fraction, config.subtask_aggregation) == (0.05, 0.05, "max")
-    # The two measured differences (README): the sparse sketch, and both validation objectives ranked together.
+    # The two deliberate differences: the sparse sketch, and both validation objectives ranked together.
     assert (config.projection, config.validation_objective) == ("sjlt", "dpo+sft")
     assert (config.projection, config.projection_dim, config.projection_seed) == ("sjlt", 8192, 0)
     assert (config.preconditioner, config.subtask_aggregation) == ("adam", "max")
-    assert (config.selection_fraction, config.warmup_fraction, config.max_length) == (0.05, 0.05, 2048)
+    assert (config.selection_fraction, config.warmup_fraction, config.feature_max_length) == (0.05, 0.05, 2048)
     assert config.to_dict()["selection_size"] is None
 
 
@@ -99,10 +99,10 @@ def test_argument_parser_defaults_and_values():
     (config,) = parser.parse_args_into_dataclasses([])
     assert config == RoseConfig()
     (config,) = parser.parse_args_into_dataclasses(
-        ["--output_dir", "out", "--selection_size", "7", "--max_length", "16", "--report", "false",
+        ["--selection_dir", "out", "--selection_size", "7", "--feature_max_length", "16", "--report", "false",
          "--validation_objective", "sft", "--beta", "0.25"]
     )
-    assert config == RoseConfig(output_dir="out", selection_size=7, max_length=16, report=False,
+    assert config == RoseConfig(selection_dir="out", selection_size=7, feature_max_length=16, report=False,
                                 validation_objective="sft", beta=0.25)
     assert "--projection_dim" in parser.format_help()
 
@@ -114,10 +114,30 @@ def test_argument_parser_rejects_bad_values():
 
 def test_yaml_file(tmp_path):
     path = tmp_path / "rose.yaml"
-    path.write_text("output_dir: sel\nselection_fraction: 0.1\nprojection: sjlt\nprojection_dim: 256\nreport: false\n")
+    path.write_text("selection_dir: sel\nselection_fraction: 0.1\nprojection: sjlt\nprojection_dim: 256\nreport: false\n")
     (config,) = HfArgumentParser(RoseConfig).parse_yaml_file(str(path))
-    assert config == RoseConfig(output_dir="sel", selection_fraction=0.1, projection="sjlt", projection_dim=256,
+    assert config == RoseConfig(selection_dir="sel", selection_fraction=0.1, projection="sjlt", projection_dim=256,
                                 report=False)
     path.write_text("feature_dtype: bfloat16\n")
     with pytest.raises(ValueError, match="feature_dtype"):
         HfArgumentParser(RoseConfig).parse_yaml_file(str(path))
+
+
+def test_old_names_are_no_fields_and_old_runs_still_report(tmp_path):
+    """The old names are neither fields nor keys of `to_dict()` (a parser of RoseConfig and SFTConfig would see them
+    twice); a selection recorded with them still rebuilds its config."""
+    import warnings
+    from types import SimpleNamespace
+
+    from rose_hf.report import config_from_output_dir
+    from rose_hf.rose_config import DEPRECATED_NAMES
+
+    names = {f.name for f in dataclasses.fields(RoseConfig)}
+    assert not names & set(DEPRECATED_NAMES) and set(DEPRECATED_NAMES.values()) <= names
+    assert set(RoseConfig().to_dict()) == names
+    recorded = SimpleNamespace(info={"config": {"loss_type": "ipo", "max_length": 64, "seed": 2}})  # selection.json
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated name is used on the way
+        config = config_from_output_dir(str(tmp_path), recorded)
+    assert (config.dpo_loss_type, config.feature_max_length, config.warmup_seed) == ("ipo", 64, 2)
+    assert config.selection_dir == str(tmp_path)

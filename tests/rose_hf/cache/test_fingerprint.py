@@ -174,8 +174,8 @@ def lora_config():
 def warmup(tokenizer, pool, pairs, output_dir, trainer_dir, learning_rate=LEARNING_RATE, adapter_seed=0, base_seed=0,
            epochs=2):  # fmt: skip
     """A tiny SFT warmup with the selector attached; returns the selector."""
-    selector = RoseDataSelector(pool, pairs, RoseConfig(output_dir=str(output_dir), projection_dim=64, chunk_size=16,
-                                                        feature_batch_size=8, max_length=64, report=False, scoring="paper"))
+    selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=str(output_dir), projection_dim=64, chunk_size=16,
+                                                        feature_batch_size=8, feature_max_length=64, report=False, scoring="paper"))
     args = SFTConfig(output_dir=str(trainer_dir), num_train_epochs=epochs, per_device_train_batch_size=8,
                      learning_rate=learning_rate, save_strategy="epoch", logging_steps=1, report_to=[], use_cpu=True,
                      bf16=False, max_length=64, disable_tqdm=True, seed=0)  # fmt: skip
@@ -298,8 +298,8 @@ def test_checkpoints_of_a_longer_earlier_warmup_are_not_used(tokenizer, first, c
 def test_a_partial_checkpoint_of_another_state_is_not_resumed(tokenizer, first):
     """A run killed mid-checkpoint leaves finished chunks; a run with another learning rate must not keep them."""
     output_dir = first.root / "partial"
-    selector = RoseDataSelector(first.pool, first.pairs, RoseConfig(output_dir=str(output_dir), projection_dim=64,
-                                chunk_size=16, feature_batch_size=8, max_length=64, report=False, scoring="paper"))  # fmt: skip
+    selector = RoseDataSelector(first.pool, first.pairs, RoseConfig(selection_dir=str(output_dir), projection_dim=64,
+                                chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False, scoring="paper"))  # fmt: skip
 
     def killed(chunk):
         raise KeyboardInterrupt

@@ -242,8 +242,8 @@ class Killed(Exception):
 
 def _pipeline(tokenizer, output_dir):
     pool, _ = pool_dataset(20)
-    config = RoseConfig(output_dir=str(output_dir), projection_dim=64, chunk_size=4, feature_batch_size=3,
-                        report=False, max_length=64, scoring="paper")
+    config = RoseConfig(selection_dir=str(output_dir), projection_dim=64, chunk_size=4, feature_batch_size=3,
+                        report=False, feature_max_length=64, scoring="paper")
     pipeline = SelectionPipeline(pool, preference_dataset(3), config)
     model = make_lora_model(tokenizer)
     pipeline.prepare(model, tokenizer)

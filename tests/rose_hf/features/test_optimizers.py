@@ -133,8 +133,8 @@ def test_optimizers_without_adam_moments_are_refused(model, name, match, tmp_pat
 def test_adafactor_is_refused_before_the_first_step(tmp_path):
     tokenizer = make_tokenizer()
     pool, task = pool_dataset(16)
-    selector = RoseDataSelector(pool, task.validation, RoseConfig(output_dir=str(tmp_path / "rose"), report=False,
-                                                                   projection_dim=64, max_length=64))  # fmt: skip
+    selector = RoseDataSelector(pool, task.validation, RoseConfig(selection_dir=str(tmp_path / "rose"), report=False,
+                                                                   projection_dim=64, feature_max_length=64))  # fmt: skip
     args = SFTConfig(output_dir=str(tmp_path / "out"), optim="adafactor", num_train_epochs=1, save_strategy="epoch",
                      per_device_train_batch_size=8, report_to=[], use_cpu=True, bf16=False, max_length=64,
                      disable_tqdm=True)  # fmt: skip

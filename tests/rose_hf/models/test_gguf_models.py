@@ -58,7 +58,7 @@ def sft_args(output_dir, **changes):
 
 def rose_config():
     return RoseConfig(projection_dim=64, warmup_fraction=0.5, selection_size=2, feature_batch_size=8, chunk_size=16,
-                      max_length=64, report=False)
+                      feature_max_length=64, report=False)
 
 
 def trainer(model, output_dir, args=None, **kwargs):
@@ -95,11 +95,14 @@ def test_gguf_file_needs_the_folder_and_one_name(tmp_path, tokenizer):
 
 
 def test_cli_names_a_missing_gguf_file_and_a_missing_folder(tmp_path):
-    flags = ["--synthetic_pool_size", "40", "--use_peft", "true", "--use_cpu", "true", "--bf16", "false",
-             "--output_dir", str(tmp_path / "out"), "--gguf_file", "missing.gguf"]  # fmt: skip
+    pool().to_json(tmp_path / "pool.jsonl")
+    pairs().to_json(tmp_path / "pairs.jsonl")
+    flags = ["--dataset_name", str(tmp_path / "pool.jsonl"), "--preference_dataset_name", str(tmp_path / "pairs.jsonl"),
+             "--use_peft", "true", "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "out"),
+             "--gguf_file", "missing.gguf"]  # fmt: skip
     with pytest.raises(FileNotFoundError, match="gguf_file='missing.gguf'.*--model_name_or_path models/smollm2"):
         main(["select", "--model_name_or_path", str(tmp_path), *flags])
-    with pytest.raises(ValueError, match="--gguf_file missing.gguf needs --model_name_or_path"):
+    with pytest.raises(SystemExit, match="(?s)missing model_name_or_path.*with --gguf_file, the folder of the file"):
         main(["select", *flags])
 
 
@@ -120,7 +123,7 @@ def test_cli_train_loads_model_and_tokenizer_from_the_float_copy_in_both_stages(
           "--dataset_name", str(tmp_path / "pool.jsonl"), "--preference_dataset_name", str(tmp_path / "pairs.jsonl"),
           "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0",
           "--lora_target_modules", *TARGETS, "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-          "--learning_rate", "1e-4", "--max_length", "64", "--rose_max_length", "64", "--projection_dim", "64",
+          "--learning_rate", "1e-4", "--max_length", "64", "--feature_max_length", "64", "--projection_dim", "64",
           "--warmup_fraction", "0.5", "--selection_size", "2", "--feature_batch_size", "8", "--report", "false",
           "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--disable_tqdm", "true",
           "--activation_checkpointing", "false", "--output_dir", str(out)])  # fmt: skip

@@ -92,7 +92,7 @@ def make_run(output_dir: str, pool: Dataset, seed: int = 0, num_params: int = NU
     num_rows = len(pool)
     defaults = dict(selection_fraction=0.2, projection="sjlt", projection_dim=DIM, validation_objective="sft",
                     feature_dtype="float16", chunk_size=25, scoring="paper")  # fmt: skip
-    config = RoseConfig(output_dir=output_dir, **{**defaults, **settings})
+    config = RoseConfig(selection_dir=output_dir, **{**defaults, **settings})
     kind, dim = resolve_projection(config.projection, num_params, config.projection_dim)
     projection = make_projector(kind, num_params, dim, seed=config.projection_seed).describe()
     direction = _unit(rng.normal(size=dim))

@@ -70,7 +70,7 @@ def test_half_scores_of_a_cache_are_its_scoring_with_only_those_pairs(tmp_path, 
     """score_store's half scores against score_pool called on the half's validation rows by hand."""
     subtasks = ["x", "y", "x", "y", "x", "y", "x"]
     store, pool, validation, learning_rates = write_feature_store(tmp_path, subtasks)
-    config = RoseConfig(output_dir=str(tmp_path), validation_objective=objective)
+    config = RoseConfig(selection_dir=str(tmp_path), validation_objective=objective)
     scored = score_store(store, subtasks, config, num_rows=40)
     weights = checkpoint_weights(learning_rates)
     for half, scores in zip(pair_halves(subtasks), scored.half_scores):

@@ -44,9 +44,9 @@ def sft_args(output_dir, **kwargs):
 
 def rose_config(output_dir, **kwargs):
     # The engine tests pin the paper scoring: features at every checkpoint, learning-rate weights.
-    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, max_length=64, report=False, scoring="paper",
+    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False, scoring="paper",
                     validation_objective="dpo")  # fmt: skip
-    return RoseConfig(output_dir=str(output_dir), **{**defaults, **kwargs})
+    return RoseConfig(selection_dir=str(output_dir), **{**defaults, **kwargs})
 
 
 def warmup_rows(pool, n=16):
@@ -177,7 +177,7 @@ def test_training_arguments_fail_before_training(tokenizer, data, tmp_path, args
 def test_unwritable_output_dir_fails_when_the_selector_is_built(data, tmp_path):
     pool, pairs = data
     (tmp_path / "a_file").write_text("not a folder")
-    with pytest.raises(ValueError, match="output_dir=.*cannot be a folder: its parent .*a_file.* is a file"):
+    with pytest.raises(ValueError, match="selection_dir=.*cannot be a folder: its parent .*a_file.* is a file"):
         RoseDataSelector(pool, pairs, rose_config(tmp_path / "a_file" / "rose"))
     assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
@@ -270,7 +270,7 @@ def test_plain_trainer_with_pretokenized_warmup(tokenizer, data, tmp_path):
     model = get_peft_model(build_model("llama", tokenizer), lora_config())
     trainer = plain_trainer(tokenizer, tmp_path / "out", pool, model, [selector])
     trainer.train()
-    expected, _, ok = brute_force_scores(config.output_dir, pairs["subtask"], aggregation=np.mean)
+    expected, _, ok = brute_force_scores(config.selection_dir, pairs["subtask"], aggregation=np.mean)
     np.testing.assert_allclose(selector.scores[ok], expected[ok], rtol=1e-5, atol=1e-7)
     assert selector.selected_indices == top(expected, ok, 5)
     assert selector.selected_dataset.column_names == pool.column_names

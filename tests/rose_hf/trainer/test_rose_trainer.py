@@ -38,7 +38,7 @@ def sft_args(output_dir, **changes):
 
 def rose_config(**kwargs):
     defaults = dict(projection_dim=64, warmup_fraction=WARMUP_FRACTION, chunk_size=32, feature_batch_size=8,
-                    max_length=64, report=False, scoring="paper")
+                    feature_max_length=64, report=False, scoring="paper")
     return RoseConfig(**{**defaults, **kwargs})
 
 
@@ -115,7 +115,7 @@ def test_stages_and_their_folders(full_run, data):
         "checkpoint-2", "checkpoint-4"
     ]
     selection_dir = os.path.join(root, "selection")
-    assert trainer.rose_config.output_dir == selection_dir
+    assert trainer.rose_config.selection_dir == selection_dir
     assert sorted(os.listdir(os.path.join(selection_dir, "features"))) == ["checkpoint-2", "checkpoint-4"]
     for name in ("scores.npy", "selected_indices.json", "selected", "selected.jsonl", "selection.json", "run.json"):
         assert os.path.exists(os.path.join(selection_dir, name)), name
