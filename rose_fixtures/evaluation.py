@@ -7,13 +7,8 @@
 - Exact match of greedy generations on held-out prompts, whitespace-normalised, against the reference answer; and,
   for the synthetic task, how often the generation is the task's systematic WRONG answer (the harm the pool holds).
 
-The accuracies come from the `evaluate` metric in `rose_hf/metrics/preference_accuracy`, which also serves a
+The accuracies come from the `evaluate` metric in `rose_fixtures/metrics/preference_accuracy`, which also serves a
 `Trainer`'s `compute_metrics` through `preference_compute_metrics`.
-
-Example:
-```
-python -c "from rose_fixtures.evaluation import evaluate_base_model; print(evaluate_base_model())"
-```
 """
 
 from __future__ import annotations
@@ -264,25 +259,6 @@ def _wrong_answers(prompts: Sequence[Any]) -> list[str] | None:
         return [wrong_answer(*parse_prompt(p)) for p in prompts]
     except ValueError:  # not synthetic prompts
         return None
-
-
-def evaluate_base_model(seed: int = 0) -> dict[str, Any]:
-    """The untrained tiny base model on the default synthetic task's test splits (a quick sanity check).
-
-    Args:
-        seed: the synthetic task's seed.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .base_model import tiny_base_model
-    from .tasks import SyntheticTaskConfig, make_synthetic_task
-
-    path = tiny_base_model()
-    task = make_synthetic_task(SyntheticTaskConfig(seed=seed))
-    model = AutoModelForCausalLM.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    metrics = evaluate_model(model, tokenizer, task.test_pairs, task.test_prompts)
-    return {k: v for k, v in metrics.items() if k not in ("chosen_logps", "rejected_logps")}
 
 
 def selection_metrics(selected, helpful: np.ndarray, harmful: np.ndarray, source: Sequence[str] | None = None) -> dict:

@@ -88,7 +88,7 @@ def _rose_default_projection() -> str:
 def _rose_projections() -> tuple[str, ...]:
     # The library's list, so that a new projection kind is benchmarked without touching this file. Imported here,
     # not at the top: rose_hf.rose_config pulls in torch, and `--help` stays instant.
-    from rose_hf.rose_config import PROJECTIONS
+    from rose_hf.features.projection import PROJECTION_KINDS as PROJECTIONS
 
     return PROJECTIONS
 

@@ -209,7 +209,7 @@ def test_scoring_child_scores_the_rows_it_was_given(tmp_path):
 
 
 def test_config_presets_and_validation():
-    from rose_hf.rose_config import PROJECTIONS
+    from rose_hf.features.projection import PROJECTION_KINDS as PROJECTIONS
 
     quick = SpeedBenchConfig(quick=True, batch_sizes=(2, 8))
     assert quick.batch_sizes == (2, 8, 16)  # the target batch size is always measured

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -82,8 +83,15 @@ def test_library_imports_no_fixture():
 
 @pytest.mark.slow
 def test_wheel_holds_the_library_only(tmp_path):
+    # Built from a copy of the files git knows of: setuptools would otherwise reuse a stale build/ of the checkout.
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        if os.path.exists(os.path.join(ROOT, name)):
+            os.makedirs(source / os.path.dirname(name), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), source],
         check=True,
         capture_output=True,
     )

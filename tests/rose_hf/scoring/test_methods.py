@@ -77,7 +77,7 @@ class FirstCheckpointDot(ScoringMethod):
 def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     store, pool, validation, _ = write_feature_store(tmp_path, SUBTASKS)
     monkeypatch.setitem(methods.SCORING_METHODS, "first_dot", FirstCheckpointDot())
-    config = RoseConfig(output_dir=str(tmp_path), scoring="first_dot", validation_objective="dpo")
+    config = RoseConfig(selection_dir=str(tmp_path), scoring="first_dot", validation_objective="dpo")
     scored = score_store(store, SUBTASKS, config, num_rows=40)
     expected = np.array([sum(float(row[i]) * float(validation[0]["dpo"][:, i].mean()) for i in range(row.size))
                          for row in pool[0].astype(np.float64)])  # fmt: skip
