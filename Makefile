@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rose_hf_installed
-# One torch thread for the jobs on tiny models (the README's timings): they gain nothing from a second one, and torch's
+# One torch thread for the jobs on tiny models (the timings in docs/): they gain nothing from a second one, and torch's
 # default of one per core ran them 8-12x slower on a 2-core machine as soon as anything else used the cores. Override:
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
@@ -69,7 +69,7 @@ bench-trust: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.trust analyse
 
 lint: $(STAMP)
-	$(BIN)/ruff check rose_hf tests examples benchmarks
+	$(BIN)/ruff check rose_hf rose_fixtures tests examples benchmarks scripts
 
 # The manual (docs/, mkdocs.yml) as a static site in outputs/site; --strict turns mkdocs' warnings into errors.
 docs: $(STAMP)

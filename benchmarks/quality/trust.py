@@ -15,7 +15,7 @@ Two stages, so that the expensive one runs once and every question is asked of i
    harmful share, the overlap with warmup B's selection (stability), and the health check's signals.
 
 DESIGN — fixed before any of these runs (issue 18):
-- Development: seeds 0-2 of `make bench-real` (`outputs/bench_real`), on which `dpo+sft` was found (README). Held
+- Development: seeds 0-2 of `make bench-real` (`outputs/bench_real`), on which `dpo+sft` was found (docs/benchmarks.md). Held
   out: seeds 3, 4 and 5 of every family, run here, never used to choose anything. Targets are read on both, separately.
 - Everything else is `QualityBenchConfig.real()` (pool 400, 32 helpful / 32 harmful, 5% = 20 rows, SmolLM2 recipe).
 - "Bad" runs for the health check: precision below 0.5 x the oracle's at the same budget; "good": at or above 0.8 x.

@@ -2,7 +2,7 @@
 
 Nothing here trains or computes a gradient: it reads `collect`'s caches (`FeatureStore`) and scores them with the
 public scoring functions (`score_pool`, `rank_average`, `select_top`, `selection_health`), so a new question costs
-seconds. `analyse()` writes `trust.json` (every figure) and `trust.md` (the tables of the README).
+seconds. `analyse()` writes `trust.json` (every figure) and `trust.md` (the tables of docs/benchmarks.md).
 """
 
 from __future__ import annotations
