@@ -118,7 +118,7 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    log(f"rose_hf: converting {source} to a float model in {path} (once; reused afterwards).")
+    log(f"converting {source} to a float model in {path} (once; reused afterwards).")
     folder, name = os.path.dirname(source), os.path.basename(source)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
@@ -145,7 +145,7 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
         shutil.rmtree(partial, ignore_errors=True)
         if not os.path.isfile(os.path.join(path, _RECORD)):
             raise
-    log(f"rose_hf: float copy of {name} ready in {time.perf_counter() - start:.0f}s.")
+    log(f"float copy of {name} ready in {time.perf_counter() - start:.0f}s.")
     return path
 
 

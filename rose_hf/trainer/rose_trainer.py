@@ -217,7 +217,7 @@ class RoseTrainer:
         )
         selected = self.pool.select(selection.selected_indices)
         logger.info(
-            f"rose_hf: final training on {len(selected)} selected rows ({len(selected) / len(self.pool):.1%} of the "
+            f"final training on {len(selected)} selected rows ({len(selected) / len(self.pool):.1%} of the "
             "pool), from the base model.",
             main_process_only=True,
         )
@@ -278,7 +278,7 @@ class RoseTrainer:
             )
         if state.is_main_process:
             if differing:
-                logger.warning(f"rose_hf: overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
+                logger.warning(f"overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
                 shutil.rmtree(folder)
                 if stage == WARMUP_DIR and os.path.isdir(self.rose_config.output_dir):
                     FeatureStore(self.rose_config.output_dir).clear()  # its features came from that warmup
