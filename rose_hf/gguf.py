@@ -1,5 +1,5 @@
-"""GGUF models (llama.cpp's format) as ordinary Hugging Face checkpoints: one loader for the CLI, `RoseTrainer`, the
-demo and the benchmarks.
+"""GGUF models (llama.cpp's format) as ordinary Hugging Face checkpoints: one loader for the CLI, `RoseTrainer` and
+scripts.
 
 transformers reads a GGUF file through `from_pretrained(folder, gguf_file=name)` and dequantizes it to a float model,
 but that model keeps a `quantization_config` and `save_pretrained` refuses it ("quantized with gguf and is not
