@@ -30,10 +30,10 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow and not distributed" tests
 
 demo: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/rose-hf demo --output_dir outputs/demo
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m examples.demo --output_dir outputs/demo
 
 demo-tiny: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/rose-hf demo --tiny --output_dir outputs/demo_tiny
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m examples.demo --tiny --output_dir outputs/demo_tiny
 
 # Benchmarks live in benchmarks/ at the repo root (not installed) and use rose_hf's public API.
 # The quality benchmark runs one process per world family (each run is cached), then aggregates them.

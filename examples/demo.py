@@ -11,11 +11,11 @@ truth. `--tiny` runs the same on a tiny Llama pretrained on a synthetic sorting 
 on which no method teaches the task). It is the one-seed, one-budget version of the quality benchmark
 (`make bench-real`, `make bench-quality`).
 
-Run (with one torch thread, as `make demo` sets: `OMP_NUM_THREADS=1 rose-hf demo`):
+Run from the repository root (`examples` and `rose_fixtures` are importable from there, not installed), with one
+torch thread as `make demo` and `make demo-tiny` set:
 ```
-rose-hf demo --output_dir outputs/demo
-rose-hf demo --tiny --output_dir outputs/demo_tiny
-make demo
+OMP_NUM_THREADS=1 python -m examples.demo --output_dir outputs/demo
+OMP_NUM_THREADS=1 python -m examples.demo --tiny --output_dir outputs/demo_tiny
 ```
 Writes `RoseTrainer`'s stages into `<output_dir>` (`warmup/`, `selection/`, `final/`), the selection report plus an
 evaluation section in `<output_dir>/selection/report.md` (plots in `selection/report/`) and every number in
@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
 import time
 from typing import Any
 
-from rose_hf.logs import log as _log
+logger = logging.getLogger("demo")
 
 EVALUATION_PLOT = "demo_evaluation.png"
 SELECTION_PLOT = "demo_selection.png"
@@ -280,8 +281,8 @@ def run_demo(
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     source = list(task.pool["source"])
 
-    _log(f"rose_hf demo: RoseTrainer with {world.model_name} on a {len(task.pool)}-row pool (warmup on "
-         f"{recipe.warmup_fraction:.0%}, target task {task.config.target_family!r}).")  # fmt: skip
+    logger.info(f"RoseTrainer with {world.model_name} on a {len(task.pool)}-row pool (warmup on "
+                f"{recipe.warmup_fraction:.0%}, target task {task.config.target_family!r}).")  # fmt: skip
     tick = time.perf_counter()
     set_seed(seed)  # PEFT initialises the warmup adapter before Trainer seeds anything
     trainer = RoseTrainer(
@@ -305,7 +306,7 @@ def run_demo(
     silence(trainer.final_trainer)
     rose_indices = np.asarray(result.selected_indices)
     random_indices = select_top(random_scores(len(task.pool), seed), size=len(rose_indices))
-    _log(f"rose_hf demo: training a fresh LoRA on a random selection ({len(random_indices)} rows).")
+    logger.info(f"training a fresh LoRA on a random selection ({len(random_indices)} rows).")
     models = {"rose": trainer.model}
     models["random"], _ = train_lora(
         recipe.replace(epochs=world.final_epochs), base_path, tokenizer, training_rows(task.pool, random_indices),
@@ -318,7 +319,7 @@ def run_demo(
     }
 
     tick = time.perf_counter()
-    _log("rose_hf demo: evaluating the base, ROSE and random models on the held-out split.")
+    logger.info("evaluating the base, ROSE and random models on the held-out split.")
     evaluate = dict(beta=RoseConfig.beta, max_new_tokens=world.max_new_tokens, batch_size=30)
     final = {
         "base": evaluate_model(
@@ -375,14 +376,31 @@ def run_demo(
     with open(os.path.join(output_dir, "demo.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=str)
     shutil.rmtree(os.path.join(output_dir, "random"), ignore_errors=True)
-    _log(f"rose_hf demo: done in {seconds['total']:.0f}s -> {report}")
+    logger.info(f"done in {seconds['total']:.0f}s -> {report}")
     return results
 
 
+class _SourceFormatter(logging.Formatter):
+    """`[rose_hf] message`, `[demo] message`: the package a line comes from, as the library's own handler tags it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{record.name.split('.')[0]}] {super().format(record)}"
+
+
+def _tag_log_lines() -> None:
+    """Shows the demo's and the library's INFO lines, each tagged with its source. Set before `quiet_libraries`, whose
+    plain format would drop the tag; a program (or pytest) that configured logging already keeps its own."""
+    logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_SourceFormatter("%(message)s"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line flags of `rose-hf demo`."""
+    """Command-line flags of `python -m examples.demo`."""
     parser = argparse.ArgumentParser(
-        prog="rose-hf demo",
+        prog="python -m examples.demo",
         description="Offline end-to-end ROSE demo on SmolLM2-135M-Instruct (or, with --tiny, a tiny pretrained model): "
         "select 5% of a pool, train on it, compare with random and the base model, write report.md with plots.",
     )
@@ -400,13 +418,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`rose-hf demo [--output_dir outputs/demo] [--tiny] [--family F] [--quick] [--seed 0] [--pool_size N]`."""
+    """`python -m examples.demo [--output_dir outputs/demo] [--tiny] [--family F] [--quick] [--seed 0]
+    [--pool_size N]`."""
     args = make_parser().parse_args(argv)
+    # Every stage runs on the CPU (`use_cpu=True`). accelerate imports DeepSpeed whenever it is installed (to recognise
+    # its engine when it unwraps a model), and DeepSpeed then probes for a GPU and warns that it fell back to the CPU;
+    # naming the CPU up front is the answer to its question. A DS_ACCELERATOR the user set stays.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from accelerate import PartialState
 
     from rose_fixtures.recipe import quiet_libraries
 
     PartialState()  # accelerate's logger needs it
+    _tag_log_lines()
     quiet_libraries()
     results = run_demo(args.output_dir, args.quick, args.seed, args.pool_size, tiny=args.tiny, family=args.family)
     health = results["health"]

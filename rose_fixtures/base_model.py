@@ -60,7 +60,7 @@ def tiny_base_model(config: TinyBaseConfig | None = None, cache_dir: str | None 
     from .tasks import SyntheticTaskConfig, make_synthetic_task, vocabulary
     from .tiny import build_model, build_tokenizer
 
-    log(f"rose_hf: pretraining a tiny base model into {path} (once; cached afterwards).")
+    log(f"pretraining a tiny base model into {path} (once; cached afterwards).")
     task = make_synthetic_task(
         SyntheticTaskConfig(target_family=config.target_family, n_pretrain=config.n_pretrain, seed=config.seed + 1000)
     )
@@ -166,7 +166,7 @@ def world_base_model(family: str, cache_dir: str | None = None, base=None) -> st
 
     from .tiny import build_model
 
-    log(f"rose_hf: pretraining the {family!r} base model into {path} (once; cached afterwards).")
+    log(f"pretraining the {family!r} base model into {path} (once; cached afterwards).")
     rows = make_world(family, seed=base.seed + 1000, n_pretrain=base.n_pretrain).pretrain
     tokenizer = world_tokenizer(family)
     model = build_model(

@@ -93,7 +93,7 @@ def _blank_turns(messages: Any) -> bool:
 def blank_target(example: dict[str, Any], fmt: str) -> bool:
     """Whether a pool row has no training target: a missing or blank `completion` or `text`, or a conversation
     without an assistant turn or with a blank one. Such a row is flagged, scored lowest and never selected (one rule
-    for all formats, see README "Failure and resume")."""
+    for all formats)."""
     if fmt == "text":
         return _is_empty(example.get("text"))
     if fmt == "prompt_completion":

@@ -1,5 +1,5 @@
-"""GGUF models (llama.cpp's format) as ordinary Hugging Face checkpoints: one loader for the CLI, `RoseTrainer`, the
-demo and the benchmarks.
+"""GGUF models (llama.cpp's format) as ordinary Hugging Face checkpoints: one loader for the CLI, `RoseTrainer` and
+scripts.
 
 transformers reads a GGUF file through `from_pretrained(folder, gguf_file=name)` and dequantizes it to a float model,
 but that model keeps a `quantization_config` and `save_pretrained` refuses it ("quantized with gguf and is not
@@ -119,7 +119,7 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    log(f"rose_hf: converting {source} to a float model in {path} (once; reused afterwards).")
+    log(f"converting {source} to a float model in {path} (once; reused afterwards).")
     folder, name = os.path.dirname(source), os.path.basename(source)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
@@ -146,7 +146,7 @@ def gguf_float_copy(model_name_or_path: str, gguf_file: str, cache_dir: str | No
         shutil.rmtree(partial, ignore_errors=True)
         if not os.path.isfile(os.path.join(path, _RECORD)):
             raise
-    log(f"rose_hf: float copy of {name} ready in {time.perf_counter() - start:.0f}s.")
+    log(f"float copy of {name} ready in {time.perf_counter() - start:.0f}s.")
     return path
 
 

@@ -143,7 +143,7 @@ class SelectionPipeline:
             "tokenize_seconds": time.perf_counter() - start,
         }
         logger.info(
-            f"rose_hf: {len(self.pool)} pool rows ({truncated} truncated to "
+            f"{len(self.pool)} pool rows ({truncated} truncated to "
             f"feature_max_length={config.feature_max_length}, {empty} "
             f"without a training target (blank or missing completion or assistant turn, or none left after "
             f"truncation): scored lowest, never selected), {len(self.pairs)} preference pairs in "
@@ -210,7 +210,7 @@ class SelectionPipeline:
                 previous = self.store.previous_info.get("training_args")
                 arguments = describe_argument_changes(previous, self.training_args)
                 logger.warning(
-                    f"rose_hf: the features cached for step {step} in {checkpoint.path} were computed from another "
+                    f"the features cached for step {step} in {checkpoint.path} were computed from another "
                     f"model state ({describe_change(recorded, fingerprint)}"
                     + (f"; the warmup's arguments changed: {arguments}" if arguments else "")
                     + "): discarding them and computing them again for this run.",
@@ -229,7 +229,7 @@ class SelectionPipeline:
         stale = [c for c in self.store.completed_checkpoints() if not keep(c.step)]
         if stale and state.is_main_process:
             logger.warning(
-                f"rose_hf: {self.config.selection_dir} holds features of checkpoint(s) {[c.step for c in stale]} that "
+                f"{self.config.selection_dir} holds features of checkpoint(s) {[c.step for c in stale]} that "
                 "this warmup did not produce (another run in the same folder): discarding them.",
                 main_process_only=True,
             )

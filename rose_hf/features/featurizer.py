@@ -265,7 +265,7 @@ def checkpoint_features(
     """
     state = PartialState()
     if checkpoint.is_complete():
-        logger.info(f"rose_hf: features @ step {checkpoint.step} already cached in {checkpoint.path}; skipping.")
+        logger.info(f"features @ step {checkpoint.step} already cached in {checkpoint.path}; skipping.")
         return checkpoint.meta
     featurizer = featurizer or Featurizer(model, config)
     # FSDP2 all-gathers parameters in every forward and backward (collectives), as ZeRO-3 does.
@@ -294,7 +294,7 @@ def checkpoint_features(
     state.wait_for_everyone()
     result = checkpoint.meta
     logger.info(
-        f"rose_hf: features @ step {checkpoint.step}: {result['num_ok']} ok, {result['num_empty']} without completion "
+        f"features @ step {checkpoint.step}: {result['num_ok']} ok, {result['num_empty']} without completion "
         f"tokens, {result['num_nonfinite']} non-finite (both scored lowest); {len(pairs)} validation pairs; "
         f"pool {timings['pool_seconds']:.1f}s, validation {timings['validation_seconds']:.1f}s.",
         main_process_only=True,

@@ -78,9 +78,8 @@ class AdamState:
     def scale(self, grads: torch.Tensor) -> torch.Tensor:
         """`g / sqrt(v' + eps)`: Adam's per-coordinate scaling without its momentum term (`scoring="robust"`).
 
-        `precondition` adds the same `b1 m / sqrt(v')` to every example, which makes any two pool features alike
-        (measured on the benchmark's sort world: mean cosine 0.46 between pool rows, 0.00 without it), so the
-        paper's score of a row with a small gradient is mostly the warmup's momentum, not the row.
+        `precondition` adds the same `b1 m / sqrt(v')` to every example, which makes any two pool features alike,
+        so the paper's score of a row with a small gradient is mostly the warmup's momentum, not the row.
         """
         v = self.exp_avg_sq.to(grads.device)
         updated_v = (1 - self.beta2) * grads.square() + self.beta2 * v

@@ -132,7 +132,7 @@ def _write(
     ]
     detail = f": {len(ctx.images)} from the selection report, {len(extra)} from the extra sections" if extra else ""
     log(
-        f"rose_hf: wrote the selection report to {path} ({len(ctx.images) + len(extra)} plots in "
+        f"wrote the selection report to {path} ({len(ctx.images) + len(extra)} plots in "
         f"{ctx.plot_dir}{detail})."
     )
     return path
@@ -149,7 +149,7 @@ def config_from_output_dir(output_dir: str, result: SelectionResult | None = Non
     known = {f.name for f in fields(RoseConfig)}
     saved = (result.info or {}).get("config") or {}
     if not saved:
-        log(f"rose_hf: {output_dir}/selection.json records no config; the report shows default settings.")
+        log(f"{output_dir}/selection.json records no config; the report shows default settings.")
     saved = {DEPRECATED_NAMES.get(k, k): v for k, v in saved.items()}  # runs recorded before the renames
     return RoseConfig(**{**{k: v for k, v in saved.items() if k in known}, "selection_dir": output_dir})
 
@@ -204,7 +204,7 @@ def report_from_output_dir(
         fingerprint = _run_args(output_dir).get("pool_fingerprint")
         if fingerprint and pool_fingerprint(pool) != fingerprint and len(pool) == len(result.scores):
             log(
-                f"rose_hf: the pool's fingerprint differs from the one in {output_dir}/run.json; check it is "
+                f"the pool's fingerprint differs from the one in {output_dir}/run.json; check it is "
                 "the same pool, in the same order."
             )
     return _write(output_dir, pool, selected_rows, result, config, store, extra_sections)

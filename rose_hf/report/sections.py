@@ -12,6 +12,7 @@ from ..scoring.budget import DEFAULT_BUDGET_FRACTIONS, budget_curve
 from . import plots
 from .context import ReportContext
 from .markdown import MAX_CELL_CHARS, escape_cell, message_text, pct, table
+from .summary import scoring_of
 
 TEXT_COLUMNS = ("prompt", "completion", "text", "messages")
 NUM_TOP_EXAMPLES = 10
@@ -27,7 +28,13 @@ def score_histogram(ctx: ReportContext) -> list[str]:
         "",
         "Histogram of the scores of all valid pool rows, with the selected rows overlaid. The selection is the "
         "right tail; the dashed line is the lowest selected score. A selected tail that stands apart from the "
-        "bulk means a clear signal; a threshold inside the bulk means the ranking near the cut is close to noise.",
+        "bulk means a clear signal; a threshold inside the bulk means the ranking near the cut is close to noise."
+        + (
+            " The demoted rows (those that do not move the preference the right way) form a group of their own, "
+            "far to the left."
+            if scoring_of(ctx) in (("robust", "dpo"), ("robust", "dpo+sft"))
+            else ""
+        ),
         "",
     ]
     valid_scores = ctx.scores[ctx.valid]
@@ -114,16 +121,34 @@ def subtasks(ctx: ReportContext) -> list[str]:
     wins = ctx.info.get("argmax_subtask_counts") or {}
     names = list(ctx.info.get("subtasks") or list(dict.fromkeys([*means, *wins])))
     aggregation = ctx.info.get("aggregation", ctx.config.subtask_aggregation)
-    lines = [
-        "## Per-subtask contribution",
-        "",
-        "Each validation subtask (a group of preference pairs) scores every pool row by the mean similarity to its "
-        f"pairs; the final score is the {aggregation} over subtasks. *Mean score* is that per-subtask score "
-        "averaged over the valid pool rows; *best subtask for* counts the valid rows for which the subtask gives "
-        "the highest score. Under `max`, a subtask that is best for few rows barely influences the selection: "
-        "add pairs for it, or use `subtask_aggregation=mean`.",
-        "",
-    ]
+    scoring, objective = scoring_of(ctx)
+    lines = ["## Per-subtask contribution", ""]
+    if scoring == "robust":
+        lines += [
+            "Robust scoring has no per-subtask step: a row's relevance is its closest validation chosen answer over "
+            "all pairs, whichever subtask it belongs to.",
+        ]
+        if not names:
+            return lines
+        lines.append("")
+    else:
+        side = {"dpo": "DPO", "sft": "SFT", "dpo+sft": "DPO"}[objective]
+        lines += [
+            "Each validation subtask (a group of preference pairs) scores every pool row by the mean cosine "
+            f"similarity of its gradient to the subtask's {side} validation gradients; the "
+            + ("DPO side's score" if objective == "dpo+sft" else "final score")
+            + f" is the {aggregation} over subtasks. *Mean score* is that per-subtask score averaged over the valid "
+            "pool rows; *best subtask for* counts the valid rows for which the subtask gives the highest score. "
+            "Under `max`, a subtask that is best for few rows barely influences the selection: add pairs for it, or "
+            "use `subtask_aggregation=mean`."
+            + (
+                " The figures are the DPO side's; the SFT side aggregates the same way, and the final score is each "
+                "row's mean rank under the two."
+                if objective == "dpo+sft"
+                else ""
+            ),
+            "",
+        ]
     if not names:
         return lines + ["No per-subtask information was recorded for this run."]
     total_wins = sum(int(wins.get(name, 0)) for name in names)

@@ -11,12 +11,12 @@ Signals, each from the cached features alone (no labels, no second warmup):
     tail_separation: (mean relevance of the selection - pool median) / pool MAD, relevance being the cosine to the
         nearest validation chosen answer at the last checkpoint.
     preferred_share: of the `budget` rows most like the validation answers, the share whose DPO alignment is positive
-        (the rule before issue 18: it said "ok" on every bad selection of the real model), and
-        selected_preferred_share, the same within the selection.
+        (recorded, not a rule: it can be high on a bad selection), and selected_preferred_share, the same within the
+        selection.
 
-Calibrated on the real-model benchmark (`make bench-trust`, README "Can you trust a selection?"), deliberately bad runs
-included (a 1-epoch warmup, 2 validation pairs, a budget larger than the target's share). Read its limits there: every
-bad selection of that benchmark is in one family (`dates`), so the rule could not be checked on a second one.
+The threshold is calibrated on the real-model benchmark (`make bench-trust`) against deliberately bad runs (too short
+a warmup, too few validation pairs, a budget larger than the target's share); its report gives the figures and the
+limits of that calibration.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from .budget import select_top
 
-HEALTH_SIGNAL, HEALTH_THRESHOLD = "objective_agreement", 0.4  # calibrated on the real benchmark (README)
+HEALTH_SIGNAL, HEALTH_THRESHOLD = "objective_agreement", 0.4  # calibrated by `make bench-trust`
 
 
 def pair_halves(subtasks: Sequence[str]) -> tuple[list[int], list[int]]:

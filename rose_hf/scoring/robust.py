@@ -1,11 +1,10 @@
 """`scoring="robust"`: a ranking that is both relevant to the target task and correct, and a health check of it.
 
-Found by experiment on the quality benchmark (README, "Quality benchmark"), where the paper's ranking was often close
-to random. Three measured causes, three changes:
+Three ways in which the paper's ranking can come close to random, and the change that answers each:
 
 1. **Features without Adam's momentum.** The paper's feature `m' / sqrt(v' + eps)` adds the same `b1 m / sqrt(v')` to
-   every pool row, so any two rows look alike (mean cosine 0.46 on the sort world, 0.00 without it) and a row with a
-   small gradient is scored by the warmup's momentum. `g / sqrt(v' + eps)` keeps Adam's per-coordinate scaling.
+   every pool row, so any two rows look alike and a row with a small gradient is scored by the warmup's momentum.
+   `g / sqrt(v' + eps)` keeps Adam's per-coordinate scaling.
 2. **The last checkpoint.** The paper's learning-rate weights give the first, least-trained checkpoint the largest
    weight; at the end of the warmup the features separate tasks best. One pool pass instead of one per checkpoint.
 3. **Relevance, gated by correctness.** A row is *relevant* when its gradient is close to the SFT gradient of SOME

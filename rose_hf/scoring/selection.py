@@ -155,7 +155,7 @@ def select_from_store(
     args = selection_key(config, checkpoints)
     record = StageRecord(os.path.join(store.root, "selection.json"), f"The selection in {store.root}", section="args")
     if checkpoints and os.path.exists(os.path.join(store.root, "scores.npy")) and record.differing(args) == []:
-        logger.info(f"rose_hf: selection already done in {store.root}; loading it.", main_process_only=True)
+        logger.info(f"selection already done in {store.root}; loading it.", main_process_only=True)
         return load_selection(store.root)
 
     start = time.perf_counter()
@@ -165,7 +165,7 @@ def select_from_store(
     health = selection_health(scored.relevance, scored.preference, selected, len(selected), scored.half_scores,
                               scored.objective_scores)  # fmt: skip
     if health["verdict"] != "ok":
-        warn(f"rose_hf: selection health: {health['message']}.")
+        warn(f"selection health: {health['message']}.")
     info = {
         "health": health,
         "args": args,
@@ -184,7 +184,7 @@ def select_from_store(
     if write:
         save_selection(store.root, result, pool)
     logger.info(
-        f"rose_hf: scored {len(pool)} pool rows over {len(steps)} checkpoint(s) (weights "
+        f"scored {len(pool)} pool rows over {len(steps)} checkpoint(s) (weights "
         f"{np.round(weights, 3).tolist()}), {info['num_invalid']} without a usable gradient; selected "
         f"{len(selected)} in {info['score_seconds']:.1f}s -> {store.root}",
         main_process_only=True,

@@ -173,7 +173,7 @@ class RoseDataSelector(TrainerCallback):
         # Only this warmup's checkpoints count: those it featurized, and on a resumed run those from before the resume.
         self.pipeline.discard_other_checkpoints(lambda step: step in self._steps or step <= self._start_step)
         if not self.pipeline.completed_steps():
-            logger.warning("rose_hf: training ended without any checkpoint, so there is nothing to select from.")
+            logger.warning("training ended without any checkpoint, so there is nothing to select from.")
             return
         self.result = self.pipeline.select()
 

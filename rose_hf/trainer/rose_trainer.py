@@ -140,6 +140,7 @@ class RoseTrainer:
             self.selector.pipeline.data_key(),
         )
         self.warmup_trainer: SFTTrainer | None = None
+        self._warmup_finished = False
         self.final_trainer: SFTTrainer | None = None
         self.selection: SelectionResult | None = None
 
@@ -158,9 +159,16 @@ class RoseTrainer:
 
     def run_warmup(self) -> None:
         """Stage 1: LoRA warmup with RoseDataSelector attached (resumes from its last checkpoint)."""
+        if self._warmup_finished:  # by an earlier call on this trainer (`run_warmup()` before `train()`)
+            return
         self._check_stage_inputs(WARMUP_DIR, self._warmup_inputs)
         if os.path.exists(self._done_marker(WARMUP_DIR)):
-            logger.info("rose_hf: warmup already finished; reusing its cached features.", main_process_only=True)
+            logger.info(
+                f"a previous run finished the warmup in {os.path.dirname(self._done_marker(WARMUP_DIR))}; reusing its "
+                "cached features.",
+                main_process_only=True,
+            )
+            self._warmup_finished = True
             return
         model = self.base_model if isinstance(self.base_model, str) else copy.deepcopy(self.base_model)
         self.warmup_trainer = self._stage_trainer(
@@ -177,6 +185,7 @@ class RoseTrainer:
         if PartialState().is_main_process:
             atomic_write_json(self._done_marker(WARMUP_DIR), {"steps": self.warmup_trainer.state.global_step})
         PartialState().wait_for_everyone()
+        self._warmup_finished = True
 
     def run_selection(self) -> SelectionResult:
         """Stage 2: scores and selection from the warmup's cached features (loaded if already done).
@@ -204,7 +213,7 @@ class RoseTrainer:
         self._check_stage_inputs(FINAL_DIR, final_key(selection.selected_indices, self.rose_config))
         selected = self.pool.select(selection.selected_indices)
         logger.info(
-            f"rose_hf: final training on {len(selected)} selected rows ({len(selected) / len(self.pool):.1%} of the "
+            f"final training on {len(selected)} selected rows ({len(selected) / len(self.pool):.1%} of the "
             "pool), from the base model.",
             main_process_only=True,
         )
@@ -261,7 +270,7 @@ class RoseTrainer:
                                  fix="set `overwrite=True` in RoseConfig to redo it, or choose another `output_dir`.")
         if state.is_main_process:
             if differing:
-                logger.warning(f"rose_hf: overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
+                logger.warning(f"overwrite=True: redoing {folder} ({', '.join(differing)} changed).")
                 shutil.rmtree(folder)
                 if stage == WARMUP_DIR and os.path.isdir(self.rose_config.selection_dir):
                     FeatureStore(self.rose_config.selection_dir).clear()  # its features came from that warmup

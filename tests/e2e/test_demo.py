@@ -82,8 +82,8 @@ def _fake_results() -> dict:
 
 
 def test_commands_the_demo_names_exist():
-    """Every `rose-hf X`, `make X` and `python -m X` the demo's report and the CLI's help name is one a user can run
-    (the report once sent readers to a `rose-hf bench quality` that no longer existed)."""
+    """Every `rose-hf X`, `make X` and `python -m X` the demo's report, its docstring and the CLI's help name is one a
+    user can run (the report once sent readers to a `rose-hf bench quality` that no longer existed)."""
     import pathlib
 
     import examples.demo
@@ -105,6 +105,24 @@ def test_commands_the_demo_names_exist():
             path = root / module.replace(".", "/")
             assert path.with_suffix(".py").exists() or (path / "__main__.py").exists(), (where, module)
     assert "make bench-quality" in texts["report"]
+
+
+def test_make_demo_runs_the_example_from_the_repository_root():
+    """`make demo` and `make demo-tiny` run `python -m examples.demo`, which a fresh clone can start from its root
+    with no path set up: `examples` and `rose_fixtures` are not installed, the root is on `sys.path` under `-m`."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    makefile = (pathlib.Path(ROOT) / "Makefile").read_text()
+    for target, flags in (("demo", "--output_dir outputs/demo"), ("demo-tiny", "--tiny --output_dir outputs/demo_tiny")):
+        recipe = re.search(rf"^{target}:.*\n\t(.*)$", makefile, re.M).group(1)
+        assert recipe.endswith(f"$(BIN)/python -m examples.demo {flags}"), recipe
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "examples.demo", "--help"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert done.stdout.startswith("usage: python -m examples.demo"), done.stdout
 
 
 @pytest.mark.slow
@@ -130,6 +148,8 @@ def test_quick_demo(tmp_path, caplog):
     linked = re.findall(r"!\[[^\]]*\]\((report/[^)]+\.png)\)", report)
     count = re.search(r"wrote the selection report to .* \((\d+) plots in ", caplog.text)
     assert count and int(count.group(1)) == len(linked) == len(list((tmp_path / "selection" / "report").glob("*.png")))
+    # One uninterrupted run reuses no previous warmup, and says so nowhere.
+    assert "finished the warmup" not in caplog.text
     for link in linked:
         assert _png_title(tmp_path / "selection" / link), link
 

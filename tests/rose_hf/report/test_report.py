@@ -472,3 +472,43 @@ def test_report_valid_rows_follow_select_top(run):
     expected = np.zeros(len(scores), dtype=bool)
     expected[select_top(scores, size=len(scores) - len(INVALID_ROWS) - 1, valid=run.result.valid)] = True
     assert np.array_equal(ctx.valid, expected)
+
+
+def _interval(text: str) -> tuple[float, float]:
+    low, high = re.search(r"lie in [\[(](-?\d+), (-?\d+)\]", text).groups()
+    return float(low), float(high)
+
+
+@pytest.mark.parametrize(
+    "scoring, objective, kind",
+    [
+        ("paper", "dpo", "cosine"),
+        ("paper", "sft", "cosine"),
+        ("paper", "dpo+sft", "rank"),
+        ("robust", "dpo", "demoted"),
+        ("robust", "dpo+sft", "demoted"),
+        ("robust", "sft", "relevance"),
+    ],
+)
+def test_the_report_says_what_was_scored_and_the_scores_lie_where_it_says(tmp_path, scoring, objective, kind):
+    run = make_run(str(tmp_path / "run"), _pool(), scoring=scoring, validation_objective=objective)
+    text = _read(write_report(run.output_dir, run.pool, run.result, run.config, run.store))
+    summary = _section(text, "## Summary").replace("\n", " ")
+    scores = run.result.scores[run.result.scores > np.finfo(np.float32).min]
+    if kind == "demoted":
+        low, high = map(float, re.search(r"in \[(-?\d+), (-?\d+)\], for the rows", summary).groups())
+        demoted = re.search(r"demoted by (\d+), into \[(-?\d+), (-?\d+)\]", summary)
+        shift, demoted_low, demoted_high = map(float, demoted.groups())
+        kept, moved = scores[scores >= low], scores[scores < low]
+        assert kept.size and moved.size  # the fake run has rows on both sides of the preference gate
+        assert kept.max() <= high and demoted_low <= moved.min() and moved.max() <= demoted_high
+        assert shift == high - demoted_high
+    else:
+        low, high = _interval(summary)
+        assert low <= scores.min() and scores.max() <= high
+    assert ("mean normalised ranks" in summary) == (kind == "rank")
+    assert ("Scores are checkpoint-weighted cosine similarities" in summary) == (kind == "cosine")
+    assert ("Scores are each row's relevance" in summary) == (kind in ("relevance", "demoted"))
+    subtasks = _section(text, "## Per-subtask contribution")
+    assert ("no per-subtask step" in subtasks) == (scoring == "robust")
+    assert ("far to the left" in _section(text, "## Score distribution")) == (kind == "demoted")

@@ -1,6 +1,7 @@
 """`RoseTrainer` end to end on a tiny model: warmup -> selection -> final training from the base, and resuming."""
 
 import json
+import logging
 import os
 import shutil
 from types import SimpleNamespace
@@ -177,11 +178,15 @@ def test_final_model_starts_from_the_base_with_a_fresh_adapter(full_run):
     assert torch.count_nonzero(warmup[some_b]) > 0
 
 
-def test_second_train_call_reuses_every_finished_stage(full_run, tokenizer, data, tmp_path):
+def test_second_train_call_reuses_every_finished_stage(full_run, tokenizer, data, tmp_path, caplog):
     root = copy_stages(full_run.root, tmp_path, ("warmup", "selection", "final"))
     cached = files_with_mtimes(root)
     trainer, _ = rose_trainer(tokenizer, root, data)
-    trainer.train()
+    with caplog.at_level(logging.INFO, logger="rose_hf"):
+        trainer.run_warmup()
+        trainer.train()
+    # Said once, for the warmup a previous run finished; not again when train() passes the warmup this call checked.
+    assert caplog.text.count("a previous run finished the warmup") == 1
     now = files_with_mtimes(root)
     for stage in ("warmup", "selection/features", "final/checkpoint-2"):
         unchanged = {f: t for f, t in cached.items() if f.startswith(os.path.join(root, stage))}
