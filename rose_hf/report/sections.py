@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 
 from ..scoring.budget import DEFAULT_BUDGET_FRACTIONS, budget_curve
+from ..scoring.methods import scoring_method
 from . import plots
 from .context import ReportContext
 from .markdown import MAX_CELL_CHARS, escape_cell, message_text, pct, table
@@ -32,7 +33,7 @@ def score_histogram(ctx: ReportContext) -> list[str]:
         + (
             " The demoted rows (those that do not move the preference the right way) form a group of their own, "
             "far to the left."
-            if scoring_of(ctx) in (("robust", "dpo"), ("robust", "dpo+sft"))
+            if scoring_method(scoring_of(ctx)[0]).demotes_rows(scoring_of(ctx)[1])
             else ""
         ),
         "",
@@ -122,33 +123,7 @@ def subtasks(ctx: ReportContext) -> list[str]:
     names = list(ctx.info.get("subtasks") or list(dict.fromkeys([*means, *wins])))
     aggregation = ctx.info.get("aggregation", ctx.config.subtask_aggregation)
     scoring, objective = scoring_of(ctx)
-    lines = ["## Per-subtask contribution", ""]
-    if scoring == "robust":
-        lines += [
-            "Robust scoring has no per-subtask step: a row's relevance is its closest validation chosen answer over "
-            "all pairs, whichever subtask it belongs to.",
-        ]
-        if not names:
-            return lines
-        lines.append("")
-    else:
-        side = {"dpo": "DPO", "sft": "SFT", "dpo+sft": "DPO"}[objective]
-        lines += [
-            "Each validation subtask (a group of preference pairs) scores every pool row by the mean cosine "
-            f"similarity of its gradient to the subtask's {side} validation gradients; the "
-            + ("DPO side's score" if objective == "dpo+sft" else "final score")
-            + f" is the {aggregation} over subtasks. *Mean score* is that per-subtask score averaged over the valid "
-            "pool rows; *best subtask for* counts the valid rows for which the subtask gives the highest score. "
-            "Under `max`, a subtask that is best for few rows barely influences the selection: add pairs for it, or "
-            "use `subtask_aggregation=mean`."
-            + (
-                " The figures are the DPO side's; the SFT side aggregates the same way, and the final score is each "
-                "row's mean rank under the two."
-                if objective == "dpo+sft"
-                else ""
-            ),
-            "",
-        ]
+    lines = ["## Per-subtask contribution", "", scoring_method(scoring).describe_subtasks(objective, aggregation), ""]
     if not names:
         return lines + ["No per-subtask information was recorded for this run."]
     total_wins = sum(int(wins.get(name, 0)) for name in names)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ..scoring.robust import DEMOTE
+from ..scoring.methods import scoring_method
 from .context import ReportContext
 from .markdown import dir_bytes, escape_cell, num_bytes, pct, seconds, table
 
@@ -19,34 +19,10 @@ def scoring_of(ctx: ReportContext) -> tuple[str, str]:
 
 
 def scores_text(ctx: ReportContext) -> str:
-    """What a score is and where it lies, for the scoring the run used: cosines under the paper scoring with one
-    objective, mean ranks under `dpo+sft`, relevance with the demotion under `robust`."""
+    """What a score is and where it lies, for the scoring the run used (the method object says)."""
     scoring, objective = scoring_of(ctx)
-    if scoring == "robust":
-        relevance = (
-            "each row's relevance: the highest cosine similarity, at the last warmup checkpoint, between its "
-            "(preconditioned) training gradient and the SFT gradient of one validation chosen answer"
-        )
-        if objective == "sft":
-            return f"Scores are {relevance}, so they lie in [-1, 1]."
-        return (
-            f"Scores are {relevance}, in [-1, 1], for the rows that move the preference the right way (a positive "
-            "mean cosine to the validation DPO gradients); every other row is demoted by "
-            f"{DEMOTE:g}, into [{-1 - DEMOTE:g}, {1 - DEMOTE:g}], so it ranks below all of those."
-        )
     aggregation = ctx.info.get("aggregation", ctx.config.subtask_aggregation)
-    cosines = (
-        "checkpoint-weighted cosine similarities between each pool row's (preconditioned) training gradient and the "
-        f"validation {{}} gradients (the mean over a subtask's pairs, the {aggregation} over subtasks)"
-    )
-    if objective == "dpo+sft":
-        return (
-            "Scores are mean normalised ranks: each row's rank among the valid rows, divided by their count, under "
-            f"two rankings, by {cosines.format('DPO (preference-loss)')} and by the same with the SFT (LESS) "
-            "gradients, averaged. They lie in (0, 1]; 1 is a row ranked first by both."
-        )
-    name = "DPO (preference-loss)" if objective == "dpo" else "SFT (LESS: cross-entropy on the chosen answers)"
-    return f"Scores are {cosines.format(name)}, so they lie in [-1, 1]."
+    return scoring_method(scoring).describe_scores(objective, aggregation)
 
 
 def verdict(ctx: ReportContext) -> list[str]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..cache.store import STATUS_OK
-from .robust import relevance_and_preference, robust_scores
+from .robust import DEMOTE, relevance_and_preference, robust_scores
 from .similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
 
 if TYPE_CHECKING:
@@ -109,6 +109,19 @@ class ScoringMethod(ABC):
         """The ranking by the preference side alone and by the relevance side alone, for the health check (None
         without a preference side). `parts` is `rank`'s third output, to reuse what was already scored."""
 
+    # --- what the scores mean, for the report ----------------------------------------------------------------------
+    @abstractmethod
+    def describe_scores(self, objective: str, aggregation: str) -> str:
+        """One or two sentences: what a score is and the range it lies in."""
+
+    def demotes_rows(self, objective: str) -> bool:
+        """Whether some rows are pushed below all others as a group (the report's histogram says so)."""
+        return False
+
+    @abstractmethod
+    def describe_subtasks(self, objective: str, aggregation: str) -> str:
+        """How validation subtasks enter the score (the report's per-subtask section)."""
+
 
 class PaperScoring(ScoringMethod):
     """The published ROSE ranking, bit for bit with `validation_objective="dpo"`."""
@@ -153,6 +166,36 @@ class PaperScoring(ScoringMethod):
     def objective_scores(self, inputs, parts):
         return tuple(parts[o] if o in parts else self.objective_score(inputs, o)[0] for o in ("dpo", "sft"))
 
+    def describe_scores(self, objective, aggregation):
+        cosines = (
+            "checkpoint-weighted cosine similarities between each pool row's (preconditioned) training gradient and "
+            f"the validation {{}} gradients (the mean over a subtask's pairs, the {aggregation} over subtasks)"
+        )
+        if objective == "dpo+sft":
+            return (
+                "Scores are mean normalised ranks: each row's rank among the valid rows, divided by their count, "
+                f"under two rankings, by {cosines.format('DPO (preference-loss)')} and by the same with the SFT "
+                "(LESS) gradients, averaged. They lie in (0, 1]; 1 is a row ranked first by both."
+            )
+        name = "DPO (preference-loss)" if objective == "dpo" else "SFT (LESS: cross-entropy on the chosen answers)"
+        return f"Scores are {cosines.format(name)}, so they lie in [-1, 1]."
+
+    def describe_subtasks(self, objective, aggregation):
+        side = {"dpo": "DPO", "sft": "SFT", "dpo+sft": "DPO"}[objective]
+        text = (
+            "Each validation subtask (a group of preference pairs) scores every pool row by the mean cosine "
+            f"similarity of its gradient to the subtask's {side} validation gradients; the "
+            + ("DPO side's score" if objective == "dpo+sft" else "final score")
+            + f" is the {aggregation} over subtasks. *Mean score* is that per-subtask score averaged over the valid "
+            "pool rows; *best subtask for* counts the valid rows for which the subtask gives the highest score. "
+            "Under `max`, a subtask that is best for few rows barely influences the selection: add pairs for it, or "
+            "use `subtask_aggregation=mean`."
+        )
+        if objective == "dpo+sft":
+            text += (" The figures are the DPO side's; the SFT side aggregates the same way, and the final score is "
+                     "each row's mean rank under the two.")  # fmt: skip
+        return text
+
 
 class RobustScoring(ScoringMethod):
     """Relevance to the nearest validation chosen answer, gated by a positive DPO alignment (`rose_hf.scoring.robust`).
@@ -190,6 +233,26 @@ class RobustScoring(ScoringMethod):
 
     def objective_scores(self, inputs, parts):
         return None if inputs.preference is None else (inputs.preference, inputs.relevance)
+
+    def describe_scores(self, objective, aggregation):
+        relevance = (
+            "each row's relevance: the highest cosine similarity, at the last warmup checkpoint, between its "
+            "(preconditioned) training gradient and the SFT gradient of one validation chosen answer"
+        )
+        if not self.demotes_rows(objective):
+            return f"Scores are {relevance}, so they lie in [-1, 1]."
+        return (
+            f"Scores are {relevance}, in [-1, 1], for the rows that move the preference the right way (a positive "
+            "mean cosine to the validation DPO gradients); every other row is demoted by "
+            f"{DEMOTE:g}, into [{-1 - DEMOTE:g}, {1 - DEMOTE:g}], so it ranks below all of those."
+        )
+
+    def demotes_rows(self, objective):
+        return objective != "sft"  # without a preference side there is nothing to demote by
+
+    def describe_subtasks(self, objective, aggregation):
+        return ("Robust scoring has no per-subtask step: a row's relevance is its closest validation chosen answer "
+                "over all pairs, whichever subtask it belongs to.")  # fmt: skip
 
 
 SCORING_METHODS: dict[str, ScoringMethod] = {method.name: method for method in (PaperScoring(), RobustScoring())}

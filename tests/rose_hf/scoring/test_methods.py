@@ -73,6 +73,12 @@ class FirstCheckpointDot(ScoringMethod):
     def objective_scores(self, inputs, parts):
         return None
 
+    def describe_scores(self, objective, aggregation):
+        return "Scores are dot products with the mean DPO feature at the first checkpoint."
+
+    def describe_subtasks(self, objective, aggregation):
+        return "Subtasks do not enter the score."
+
 
 def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     store, pool, validation, _ = write_feature_store(tmp_path, SUBTASKS)
@@ -84,5 +90,6 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     np.testing.assert_allclose(scored.scores, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(scored.weights, [1.0, 0.0])
     assert scored.info["scoring"] == "first_dot" and scored.objective_scores is None
+    assert scoring_method("first_dot").describe_scores("dpo", "max").startswith("Scores are dot products")
     paper = score_store(store, SUBTASKS, dataclasses.replace(config, scoring="paper"), num_rows=40)
     assert not np.allclose(paper.scores, scored.scores)
