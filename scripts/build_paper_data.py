@@ -338,4 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except HubUnreachableError as error:  # the message says what to do; a traceback adds nothing
+        raise SystemExit(f"error: {error}") from None
