@@ -47,6 +47,11 @@ def uses_fsdp2(model: nn.Module) -> bool:
     return bool(fsdp2_modules(model))
 
 
+def zero3_partitioned(param: torch.Tensor) -> bool:
+    """A DeepSpeed ZeRO-3 parameter whose values live in shards on the processes (`param.data` is empty)."""
+    return hasattr(param, "ds_id") and hasattr(param, "ds_status")
+
+
 def uses_fsdp1(model: nn.Module) -> bool:
     """True when `model` (or a submodule) is wrapped in FSDP1's `FullyShardedDataParallel`."""
     try:

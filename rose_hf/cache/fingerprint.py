@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..sharding import full_tensor
+from ..sharding import full_tensor, zero3_partitioned
 
 # Elements sampled from each frozen base tensor: enough that two different trainings or checkpoints of a base never
 # agree on all of them, few enough that an 8B model is sampled in well under a second.
@@ -71,16 +71,11 @@ def _update(hasher, name: str, tensor: torch.Tensor) -> None:
     hasher.update(_tensor_bytes(tensor))
 
 
-def _partitioned(param: torch.Tensor) -> bool:
-    """A DeepSpeed ZeRO-3 parameter whose values live in shards on the processes (`param.data` is empty)."""
-    return hasattr(param, "ds_id") and hasattr(param, "ds_status")
-
-
 class _gathered:
     """Full values of a ZeRO-3 parameter inside the block (collective: every process must enter it); else a no-op."""
 
     def __init__(self, params: list[torch.Tensor]):
-        self.params = [p for p in params if _partitioned(p)]
+        self.params = [p for p in params if zero3_partitioned(p)]
         self.context = None
 
     def __enter__(self):

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..data import IGNORE_INDEX
 from ..errors import UnsupportedAdapterError
+from ..sharding import zero3_partitioned
 
 
 @dataclass(frozen=True)
@@ -230,8 +231,11 @@ def _chunked_head(model: nn.Module) -> nn.Module | None:
     except (AttributeError, NotImplementedError):
         return None
     # A LoRA on the head itself would see chunks of tokens instead of the batch's rows: its per-example gradient
-    # needs the whole (B, T, V) call.
+    # needs the whole (B, T, V) call. Under ZeRO-3 the head's weight is released after the model's forward, and the
+    # chunks' recomputation in backward would meet an empty partition.
     if head is None or any(hasattr(module, "lora_A") for module in head.modules()):
+        return None
+    if any(zero3_partitioned(param) for param in head.parameters()):
         return None
     return head
 
