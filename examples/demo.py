@@ -265,10 +265,8 @@ def run_demo(
 
     from rose_fixtures.evaluation import evaluate_model, random_scores, selection_metrics
     from rose_fixtures.recipe import silence, train_lora, training_rows
+    from rose_hf import RoseConfig, RoseTrainer, select_top
     from rose_hf.report import report_from_output_dir
-    from rose_hf.rose_config import RoseConfig
-    from rose_hf.scoring.budget import select_top
-    from rose_hf.trainer.rose_trainer import RoseTrainer
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}

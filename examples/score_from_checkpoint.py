@@ -28,8 +28,7 @@ def main() -> None:
 
     from rose_fixtures.base_model import tiny_base_model
     from rose_fixtures.tasks import SyntheticTaskConfig, make_synthetic_task
-    from rose_hf import RoseConfig
-    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
+    from rose_hf import RoseConfig, checkpoint_dirs, select_from_checkpoints
 
     task = make_synthetic_task(SyntheticTaskConfig(pool_size=2000))
     base = args.base_model or tiny_base_model()

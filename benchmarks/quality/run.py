@@ -299,8 +299,7 @@ def robust_from_last_checkpoint(config: QualityBenchConfig, task: SyntheticTask,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rose_hf.cache.store import FeatureStore
-    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
+    from rose_hf import FeatureStore, checkpoint_dirs, select_from_checkpoints
 
     last = checkpoint_dirs(os.path.join(run_dir, "warmup"))[-1]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), last, is_trainable=True)
@@ -327,8 +326,7 @@ def warmup_and_gradient_scores(
 
     import numpy as np
 
-    from rose_hf.cache.store import FeatureStore
-    from rose_hf.scoring.selection import score_store
+    from rose_hf import FeatureStore, score_store
 
     start = time.perf_counter()
     trainer = warmup_trainer(config, task, base_path, tokenizer, run_dir, seed, epochs)
@@ -426,7 +424,7 @@ def _agreement(a: np.ndarray, b: np.ndarray, fraction: float) -> dict[str, float
     import numpy as np
     from scipy.stats import spearmanr
 
-    from rose_hf.scoring.budget import select_top
+    from rose_hf import select_top
 
     top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
     valid = np.isfinite(a) & np.isfinite(b) & (a > np.finfo(np.float32).min) & (b > np.finfo(np.float32).min)
@@ -452,8 +450,7 @@ def stability(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rose_hf.offline import checkpoint_dirs, select_from_checkpoints
-    from rose_hf.scoring.budget import select_top
+    from rose_hf import checkpoint_dirs, select_from_checkpoints, select_top
 
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
     fraction = config.final_budget
@@ -503,7 +500,7 @@ def run_world(
 
     from rose_fixtures.evaluation import evaluate_model, selection_metrics
     from rose_fixtures.recipe import train_lora, training_rows
-    from rose_hf.scoring.budget import budget_curve, select_top
+    from rose_hf import budget_curve, select_top
 
     run_dir = os.path.join(config.output_dir, family, f"seed_{seed}_e{epochs}")
     result_path = os.path.join(run_dir, "result.json")

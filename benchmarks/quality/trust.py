@@ -49,7 +49,7 @@ from .trust_settings import (
 def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, seed: int, epochs: int) -> dict:
     """One `RoseTrainer` warmup and its paper features at every checkpoint (public API; resumable: a finished run
     is reused by RoseTrainer itself). Returns the timings; the feature cache stays in `<run_dir>/selection`."""
-    from rose_hf.cache.store import FeatureStore
+    from rose_hf import FeatureStore
 
     from .run import feature_seconds, warmup_trainer
 
@@ -71,7 +71,7 @@ def warmup_with_features(config, task, base_path: str, tokenizer, run_dir: str, 
 
 
 def _store(run_dir: str):
-    from rose_hf.cache.store import FeatureStore
+    from rose_hf import FeatureStore
 
     return FeatureStore(os.path.join(run_dir, "selection"))
 
@@ -80,7 +80,7 @@ def objective_scores(config, task, run_dir: str, objective: str):
     """The paper scoring of a kept cache with one validation objective (`rose_hf.scoring.selection.score_store`)."""
     import dataclasses
 
-    from rose_hf.scoring.selection import score_store
+    from rose_hf import score_store
 
     from .run import rose_config_for
 
@@ -102,7 +102,7 @@ def final_models(config, task, base_path: str, tokenizer, seed_dir: str, seed: i
 
     from rose_fixtures.evaluation import evaluate_model
     from rose_fixtures.recipe import train_lora, training_rows
-    from rose_hf.scoring.budget import select_top
+    from rose_hf import select_top
 
     from .run import recipe_for
 

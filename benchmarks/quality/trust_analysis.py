@@ -26,7 +26,7 @@ class Run:
     """One warmup's kept feature cache, scored any way the analysis asks (public scoring functions only)."""
 
     def __init__(self, run_dir: str, subtasks: list[str]):
-        from rose_hf.cache.store import FeatureStore
+        from rose_hf import FeatureStore
 
         self.checkpoints = FeatureStore(os.path.join(run_dir, "selection")).completed_checkpoints()
         self.subtasks = list(subtasks)
@@ -63,7 +63,7 @@ def selection_figures(scores: np.ndarray, helpful: np.ndarray, harmful: np.ndarr
                       size: int) -> dict[str, float]:  # fmt: skip
     """Precision, harmful share and precision over the oracle's at the same budget of the top `size` rows."""
     from rose_fixtures.evaluation import selection_metrics
-    from rose_hf.scoring.budget import select_top
+    from rose_hf import select_top
 
     metrics = selection_metrics(select_top(scores, size=size), helpful, harmful)
     best = selection_metrics(select_top(oracle, size=size), helpful, harmful)["precision"]
@@ -76,7 +76,7 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
     """Label-free signals of one selection: agreement of its top-k with the top-k of (a) the two halves of its
     validation pairs scored apart, (b) its first and last checkpoints scored apart, (c) the other objective, and the
     existing relevance/preference signals (`rose_hf.scoring.robust.selection_health`)."""
-    from rose_hf.scoring.budget import select_top
+    from rose_hf import select_top
     from rose_hf.scoring.health import pair_halves, selection_health
 
     pairs = list(range(len(run.subtasks))) if pairs is None else pairs
@@ -109,7 +109,7 @@ def signals(run: Run, method: str, scores: np.ndarray, k: int, pairs: list[int] 
 def analyse_seed(config, family: str, seed: int, seed_dir: str) -> dict[str, Any]:
     """Selections, stability, cost and signals of one held-out (family, seed) from its kept caches."""
     from rose_fixtures.evaluation import oracle_scores, random_scores
-    from rose_hf.scoring.selection import load_selection
+    from rose_hf import load_selection
 
     from .run import make_task
 

@@ -38,7 +38,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> float:
     """Share of the top `fraction` of `a` (as `select_top` picks it) that is also in the top `fraction` of `b`."""
-    from rose_hf.scoring.budget import select_top
+    from rose_hf import select_top
 
     top_a, top_b = select_top(a, fraction=fraction), select_top(b, fraction=fraction)
     return len(set(top_a.tolist()) & set(top_b.tolist())) / len(top_a)
