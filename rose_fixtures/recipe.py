@@ -149,5 +149,9 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()
     logging.getLogger("rose_hf").setLevel(logging.INFO)
+    # bitsandbytes (installed for the QLoRA tests) looks up a Hub kernel for its CPU 4-bit matmul when PEFT imports
+    # it, and says twice that it cannot offline; these programs never run a 4-bit model.
+    for name in ("kernels", "bitsandbytes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(message)s", level=logging.WARNING)
