@@ -27,7 +27,7 @@ from .cache.fingerprint import (
     warmup_arguments,
 )
 from .cache.io import jsonable
-from .cache.keys import adapter_config_hash, checkpoint_key, data_key, feature_run_key
+from .cache.keys import checkpoint_key, data_key, feature_run_key
 from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable
 from .data import (
     DEFAULT_SUBTASK,
@@ -47,12 +47,6 @@ from .rose_config import RoseConfig
 from .scoring.selection import SelectionResult, describe_selection, select_from_store
 
 logger = get_logger(__name__)
-
-def describe_model(model: nn.Module) -> dict[str, Any]:
-    """What the features depend on in the model: the base model (name, config and sampled weights, see
-    `fingerprint.base_model_fingerprint`; collective under ZeRO-3) and the adapter's configuration."""
-    return {"base_model": base_model_fingerprint(model),
-            "adapter_config_hash": adapter_config_hash(getattr(model, "peft_config", {}))}  # fmt: skip
 
 
 @contextmanager

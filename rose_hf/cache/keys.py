@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .fingerprint import json_hash, state_fingerprint, warmup_arguments
+from .fingerprint import base_model_fingerprint, json_hash, state_fingerprint, warmup_arguments
 
 if TYPE_CHECKING:
     from torch import nn
@@ -111,11 +111,18 @@ def selection_key(config: RoseConfig, checkpoints: Sequence[CheckpointFeatures])
     }
 
 
+def model_key(model: nn.Module) -> dict[str, Any]:
+    """What identifies a model object (not a name): its base model (config and sampled weights,
+    `fingerprint.base_model_fingerprint`; collective under ZeRO-3) and its adapters' configuration."""
+    return {"base_model": base_model_fingerprint(model),
+            "adapter_config_hash": adapter_config_hash(getattr(model, "peft_config", {}))}  # fmt: skip
+
+
 def warmup_key(model: Any, peft_config: Any, indices: list[int], training_args: Any, data: dict[str, Any]):
     """The key of RoseTrainer's warmup stage.
 
     Args:
-        model: what identifies the base model: its name or path, or a description of a model object.
+        model: what identifies the base model: its name or path, or `model_key` of a model object.
         peft_config: the warmup's LoRA configuration.
         indices: the pool rows of the warmup slice.
         training_args: the warmup's `SFTConfig` (`fingerprint.warmup_arguments` picks what shapes its trajectory).

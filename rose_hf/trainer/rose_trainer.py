@@ -21,11 +21,10 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from ..cache.io import atomic_write_json
-from ..cache.keys import final_key, warmup_key
+from ..cache.keys import final_key, model_key, warmup_key
 from ..cache.record import StageRecord
 from ..cache.store import FeatureStore
 from ..logs import get_logger
-from ..pipeline import describe_model
 from ..rose_config import RoseConfig
 from ..scoring.selection import SelectionResult
 from .callback import RoseDataSelector
@@ -133,7 +132,7 @@ class RoseTrainer:
         # Taken before PEFT wraps a model object in place. The warmup's features depend on all of it.
         self._warmup_inputs = warmup_key(
             # A float copy's folder name is keyed on the GGUF file's content; its cache folder may move between runs.
-            model_id or (model if isinstance(model, str) else describe_model(model)),
+            model_id or (model if isinstance(model, str) else model_key(model)),
             peft_config,
             self.warmup_indices,
             args,
