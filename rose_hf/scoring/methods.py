@@ -49,7 +49,8 @@ class ScoringInputs:
         aggregation: `subtask_aggregation`.
         weights: the method's checkpoint weights.
         valid: `(N,)` rows with a usable gradient at every checkpoint the method reads.
-        relevance, preference: the health check's parts at the last checkpoint (`relevance_and_preference`).
+        relevance, preference: the health check's parts at the last checkpoint (`relevance_and_preference`), which
+            the robust ranking reuses; `score_store` computes them once the inputs above are known.
     """
 
     checkpoints: list[CheckpointFeatures]
@@ -58,8 +59,8 @@ class ScoringInputs:
     aggregation: str
     weights: np.ndarray
     valid: np.ndarray
-    relevance: np.ndarray
-    preference: np.ndarray | None
+    relevance: np.ndarray | None = None
+    preference: np.ndarray | None = None
 
     @property
     def last(self) -> CheckpointFeatures:

@@ -113,7 +113,7 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     method = scoring_method(config.scoring)
     weights, valid, last = method.checkpoint_weights(checkpoints), method.valid_rows(checkpoints), checkpoints[-1]
     inputs = ScoringInputs(checkpoints, list(subtasks), config.validation_objective, config.subtask_aggregation,
-                           weights, valid, relevance=None, preference=None)  # fmt: skip
+                           weights, valid)  # fmt: skip
     # Relevance and preference at the last checkpoint: the robust score, and the health check of either method.
     inputs.relevance, inputs.preference = relevance_and_preference(
         last.pool_features(), last.validation_features("sft"), inputs.dpo_features(), valid, last.pool_scales()
