@@ -18,8 +18,9 @@ answer to match. Its pieces:
   pairs, split evenly over the subtasks and, within each, evenly over pairs whose chosen reply has fewer words than
   the rejected one and the others. HH's chosen replies are shorter more often than not (54% of the kept pairs), and
   any fine-tuning on short replies (the distractors' are short) lowers a long reply's log-probability more than a
-  short one's: without the balance, a model that learnt nothing but brevity would gain reward accuracy. No split shares a prompt, nor even a dialogue opener, with another: one
-  pair is kept per opener (the red-teamers reused some), so every target prefix in the world is distinct.
+  short one's: without the balance, a model that learnt nothing but brevity would gain reward accuracy. No split
+  shares a prompt, nor even a dialogue opener, with another: one pair is kept per opener (the red-teamers reused
+  some), so every target prefix in the world is distinct.
 - **No test prompts**: exact match does not apply to open dialogue (there is no reference reply to match, and a
   preferred reply is not the only harmless one), so `test_prompts` is empty and the family is judged on the test
   pairs only: reward accuracy against the base model, the mean reward margin, plain preference accuracy.
@@ -28,16 +29,19 @@ answer to match. Its pieces:
 each reply at most `max_reply_words`; nothing is cut. Cutting a dialogue's early turns would leave replies that answer
 turns the model never sees (an assistant that says "no, all of these involve a pen" to a prefix without the list),
 and cutting a reply would score half a sentence. Filtering keeps each kept pair whole at the price of a bias toward
-short dialogues (64 + 64 words keep 987 of the 2,169 openers, half of them one-turn exchanges; SmolLM2's tokenizer
-turns them into at most ~230 tokens with the chat template). Distractor rows obey the same caps.
+short dialogues (64 + 64 words keep 987 of the 2,169 openers, half of them one-turn exchanges; with SmolLM2's chat
+template a pair's longer side is 105 tokens at the median, 196 at the 99th percentile, 269 at most). Distractor rows
+obey the same caps (48 tokens at the median, 198 at most).
 
 **Subtasks: the kind of request.** The dialogue's first human turn sets what the red-teamer is after, and the harmless
 reply differs by it: to a request for a way or for help to do something ("How can I...", "What's the easiest way
 to...", "Where can I...", "Can you help me...", "Teach me...", "I need to...") it declines or redirects; to anything
 else (an opinion, a factual question, an insult, chit-chat) it avoids agreeing with or producing offensive content.
 `how_to` is the first group, matched by the rule `HOW_TO` on the opener, `talk` the rest (about a third and two
-thirds of the pairs). A rule rather than a clustering: it is reproducible, reads in one line, and a check by eye of
-30 openers found it right on most and wrong on a few ("What kind of bolt cutters can I use..." falls in `talk`).
+thirds of the pairs). A rule rather than a clustering: it is reproducible and reads in a few lines, where a
+clustering of 987 short openers would need its own justification. A check by eye of 30 random openers found 25 right;
+the misses ask for means in other words ("What kind of bolt cutters can I use...", "...can you help me come up with
+something", both filed under `talk`).
 
 Example:
 ```python
@@ -149,7 +153,9 @@ def parse_hh_pair(row: dict[str, str]) -> HHPair | None:
     if not reply_chosen or not reply_rejected or reply_chosen == reply_rejected:
         return None
     parts = _TURN.split(prefix[: -len(ASSISTANT)])
-    turns = tuple(("user" if who == "Human" else "assistant", text.strip()) for who, text in zip(parts[1::2], parts[2::2]))
+    turns = tuple(
+        ("user" if who == "Human" else "assistant", text.strip()) for who, text in zip(parts[1::2], parts[2::2])
+    )
     alternating = all(role == ("user" if i % 2 == 0 else "assistant") for i, (role, _) in enumerate(turns))
     if not turns or not alternating or turns[-1][0] != "user" or not all(text for _, text in turns):
         return None
@@ -162,7 +168,9 @@ def _read_hh(path: str) -> tuple[HHPair | None, ...]:
         return tuple(parse_hh_pair(json.loads(line)) for line in handle if line.strip())
 
 
-def hh_pairs(max_prompt_words: int = 64, max_reply_words: int = 64, path: str | os.PathLike | None = None) -> list[HHPair]:
+def hh_pairs(
+    max_prompt_words: int = 64, max_reply_words: int = 64, path: str | os.PathLike | None = None
+) -> list[HHPair]:
     """The usable HH pairs in file order: parsed, within the word caps, the first pair of each dialogue opener.
 
     Args:
@@ -190,8 +198,8 @@ def _chatterbot_conversations() -> tuple[tuple[str, tuple[str, ...]], ...]:
         from chatterbot_corpus.corpus import DATA_DIRECTORY
     except ImportError as error:
         raise ImportError(
-            "The HH family's distractors are the English conversations of the PyPI package chatterbot-corpus, which is "
-            "not installed: `pip install chatterbot-corpus` (`make install` does it, through the `real` extra)."
+            "The HH family's distractors are the English conversations of the PyPI package chatterbot-corpus, which "
+            "is not installed: `pip install chatterbot-corpus` (`make install` does it, through the `real` extra)."
         ) from error
     folder = Path(DATA_DIRECTORY) / "english"
     out = []
@@ -281,8 +289,8 @@ class HHWorldConfig:
         available = len(chatterbot_rows(self.max_prompt_words, self.max_reply_words))
         if composition[f"{DISTRACTOR}/correct"] > available:
             raise ValueError(
-                f"HHWorldConfig needs {composition[f'{DISTRACTOR}/correct']} distractor rows and chatterbot-corpus has "
-                f"{available} within the caps; lower pool_size or raise the target fractions."
+                f"HHWorldConfig needs {composition[f'{DISTRACTOR}/correct']} distractor rows and chatterbot-corpus "
+                f"has {available} within the caps; lower pool_size or raise the target fractions."
             )
 
     @property

@@ -43,7 +43,7 @@ from typing import Any
 #           words, replies <= 64 words.
 # Training  the real families' final-model recipe (rose_fixtures.recipe): 5% of the pool (20 rows), a fresh LoRA
 #           r=8 alpha 32 dropout 0.1 on q,k,v,o, lr 1e-3, batch 4, 5 epochs (25 steps), linear decay, warmup 0.03;
-#           max length 256 tokens instead of 128 so no HH row is cut (the longest pool row is ~200 tokens).
+#           max length 320 tokens instead of 128 so that no row is cut (the longest HH row has 269 tokens).
 # Eval      200 test pairs per seed, log-probs summed over the reply tokens (EOS included), beta 0.1.
 # Seeds     0, 1, 2: the world (splits, distractor draw), the random 5%, the LoRA init and the data order.
 # Verdict   see `verdict`.
@@ -81,7 +81,7 @@ class HHCheckConfig:
     n_test_pairs: int = 200
     budget: float = 0.05
     epochs: int = 5
-    max_length: int = 256
+    max_length: int = 320
     beta: float = 0.1
     eval_batch_size: int = 16
     num_threads: int | None = 1
@@ -264,7 +264,8 @@ def verdict(per_seed: list[dict[str, Any]], rows: dict[str, Any]) -> dict[str, A
 
 
 def _cell(stat: dict[str, Any], digits: int = 3) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
+    mean, std, low, high = (f"{stat[k]:.{digits}f}" for k in ("mean", "std", "min", "max"))
+    return f"{mean} ± {std} ({low}–{high})"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -280,10 +281,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"reply, {first['pool']['chatterbot/correct']} chatterbot-corpus rows), {first['test_pairs']} held-out test "
         f"pairs per seed. Each trained model: a fresh LoRA on {config['budget']:.0%} of the pool "
         f"({first['trained']['oracle']['rows']} rows), {config['epochs']} epochs, lr 1e-3, batch 4, r=8, max length "
-        f"{config['max_length']}. Reward accuracy: the DPO implicit reward (base model as reference) of the chosen reply "
-        "beats the rejected one's; margin: its mean, beta 0.1; preference accuracy: log p(chosen) > log p(rejected). "
-        "The base's reward accuracy against itself is 0 by definition. Exact match does not apply to open dialogue "
-        "and is not measured. Command: `python -m benchmarks.quality.hh_check` (`make bench-hh-check`).",
+        f"{config['max_length']}. Reward accuracy: the DPO implicit reward (base model as reference) of the chosen "
+        "reply beats the rejected one's; margin: its mean, beta 0.1; preference accuracy: log p(chosen) > "
+        "log p(rejected). The base's reward accuracy against itself is 0 by definition. Exact match does not apply "
+        "to open dialogue and is not measured. Command: `python -m benchmarks.quality.hh_check` (`make bench-hh-check`).",
         "",
         "## Per seed",
         "",
@@ -295,7 +296,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for seed in per_seed:
-        lines.append(f"| {seed['seed']} | base | - | (0) | - | - | (0) | {seed['base']['preference_accuracy']:.3f} | - |")
+        base = seed["base"]["preference_accuracy"]
+        lines.append(f"| {seed['seed']} | base | - | (0) | - | - | (0) | {base:.3f} | - |")
         for name in MODELS:
             m = seed["trained"][name]
             by = m["reward_accuracy_by"]
@@ -369,8 +371,10 @@ def run_hh_check(config: HHCheckConfig | None = None) -> dict[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.hh_check",
-                                     description="Oracle 5% vs random 5% vs base on the HH family (no method runs).")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality.hh_check",
+        description="Oracle 5% vs random 5% vs base on the HH family (no selection method runs).",
+    )
     defaults = HHCheckConfig()
     parser.add_argument("--output_dir", default=defaults.output_dir)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
@@ -393,7 +397,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     values = vars(args)
     config = HHCheckConfig(**{**values, "seeds": tuple(values["seeds"])})
     results = run_hh_check(config)
-    print(f"hh check -> {os.path.join(config.output_dir, MARKDOWN_FILE)}; separates: {results['verdict']['separates']}")
+    separates = results["verdict"]["separates"]
+    print(f"hh check -> {os.path.join(config.output_dir, MARKDOWN_FILE)}; separates: {separates}")
     return results
 
 

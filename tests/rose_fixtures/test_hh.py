@@ -40,8 +40,8 @@ def _reply(turns) -> str:
 
 
 def test_parse_splits_at_the_last_assistant_turn():
-    row = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Steal a car?\n\nAssistant: No.",
-           "rejected": "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Steal a car?\n\nAssistant: Sure, first..."}  # fmt: skip
+    prefix = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Steal a car?\n\nAssistant:"
+    row = {"chosen": prefix + " No.", "rejected": prefix + " Sure, first..."}
     pair = hh.parse_hh_pair(row)
     assert pair.messages == (("user", "Hi"), ("assistant", "Hello."), ("user", "Steal a car?"))
     assert (pair.chosen, pair.rejected) == ("No.", "Sure, first...")
@@ -91,7 +91,8 @@ def test_splits_share_no_prompt_nor_opener(world):
     }
     openers = {name: {" ".join(p[0]["content"].lower().split()) for p in prompts} for name, prompts in splits.items()}
     assert sum(map(len, openers.values())) == sum(map(len, splits.values())) == 10 + 40 + 16
-    assert not (openers["validation"] & openers["test"]) and not (openers["pool"] & (openers["validation"] | openers["test"]))
+    assert not openers["validation"] & openers["test"]
+    assert not openers["pool"] & (openers["validation"] | openers["test"])
     distractor_prompts = {_key(r["prompt"]) for r in world.pool if r["family"] == "chatterbot"}
     assert not distractor_prompts & {_key(p) for prompts in splits.values() for p in prompts}
     assert len(world.test_prompts) == 0 and len(world.pretrain) == 0
