@@ -59,11 +59,15 @@ bench-real: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --real --only_cached
 
 # The HH family's gating check (issue 23): oracle 5% vs random 5% vs base on SmolLM2, 3 seeds, no selection method.
-# Reads ../shared/data/hh-rlhf/ beside the checkout; results are copied into benchmarks/results/hh_check/.
+# Reads ../shared/data/hh-rlhf/ beside the checkout; results are copied into benchmarks/results/hh_check/pool<N>/.
+# Two designs were tried: HH_POOL=400 (the default) and HH_POOL=800 (`make bench-hh-check HH_POOL=800`).
+HH_POOL ?= 400
 bench-hh-check: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.hh_check --output_dir outputs/bench_hh_check
-	mkdir -p benchmarks/results/hh_check
-	cp outputs/bench_hh_check/hh_check.json outputs/bench_hh_check/hh_check.md benchmarks/results/hh_check/
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.hh_check --pool_size $(HH_POOL) \
+	  --output_dir outputs/bench_hh_check_pool$(HH_POOL)
+	mkdir -p benchmarks/results/hh_check/pool$(HH_POOL)
+	cp outputs/bench_hh_check_pool$(HH_POOL)/hh_check.json outputs/bench_hh_check_pool$(HH_POOL)/hh_check.md \
+	  benchmarks/results/hh_check/pool$(HH_POOL)/
 
 # Can a selection be trusted (issue 18)? Held-out seeds, second warmups, deliberately bad runs, kept feature caches;
 # then every question is asked of the caches (seconds). Reads bench-real's development seeds when they are there.

@@ -20,7 +20,7 @@ Run (one process, one torch thread; the design's cost is in docs/benchmarks.md):
 python -m benchmarks.quality.hh_check --output_dir outputs/bench_hh_check
 ```
 Writes `hh_check.json` and `hh_check.md` into `--output_dir` (per-seed results are cached in `<output_dir>/cache`);
-`make bench-hh-check` copies the two into `benchmarks/results/hh_check/`.
+`make bench-hh-check [HH_POOL=800]` copies the two into `benchmarks/results/hh_check/pool<N>/`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ from typing import Any
 # Eval      200 test pairs per seed, log-probs summed over the reply tokens (EOS included), beta 0.1.
 # Seeds     0, 1, 2: the world (splits, distractor draw), the random 5%, the LoRA init and the data order.
 # Verdict   see `verdict`.
+#
+# Designs tried (benchmarks/results/hh_check/pool<N>/): 1. pool 400 (20-row 5%): seeds 0-1, oracle 0.535 / 0.535 vs
+#           random 0.525 / 0.535 reward accuracy: no separation; stopped before seed 2. 2. pool 800 (40-row 5%, 64
+#           target rows, the same test pairs): seeds 0-1, oracle 0.520 / 0.580 vs random 0.510 / 0.530: a gap inside
+#           the spread; stopped before seed 2. Neither design separates methods (docs/benchmarks.md). The default
+#           stays 400, the first design.
 # =====================================================================================================================
 
 MODELS = ("random", "oracle")
