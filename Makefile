@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real bench-trust lint docs clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real bench-hh-check bench-trust lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,17 @@ bench-real: $(STAMP)
 	    > outputs/bench_real_$$family.log 2>&1 & \
 	done; wait
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.run --real --only_cached
+
+# The HH family's gating check (issue 23): oracle 5% vs random 5% vs base on SmolLM2, 3 seeds, no selection method.
+# Reads ../shared/data/hh-rlhf/ beside the checkout; results are copied into benchmarks/results/hh_check/pool<N>/.
+# Two designs were tried: HH_POOL=400 (the default) and HH_POOL=800 (`make bench-hh-check HH_POOL=800`).
+HH_POOL ?= 400
+bench-hh-check: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.hh_check --pool_size $(HH_POOL) \
+	  --output_dir outputs/bench_hh_check_pool$(HH_POOL)
+	mkdir -p benchmarks/results/hh_check/pool$(HH_POOL)
+	cp outputs/bench_hh_check_pool$(HH_POOL)/hh_check.json outputs/bench_hh_check_pool$(HH_POOL)/hh_check.md \
+	  benchmarks/results/hh_check/pool$(HH_POOL)/
 
 # Can a selection be trusted (issue 18)? Held-out seeds, second warmups, deliberately bad runs, kept feature caches;
 # then every question is asked of the caches (seconds). Reads bench-real's development seeds when they are there.

@@ -105,18 +105,22 @@ def completion_logps(
     was_training = model.training
     model.eval()
     device = _device(model)
-    chosen, rejected = [], []
+    # Batches of similar length waste little on padding (long open-dialogue pairs cost ~2x without); the log-probs go
+    # back to pair order at the end.
+    lengths = [len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) for row in tokens]
+    order = np.argsort(lengths, kind="stable")
+    chosen, rejected = np.empty(len(tokens)), np.empty(len(tokens))
     try:
         for start in range(0, len(tokens), batch_size):
-            batch = collate([tokens[i] for i in range(start, min(start + batch_size, len(tokens)))])
+            rows = order[start : start + batch_size]
+            batch = collate([tokens[int(i)] for i in rows])
             batch = {key: value.to(device) for key, value in batch.items()}
             logps = sequence_log_probs(model, batch).double().cpu()
             c, r = logps.chunk(2)
-            chosen.append(c.numpy())
-            rejected.append(r.numpy())
+            chosen[rows], rejected[rows] = c.numpy(), r.numpy()
     finally:
         model.train(was_training)
-    return np.concatenate(chosen), np.concatenate(rejected)
+    return chosen, rejected
 
 
 def _normalise(text: str) -> str:
@@ -195,7 +199,7 @@ def evaluate_model(
     model: nn.Module,
     tokenizer,
     test_pairs: Dataset,
-    test_prompts: Dataset,
+    test_prompts: Dataset | None,
     reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
     beta: float = DEFAULT_BETA,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -208,7 +212,8 @@ def evaluate_model(
         tokenizer: its tokenizer.
         test_pairs: held-out `prompt`, `chosen`, `rejected` pairs.
         test_prompts: held-out `prompt`, `reference` rows; with a `wrong_reference` column (the harmful twin's
-            answer) or prompts of `rose_fixtures.tasks`, also `wrong_match`.
+            answer) or prompts of `rose_fixtures.tasks`, also `wrong_match`. None or empty: no generation and no
+            `exact_match` (open dialogue, `rose_fixtures.hh`, has no reference answer to match).
         reference_logps: `(chosen, rejected)` log-probs of the reference model (the base model) on `test_pairs`;
             without them there is no `reward_accuracy`.
         beta: DPO beta of the implicit reward.
@@ -219,13 +224,17 @@ def evaluate_model(
         `preference_accuracy`, `mean_margin`, (`reward_accuracy`, `mean_reward_margin`), `exact_match`,
         `wrong_match` (share of generations equal to the synthetic task's systematic wrong answer, when the prompts
         are synthetic), `num_pairs`, `num_prompts`, `chosen_logps`/`rejected_logps` (lists, for reuse as a
-        reference) and a few example generations.
+        reference) and a few example generations; without test prompts, only the pair metrics and the log-probs.
     """
     chosen, rejected = completion_logps(model, tokenizer, test_pairs, batch_size=batch_size)
     inputs: dict[str, Any] = {"chosen_logps": chosen, "rejected_logps": rejected}
     if reference_logps is not None:
         inputs |= {"ref_chosen_logps": reference_logps[0], "ref_rejected_logps": reference_logps[1]}
     metrics = dict(load_preference_metric().compute(**inputs, beta=beta))
+    metrics["chosen_logps"] = chosen.tolist()
+    metrics["rejected_logps"] = rejected.tolist()
+    if test_prompts is None or len(test_prompts) == 0:
+        return metrics
     prompts = list(test_prompts["prompt"])
     references = list(test_prompts["reference"])
     generations = greedy_generations(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -241,8 +250,6 @@ def evaluate_model(
         {"prompt": _prompt_text(p), "generation": _normalise(g), "reference": _normalise(r)}
         for p, g, r in list(zip(prompts, generations, references))[:5]
     ]
-    metrics["chosen_logps"] = chosen.tolist()
-    metrics["rejected_logps"] = rejected.tolist()
     return metrics
 
 

@@ -91,8 +91,7 @@ def base_report(family: str, path: str) -> dict[str, Any]:
 
 
 def _selection(model: str, task, seed: int, budget: float):
-    from benchmarks.quality.baselines import random_scores
-    from benchmarks.quality.run import oracle_scores
+    from rose_fixtures.evaluation import oracle_scores, random_scores
     from rose_hf import select_top
 
     helpful, harmful = task.helpful_mask(), task.harmful_mask()
