@@ -21,9 +21,9 @@ NUM_ROWS = 64  # the last row's prompt fills max_length: no completion token, so
 
 
 def run_warmup(tokenizer, pool, pairs, root, **rose):
-    config = RoseConfig(selection_dir=str(root / "rose"), projection_dim=64, chunk_size=16, feature_batch_size=8,
-                        feature_max_length=64, report=False, scoring="paper", validation_objective="dpo",
-                        selection_fraction=0.1, **rose)  # fmt: skip
+    defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False,
+                    scoring="paper", validation_objective="dpo", selection_fraction=0.1)  # fmt: skip
+    config = RoseConfig(selection_dir=str(root / "rose"), **{**defaults, **rose})
     selector = RoseDataSelector(pool, pairs, config)
     args = SFTConfig(output_dir=str(root / "sft"), num_train_epochs=2, per_device_train_batch_size=8,
                      learning_rate=1e-3, save_strategy="epoch", logging_steps=1, report_to=[], use_cpu=True,
@@ -46,7 +46,7 @@ def runs(tokenizer, tmp_path_factory):
     pairs = task.validation
     root = tmp_path_factory.mktemp("prefilter")
     full = run_warmup(tokenizer, pool, pairs, root / "full")
-    filtered = run_warmup(tokenizer, pool, pairs, root / "filtered", prefilter_fraction=0.4)
+    filtered = run_warmup(tokenizer, pool, pairs, root / "filtered", prefilter_fraction=0.4, report=True)
     return full, filtered
 
 
@@ -78,6 +78,8 @@ def test_features_only_for_kept_rows_and_selection_in_pool_indices(runs):
     assert filtered.selected_dataset["id"] == [filtered.pipeline.pool[i]["id"] for i in selected]
     info = json.load(open(os.path.join(root, "selection.json")))
     assert info["prefilter"]["num_kept"] == 26 and info["num_pool"] == NUM_ROWS
+    report = open(os.path.join(root, "report.md")).read()  # the report reads the whole-pool scores
+    assert "kept 26 rows for the gradient features" in report
 
 
 def test_the_kept_set_keys_the_feature_run(runs):
