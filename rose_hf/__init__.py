@@ -6,8 +6,9 @@ saved checkpoints (`select_from_checkpoints`). Public names are imported on firs
 `rose-hf --help`) stays instant.
 
 Layout: `features/` (stages 1-3: per-example gradient features), `scoring/` (stages 4-5: scores and selection),
-`cache/` (the feature cache and what keys it), `pipeline.py` (one run, however the checkpoints arrive), and at the
-edge `trainer/` (the `TrainerCallback` and `RoseTrainer`) and `cli/`.
+`cache/` (the feature cache and what keys it), `prefilter/` (an optional forward-only first stage for large pools:
+`prefilter_pool`), `pipeline.py` (one run, however the checkpoints arrive), and at the edge `trainer/` (the
+`TrainerCallback` and `RoseTrainer`) and `cli/`.
 """
 
 from importlib import import_module
@@ -26,6 +27,8 @@ _WHERE = {
     "select_top": ".scoring.budget",
     "budget_curve": ".scoring.budget",
     "FeatureStore": ".cache.store",
+    "prefilter_pool": ".prefilter.stage",
+    "PrefilterResult": ".prefilter.stage",
     "checkpoint_dirs": ".offline",
     "select_from_checkpoints": ".offline",
     "CacheMismatchError": ".errors",
@@ -36,6 +39,7 @@ __all__ = [
     "CacheMismatchError",
     "FeatureStore",
     "PoolScores",
+    "PrefilterResult",
     "RoseConfig",
     "RoseDataSelector",
     "RoseTrainer",
@@ -45,6 +49,7 @@ __all__ = [
     "budget_curve",
     "checkpoint_dirs",
     "load_selection",
+    "prefilter_pool",
     "score_store",
     "select_from_checkpoints",
     "select_top",
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
     from .cache.store import FeatureStore
     from .errors import CacheMismatchError, UnsupportedAdapterError, UnsupportedOptimizerError
     from .offline import checkpoint_dirs, select_from_checkpoints
+    from .prefilter.stage import PrefilterResult, prefilter_pool
     from .rose_config import RoseConfig
     from .scoring.budget import budget_curve, select_top
     from .scoring.selection import PoolScores, SelectionResult, load_selection, score_store

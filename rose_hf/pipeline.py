@@ -27,7 +27,7 @@ from .cache.fingerprint import (
     warmup_arguments,
 )
 from .cache.io import jsonable
-from .cache.keys import checkpoint_key, data_key, feature_run_key
+from .cache.keys import checkpoint_key, data_key, feature_run_key, prefilter_key
 from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable
 from .data import (
     DEFAULT_SUBTASK,
@@ -43,6 +43,7 @@ from .features.featurizer import Featurizer, checkpoint_features
 from .features.gradients import LoraParameter
 from .features.preconditioner import AdamState
 from .logs import get_logger, summary
+from .prefilter.stage import kept_key, record_kept, run_prefilter
 from .rose_config import RoseConfig
 from .scoring.selection import SelectionResult, describe_selection, select_from_store
 
@@ -83,6 +84,15 @@ class SelectionPipeline:
                 f"selection_size={config.selection_size} exceeds the pool's {len(pool)} rows: lower `selection_size`, "
                 "or use `selection_fraction`."
             )
+        if config.prefilter_fraction is not None:
+            from .prefilter.keep import keep_count
+
+            kept = keep_count(config.prefilter_fraction, len(pool))
+            if config.selection_size is not None and config.selection_size > kept:
+                raise ValueError(
+                    f"prefilter_fraction={config.prefilter_fraction} keeps {kept} of the pool's {len(pool)} rows, fewer "
+                    f"than selection_size={config.selection_size}: raise `prefilter_fraction` or lower `selection_size`."
+                )
         self.pool = pool
         self.pairs = pairs
         self.config = config
@@ -95,6 +105,8 @@ class SelectionPipeline:
         self.base_fingerprint: dict[str, Any] | None = None
         self.training_args: dict[str, Any] | None = None
         self._data_fingerprints: dict[str, str] | None = None
+        self.prefilter = None  # the prefilter's `PrefilterResult`, when `prefilter_fraction` is set (after `prepare`)
+        self.feature_rows: Dataset | None = None  # the tokenized rows that get gradient features: the kept ones
 
     @property
     def subtasks(self) -> list[str]:
@@ -148,14 +160,28 @@ class SelectionPipeline:
         self.training_args = warmup_arguments(training_args) if training_args is not None else None
         # The base model keys each checkpoint's features with the adapter and Adam state (`featurize`), not run.json.
         self.base_fingerprint = base_model_fingerprint(model)
+        self.feature_rows = self.pool_tokens
+        if config.prefilter_fraction is not None:
+            self._run_prefilter(model, tokenizer)
+        kept = None if self.prefilter is None else kept_key(self.prefilter)
         run_args = {
-            **feature_run_key(self.data_key(), getattr(model, "peft_config", {}), tokenizer, self.loss_tokens),
+            **feature_run_key(self.data_key(), getattr(model, "peft_config", {}), tokenizer, self.loss_tokens, kept),
             RUN_INFO_KEY: {"base_model": self.base_fingerprint, "training_args": self.training_args},
         }
         self.store = FeatureStore(config.selection_dir, run_args, overwrite=config.overwrite)
         if state.is_main_process:
             self.store.prepare()
         state.wait_for_everyone()
+
+    def _run_prefilter(self, model: nn.Module, tokenizer) -> None:
+        """The forward-only first stage, once per run: only the rows it keeps get gradient features."""
+        key = prefilter_key(self.data_fingerprints, len(self.pool), self.base_fingerprint, tokenizer, self.config)
+        with preserved_rng():
+            self.prefilter = run_prefilter(model, self.pool_tokens, self.pair_tokens, self.config, key,
+                                           self.pad_token_id)  # fmt: skip
+        self.feature_rows = self.pool_tokens.select(self.prefilter.kept)
+        if PartialState().is_main_process:
+            record_kept(self.config.selection_dir, self.prefilter.kept)
 
     @property
     def data_fingerprints(self) -> dict[str, str]:
@@ -250,7 +276,7 @@ class SelectionPipeline:
             return checkpoint_features(
                 model,
                 self.config,
-                self.pool_tokens,
+                self.feature_rows,
                 self.pair_tokens,
                 self.store.checkpoint(checkpoint.step),
                 checkpoint.adam,
@@ -278,7 +304,8 @@ class SelectionPipeline:
         self._check_same_data()
         if state.is_main_process:
             result = select_from_store(
-                self.store, self.pool, self.subtasks, self.config, extra_info={"tokenization": self.stats}
+                self.store, self.pool, self.subtasks, self.config, extra_info={"tokenization": self.stats,
+                **({"prefilter": self.prefilter.info} if self.prefilter is not None else {})}
             )
             report = os.path.join(self.config.selection_dir, "report.md")
             if self.config.report and not result.loaded:

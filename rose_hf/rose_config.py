@@ -114,6 +114,13 @@ class RoseConfig:
     selection_size: int | None = field(
         default=None, metadata={"help": "Number of pool examples to select (overrides selection_fraction)."}
     )
+    prefilter_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Forward-only first stage for large pools: keep this fraction of the pool, in (0, 1], by "
+                  "RDS+ similarity of the base model's mean-pooled hidden states to the validation pairs (round "
+                  "robin over pairs), and compute gradient features only for those rows; the others are never "
+                  "selected. None (default): no prefilter, the paper's method."},
+    )
     warmup_fraction: float = field(
         default=0.05, metadata={"help": "Fraction of the pool used for the warmup LoRA training (RoseTrainer)."}
     )
@@ -188,6 +195,8 @@ class RoseConfig:
                 f"selection_fraction={self.selection_fraction} must be in (0, 1] (paper: 0.05), or set "
                 "selection_size to a number of examples."
             )
+        if self.prefilter_fraction is not None:
+            _check_prefilter(self.prefilter_fraction, self.selection_fraction, self.selection_size)
         if self.final_num_train_epochs is not None and not self.final_num_train_epochs > 0:
             raise ValueError(
                 f"final_num_train_epochs={self.final_num_train_epochs} must be > 0, or None to train the final stage "
@@ -331,6 +340,19 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
 
 def _not(name: str, value: Any, expected: str):
     raise ValueError(f"{name}={value!r} ({type(value).__name__}) is not valid: {name} must be {expected}.")
+
+
+def _check_prefilter(fraction: float, selection_fraction: float | None, selection_size: int | None) -> None:
+    if not 0 < fraction <= 1:
+        raise ValueError(
+            f"prefilter_fraction={fraction} must be in (0, 1] (e.g. 0.2 keeps a fifth of the pool for the gradient "
+            "features), or None to run without a prefilter."
+        )
+    if selection_size is None and selection_fraction is not None and selection_fraction > fraction:
+        raise ValueError(
+            f"prefilter_fraction={fraction} keeps fewer rows than selection_fraction={selection_fraction} selects: "
+            "raise `prefilter_fraction` to at least `selection_fraction`, or lower `selection_fraction`."
+        )
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -68,8 +68,9 @@ DISTRIBUTED_ROSE = dict(projection_dim=256, chunk_size=7, feature_batch_size=4, 
                         scoring="paper", validation_objective="dpo")
 
 
-def distributed_setup(output_dir, zero_stage=0):
-    """The tiny warmup of the distributed tests, identical in every process count (data, seeds, LoRA)."""
+def distributed_setup(output_dir, zero_stage=0, prefilter_fraction=None):
+    """The tiny warmup of the distributed tests, identical in every process count (data, seeds, LoRA); with
+    `prefilter_fraction`, the prefilter keeps that share of the pool for the features."""
     from trl import SFTConfig, SFTTrainer
 
     from rose_hf import RoseConfig, RoseDataSelector
@@ -80,7 +81,8 @@ def distributed_setup(output_dir, zero_stage=0):
     model = build_model("llama", tokenizer, hidden_size=32, seed=0)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_target_modules("llama"),
                       task_type="CAUSAL_LM")
-    selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=os.path.join(output_dir, "rose"), **DISTRIBUTED_ROSE))
+    selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=os.path.join(output_dir, "rose"),
+                                                        prefilter_fraction=prefilter_fraction, **DISTRIBUTED_ROSE))
     deepspeed = None
     # Under `accelerate launch` with a DeepSpeed config, the Trainer takes DeepSpeed from accelerate's plugin.
     if zero_stage and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":

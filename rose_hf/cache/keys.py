@@ -4,7 +4,8 @@ Each stage records its key with `rose_hf.cache.record.StageRecord` and compares 
 
 | stage | record | key | when it differs |
 |---|---|---|---|
-| feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS` | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
+| feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS`, and with a prefilter its fraction and kept rows | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
+| prefilter | `prefilter/key.json` | `prefilter_key`: the pool's and the pairs' contents, the pool size, the base model, the tokenizer's vocabulary, `feature_max_length`, `chunk_size` and the representation | refused; `overwrite=True` computes it again |
 | checkpoint features | `features/checkpoint-<step>/fingerprint.json` | `checkpoint_key`: the adapter weights, the Adam moments and the base model at that step | discarded and recomputed, with a warning naming what changed |
 | selection | `selection.json`, field `args` | `selection_key`: the budget, the scoring method, the validation objective, the aggregation, the checkpoints and their keys | scored again (seconds) |
 | RoseTrainer warmup | `warmup/STAGE_INPUTS.json` | `warmup_key`: the base model, the adapter's configuration, the warmup rows, the warmup's training arguments, and the feature run's data and settings | refused; `overwrite=True` redoes the warmup and clears its features |
@@ -12,7 +13,8 @@ Each stage records its key with `rose_hf.cache.record.StageRecord` and compares 
 
 Not in any feature key, because the cache serves every value: `validation_objective` (both validation features are
 cached at every checkpoint), `subtask_aggregation` and the budget (scoring only), `feature_batch_size` (the same
-features up to float rounding), `report` and `source_column`.
+features up to float rounding), `report` and `source_column`. Nor in the prefilter's key: `prefilter_fraction` (every row's cosine to every pair
+is cached, so another fraction only keeps other rows; those rows key the feature run) and `feature_batch_size`.
 
 Data is keyed on its content, model states on the bytes of their tensors (`rose_hf.cache.fingerprint`), so the same
 rows or weights loaded another way give the same key, in every process.
@@ -78,17 +80,44 @@ def data_key(fingerprints: Mapping[str, str], pool_size: int, config: RoseConfig
         "pool_size": pool_size,
         "validation_fingerprint": fingerprints["validation_fingerprint"],
         **feature_settings(config),
+        # Only when set, so that a run without a prefilter keeps the key (and the cache) it had before the field.
+        **({"prefilter_fraction": config.prefilter_fraction} if config.prefilter_fraction is not None else {}),
     }
 
 
-def feature_run_key(data: dict[str, Any], adapters: Mapping[str, Any], tokenizer, loss_tokens: dict[str, Any]):
+def feature_run_key(
+    data: dict[str, Any],
+    adapters: Mapping[str, Any],
+    tokenizer,
+    loss_tokens: dict[str, Any],
+    prefilter: dict[str, Any] | None = None,
+):
     """The key of a feature cache (`run.json`): `data_key`, the adapter configuration, the tokenizer's vocabulary,
-    and which tokens carry the pool's loss (`assistant_only_loss`, `completion_only_loss`)."""
+    and which tokens carry the pool's loss (`assistant_only_loss`, `completion_only_loss`); with a prefilter, the rows
+    it kept (`rose_hf.prefilter.stage.kept_key`), whose features are the only ones cached."""
     return {
         "adapter_config_hash": adapter_config_hash(adapters),
         "tokenizer_hash": json_hash(sorted(tokenizer.get_vocab().items())),
         **loss_tokens,
         **data,
+        **({"prefilter": prefilter} if prefilter is not None else {}),
+    }
+
+
+def prefilter_key(fingerprints: Mapping[str, str], pool_size: int, base: dict[str, Any], tokenizer, config: RoseConfig):
+    """The key of the prefilter's cache: the data, the base model (`fingerprint.base_model_fingerprint`), the
+    tokenizer's vocabulary, the truncation, the chunking and the representation (`prefilter.representations`)."""
+    from ..prefilter.representations import REPRESENTATION
+
+    return {
+        "pool_fingerprint": fingerprints["pool_fingerprint"],
+        "pool_size": pool_size,
+        "validation_fingerprint": fingerprints["validation_fingerprint"],
+        "base_model": base,
+        "tokenizer_hash": json_hash(sorted(tokenizer.get_vocab().items())),
+        "max_length": config.feature_max_length,
+        "chunk_size": config.chunk_size,
+        "representation": REPRESENTATION,
     }
 
 

@@ -113,6 +113,12 @@ def summary(ctx: ReportContext) -> list[str]:
                 f"{tokenization.get('pairs_truncated', 'n/a')} preference pairs",
             )
         )
+    prefilter = info.get("prefilter")
+    if prefilter and "num_kept" in prefilter:
+        seconds = f" in {prefilter['seconds']:.1f}s" if "seconds" in prefilter else ""
+        rows.append(("Prefilter (forward-only, RDS+ round robin)",
+                     f"kept {prefilter['num_kept']} rows for the gradient features{seconds}; the others are never "
+                     "selected"))  # fmt: skip
     if ctx.valid.any():
         valid_scores = ctx.scores[ctx.valid]
         rows.append(

@@ -104,8 +104,15 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
             "attached (it writes features at every save), or point `output_dir` at the run that did."
         )
     metas = [c.meta for c in checkpoints]
+    from ..prefilter.stage import expand_pool_scores, kept_rows
+
+    prefiltered = kept_rows(store.root)  # the features cover only the prefilter's rows: scored, then spread back
+    stored_rows = num_rows if prefiltered is None or num_rows is None else len(prefiltered[0])
+    if prefiltered is not None and num_rows is not None and prefiltered[1] != num_rows:
+        raise ValueError(f"The cache in {store.root} is for a pool of {prefiltered[1]} rows but the pool has "
+                         f"{num_rows}: pass the same pool the features were computed for.")  # fmt: skip
     for meta in metas:
-        if num_rows is not None and meta["num_rows"] != num_rows:
+        if stored_rows is not None and meta["num_rows"] != stored_rows:
             raise ValueError(
                 f"The cached features cover {meta['num_rows']} pool rows but the pool has {num_rows}: pass the "
                 "same pool the features were computed for."
@@ -127,8 +134,9 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
         str(m["step"]): m.get("pool_seconds", 0.0) + m.get("validation_seconds", 0.0) for m in metas
     }
     steps = [c.step for c in checkpoints]
-    return PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, inputs.relevance, inputs.preference,
-                      info, half_scores, objective_scores)  # fmt: skip
+    scored = PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, inputs.relevance,
+                        inputs.preference, info, half_scores, objective_scores)  # fmt: skip
+    return scored if prefiltered is None else expand_pool_scores(scored, *prefiltered)
 
 
 def select_from_store(

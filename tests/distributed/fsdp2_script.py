@@ -84,10 +84,11 @@ def interrupted_save_then_resume(selector, setup, args, trainer_state, control, 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--prefilter_fraction", type=float, default=None)
     cli = parser.parse_args()
     state = PartialState(cpu=True)  # gloo
     torch.manual_seed(0)
-    setup = distributed_setup(cli.output_dir)
+    setup = distributed_setup(cli.output_dir, prefilter_fraction=cli.prefilter_fraction)
     tokenizer, selector = setup["tokenizer"], setup["selector"]
     model = get_peft_model(build_model("llama", tokenizer, hidden_size=32, seed=0), setup["lora"])
     # Layer 0 in its own FSDP group, layer 1 in the root's: the root keeps its parameters unsharded after a forward

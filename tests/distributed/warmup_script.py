@@ -65,9 +65,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--zero_stage", type=int, default=0)
+    parser.add_argument("--prefilter_fraction", type=float, default=None)
     args = parser.parse_args()
     state = PartialState()
-    setup = distributed_setup(args.output_dir, zero_stage=args.zero_stage)
+    setup = distributed_setup(args.output_dir, zero_stage=args.zero_stage, prefilter_fraction=args.prefilter_fraction)
     trainer = setup["make_trainer"](callbacks=[StateDumper(args.output_dir), setup["selector"]])
     trainer.train()
     if state.is_main_process:

@@ -32,22 +32,27 @@ SCRIPT = os.path.join(ROOT, "tests", "distributed", "warmup_script.py")
 CONFIGS = os.path.join(ROOT, "recipes", "accelerate_configs")
 
 
-def launch(config: str, output_dir: str, zero_stage: int) -> None:
+# 27 of the 45 rows: the prefilter's 7 chunks and the features' 4 split unevenly over 2 processes (lockstep).
+PREFILTER = 0.6
+
+
+def launch(config: str, output_dir: str, zero_stage: int, prefilter_fraction: float | None = None) -> None:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, config),
         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
         SCRIPT, "--output_dir", output_dir, "--zero_stage", str(zero_stage),
-    ]  # fmt: skip
+    ] + (["--prefilter_fraction", str(prefilter_fraction)] if prefilter_fraction else [])  # fmt: skip
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def single_process_reference(run_dir: str, output_dir: str):
+def single_process_reference(run_dir: str, output_dir: str, prefilter_fraction: float | None = None):
     """Features, scores and selection from the distributed run's own adapter and Adam state, in this process."""
     setup = distributed_setup(output_dir)
     model = get_peft_model(build_model("llama", setup["tokenizer"], hidden_size=32, seed=0), setup["lora"])
-    pipeline = SelectionPipeline(setup["pool"], setup["pairs"], RoseConfig(selection_dir=output_dir, **DISTRIBUTED_ROSE))
+    config = RoseConfig(selection_dir=output_dir, prefilter_fraction=prefilter_fraction, **DISTRIBUTED_ROSE)
+    pipeline = SelectionPipeline(setup["pool"], setup["pairs"], config)
     pipeline.prepare(model, setup["tokenizer"])
     names = pipeline.featurizer.collector.names
     steps = sorted(int(f.split("-")[1][:-3]) for f in os.listdir(run_dir) if f.startswith("state-"))
@@ -65,6 +70,25 @@ def single_process_reference(run_dir: str, output_dir: str):
             learning_rates = json.load(handle)["learning_rates"]
         pipeline.featurize(model, TrainingCheckpoint(step, learning_rates, adam))
     return pipeline.select(), steps, list(setup["pairs"]["subtask"])
+
+
+def assert_prefilter_matches(run_dir: str, reference_dir: str, prefilter_fraction: float | None) -> int:
+    """The distributed prefilter's cosines and kept rows are one process's; returns the rows with features."""
+    if prefilter_fraction is None:
+        assert not os.path.exists(os.path.join(run_dir, "rose", "prefilter"))
+        return 45
+    ours, theirs = os.path.join(run_dir, "rose", "prefilter"), os.path.join(reference_dir, "prefilter")
+    with open(os.path.join(ours, "key.json")) as mine, open(os.path.join(theirs, "key.json")) as other:
+        assert json.load(mine) == json.load(other)  # the same base model hash in 2 processes (ZeRO-3: gathered)
+    cosines = np.load(os.path.join(ours, "pool.npy"))
+    assert cosines.shape == (45, 6) and (np.load(os.path.join(ours, "pool_status.npy")) == 1).all()  # every row
+    np.testing.assert_allclose(cosines, np.load(os.path.join(theirs, "pool.npy")), atol=1e-5, rtol=0)
+    kept = np.load(os.path.join(ours, "kept.npy"))
+    np.testing.assert_array_equal(kept, np.load(os.path.join(theirs, "kept.npy")))
+    assert len(kept) == 27
+    with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
+        assert set(json.load(handle)) <= set(kept.tolist())
+    return len(kept)
 
 
 def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subtasks: list[str], k: int) -> None:
@@ -85,22 +109,23 @@ def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subta
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "config,zero_stage",
-    [("multi_gpu.yaml", 0), ("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)],
-    ids=["ddp", "zero2", "zero3"],
+    "config,zero_stage,prefilter",
+    [("multi_gpu.yaml", 0, None), ("deepspeed_zero2.yaml", 2, None), ("deepspeed_zero3.yaml", 3, PREFILTER)],
+    ids=["ddp", "zero2", "zero3-prefilter"],
 )
-def test_two_processes_match_one(tmp_path, config, zero_stage):
+def test_two_processes_match_one(tmp_path, config, zero_stage, prefilter):
     if zero_stage:
         pytest.importorskip("deepspeed")
     run_dir = str(tmp_path / "run")
-    launch(config, run_dir, zero_stage)
+    launch(config, run_dir, zero_stage, prefilter)
     with open(os.path.join(run_dir, "launch.json")) as handle:
         launched = json.load(handle)
     assert launched["num_processes"] == 2
     assert ("DEEPSPEED" in launched["distributed_type"]) == bool(zero_stage)
 
-    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"))
+    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"), prefilter)
     assert len(steps) == 2
+    rows = assert_prefilter_matches(run_dir, str(tmp_path / "reference"), prefilter)
     for step in steps:
         with open(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "meta.json")) as handle:
             meta = json.load(handle)
@@ -110,7 +135,7 @@ def test_two_processes_match_one(tmp_path, config, zero_stage):
             assert meta["fingerprint"] == json.load(handle)["fingerprint"]
         ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy")).astype(np.float32)
         theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy")).astype(np.float32)
-        assert ours.shape == theirs.shape == (45, 256)
+        assert ours.shape == theirs.shape == (rows, 256)
         assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2  # every row written: no example lost
         np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)
         print(f"{config} step {step}: max feature difference {np.abs(ours - theirs).max():.2e}")
@@ -127,20 +152,21 @@ FSDP2_SCRIPT = os.path.join(ROOT, "tests", "distributed", "fsdp2_script.py")
 
 @pytest.mark.distributed
 def test_fsdp2_two_processes_match_one(tmp_path):
-    """Under `fully_shard` (gloo, 2 processes): LoRA weights and Adam moments are sharded DTensors; the features,
-    scores and selection equal one process's from the same (gathered) adapter and Adam state, to the DDP/ZeRO
+    """Under `fully_shard` (gloo, 2 processes), with the prefilter: LoRA weights and Adam moments are sharded
+    DTensors; the prefilter's cosines and kept rows, the features, scores and selection equal one process's from the same (gathered) adapter and Adam state, to the DDP/ZeRO
     tolerances, and a save interrupted after each process's first chunk is finished by a resumed run."""
     run_dir = str(tmp_path / "run")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FSDP2_SCRIPT,
-               "--output_dir", run_dir]  # fmt: skip
+               "--output_dir", run_dir, "--prefilter_fraction", str(PREFILTER)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     with open(os.path.join(run_dir, "launch.json")) as handle:
         assert json.load(handle)["num_processes"] == 2
 
-    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"))
+    reference, steps, subtasks = single_process_reference(run_dir, str(tmp_path / "reference"), PREFILTER)
     assert steps == [4, 8]
+    rows = assert_prefilter_matches(run_dir, str(tmp_path / "reference"), PREFILTER)
     state = torch.load(os.path.join(run_dir, "state-8.pt"))
     assert all(torch.count_nonzero(v) > 0 for v in state["exp_avg_sq"].values())  # every shard gathered
     for step in steps:
@@ -149,7 +175,7 @@ def test_fsdp2_two_processes_match_one(tmp_path):
         ours = np.load(os.path.join(run_dir, "rose", "features", f"checkpoint-{step}", "pool.npy"))
         theirs = np.load(str(tmp_path / "reference" / "features" / f"checkpoint-{step}" / "pool.npy"))
         ours, theirs = ours.astype(np.float32), theirs.astype(np.float32)
-        assert ours.shape == theirs.shape == (45, 256)
+        assert ours.shape == theirs.shape == (rows, 256)
         assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-2
         np.testing.assert_allclose(ours, theirs, atol=2.5e-4, rtol=0)
         print(f"fsdp2 step {step}: max feature difference {np.abs(ours - theirs).max():.2e}")

@@ -207,7 +207,8 @@ def test_numeric_strings_are_numbers_for_every_int_and_float_field():
     from rose_hf.cli import parse
 
     valid = {"selection_fraction": 0.1, "warmup_fraction": 0.1, "beta": 0.2, "label_smoothing": 0.1,
-             "selection_size": 3, "feature_max_length": 64, "final_num_train_epochs": 3.0}  # fmt: skip
+             "selection_size": 3, "feature_max_length": 64, "final_num_train_epochs": 3.0,
+             "prefilter_fraction": 0.5}  # fmt: skip
     int_fields, float_fields = _typed_fields("int"), _typed_fields("float")
     assert {f.name for f in int_fields} >= {"projection_dim", "selection_size", "chunk_size", "warmup_seed"}
     assert {f.name for f in float_fields} >= {"beta", "selection_fraction", "warmup_fraction"}

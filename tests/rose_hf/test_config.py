@@ -40,6 +40,10 @@ BAD_VALUES = [
     ("chunk_size", 0),
     ("feature_max_length", 1),
     ("selection_dir", ""),
+    ("prefilter_fraction", 0.0),
+    ("prefilter_fraction", 1.5),
+    ("prefilter_fraction", math.nan),
+    ("prefilter_fraction", 0.01),  # keeps fewer rows than the default selection_fraction=0.05 selects
 ]
 
 
@@ -69,12 +73,20 @@ def test_every_field_has_a_bad_value_test_or_is_free():
         {"validation_objective": "sft", "projection": "none", "preconditioner": "sgd", "feature_dtype": "int8"},
         {"validation_objective": "dpo+sft", "scoring": "paper"},
         {"validation_objective": "sft", "scoring": "robust"},
+        {"prefilter_fraction": 0.05},
+        {"prefilter_fraction": 1.0},
+        {"prefilter_fraction": 0.01, "selection_size": 3},  # the pool size decides (SelectionPipeline checks it)
     ],
 )
 def test_good_values_are_accepted(kwargs):
     config = RoseConfig(**kwargs)
     for key, value in kwargs.items():
         assert getattr(config, key) == value
+
+
+def test_prefilter_smaller_than_the_selection_names_both_fields():
+    with pytest.raises(ValueError, match="prefilter_fraction=0.1 keeps fewer rows than selection_fraction=0.2.*raise"):
+        RoseConfig(prefilter_fraction=0.1, selection_fraction=0.2)
 
 
 def test_defaults_are_the_papers_but_two_deliberate_choices():
