@@ -4,7 +4,7 @@ Each stage records its key with `rose_hf.cache.record.StageRecord` and compares 
 
 | stage | record | key | when it differs |
 |---|---|---|---|
-| feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS` | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
+| feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS` (`store_pool_features` included: a store of pool features and one of similarities are never read as each other) | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
 | checkpoint features | `features/checkpoint-<step>/fingerprint.json` | `checkpoint_key`: the adapter weights, the Adam moments and the base model at that step | discarded and recomputed, with a warning naming what changed |
 | selection | `selection.json`, field `args` | `selection_key`: the budget, the scoring method, the validation objective, the aggregation, the checkpoints and their keys | scored again (seconds) |
 | RoseTrainer warmup | `warmup/STAGE_INPUTS.json` | `warmup_key`: the base model, the adapter's configuration, the warmup rows, the warmup's training arguments, and the feature run's data and settings | refused; `overwrite=True` redoes the warmup and clears its features |
@@ -46,7 +46,11 @@ FEATURE_SETTINGS = {
     "max_length": "feature_max_length",
     "feature_dtype": "feature_dtype",
     "chunk_size": "chunk_size",
+    "store_pool_features": "store_pool_features",  # pool features, or only their similarities to the pairs
 }
+# Settings added to `FEATURE_SETTINGS` after caches were written: a record without one reads as this value (what
+# those caches were computed with), so they stay valid.
+RECORDED_DEFAULTS = {"store_pool_features": True}
 # Adapter-config fields that say where the weights came from or how they run, not what the features are.
 ADAPTER_RUNTIME_FIELDS = ("base_model_name_or_path", "revision", "inference_mode", "runtime_config")
 
