@@ -299,7 +299,8 @@ def test_switching_store_pool_features_is_refused_and_old_records_read_as_stored
     pool, task = pool_dataset(10)
     model = make_lora_model(tokenizer)
 
-    def prepare(stored, pairs=task.validation.select(range(4)), overwrite=False):
+    def prepare(stored, pairs=None, overwrite=False):
+        pairs = task.validation.select(range(4)) if pairs is None else pairs
         config = RoseConfig(selection_dir=str(tmp_path), projection_dim=64, store_pool_features=stored,
                             overwrite=overwrite, report=False)  # fmt: skip
         pipeline = SelectionPipeline(pool, pairs, config)

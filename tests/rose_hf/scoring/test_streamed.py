@@ -135,6 +135,12 @@ def test_selection_and_health_verdict_match(runs):
         print(f"{label}: {per_row:.0f} bytes per pool row and checkpoint (projection_dim 96, 6 pairs, "
               f"chunks of {SETTINGS['chunk_size']})")
     assert ours.info["feature_bytes"] != theirs.info["feature_bytes"]
+    from rose_hf.report import write_report
+
+    report = write_report(streamed.store.root, streamed.pool, ours, config, streamed.store)
+    with open(report) as handle:
+        text = handle.read()
+    assert "store_pool_features=False" in text and ours.info["health"]["verdict"] in text
 
 
 def test_killed_streamed_run_resumes_to_the_same_bits(runs, tokenizer, tmp_path):
