@@ -48,9 +48,7 @@ FEATURE_SETTINGS = {
     "chunk_size": "chunk_size",
     "store_pool_features": "store_pool_features",  # pool features, or only their similarities to the pairs
 }
-# Settings added to `FEATURE_SETTINGS` after caches were written: a record without one reads as this value (what
-# those caches were computed with), so they stay valid.
-RECORDED_DEFAULTS = {"store_pool_features": True}
+# A field added here after caches were written needs its old value in `rose_hf.cache.store.RECORDED_DEFAULTS`.
 # Adapter-config fields that say where the weights came from or how they run, not what the features are.
 ADAPTER_RUNTIME_FIELDS = ("base_model_name_or_path", "revision", "inference_mode", "runtime_config")
 

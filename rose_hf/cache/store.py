@@ -35,7 +35,6 @@ import numpy as np
 
 from ..errors import CacheWriteError
 from .io import atomic_write_json, disk_errors, jsonable, read_json
-from .keys import RECORDED_DEFAULTS
 from .record import StageRecord
 
 STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
@@ -106,6 +105,9 @@ def check_writable(output_dir: str) -> None:
 # `run.json` key of what is recorded for the report but not compared: the warmup's training arguments and base model.
 # Those shape each checkpoint's model state, which keys that checkpoint's features (fingerprint.py) instead.
 RUN_INFO_KEY = "warmup"
+# Settings added to the recorded keys (`rose_hf.cache.keys.FEATURE_SETTINGS`) after caches were written: a record
+# without one reads as this value, the one those caches were computed with, so they stay valid.
+RECORDED_DEFAULTS = {"store_pool_features": True}
 
 
 class FeatureStore:

@@ -21,9 +21,9 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from ..cache.io import atomic_write_json
-from ..cache.keys import RECORDED_DEFAULTS, final_key, model_key, warmup_key
+from ..cache.keys import final_key, model_key, warmup_key
 from ..cache.record import StageRecord
-from ..cache.store import FeatureStore
+from ..cache.store import RECORDED_DEFAULTS, FeatureStore
 from ..logs import get_logger
 from ..rose_config import RoseConfig
 from ..scoring.selection import SelectionResult
