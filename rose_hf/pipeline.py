@@ -296,7 +296,8 @@ class SelectionPipeline:
             )
         self.store.record.check(self.data_fingerprints, overwrite=False, fields=self.data_fingerprints,
                                 fix="pass the pool and the preference pairs the features were computed for, or "
-                                    "compute features for these in a new `selection_dir`.")  # fmt: skip
+                                    "compute features for these in a new `selection_dir`."
+                                    + self.store.similarities_note())  # fmt: skip
 
     def select(self) -> SelectionResult:
         """Scores and selection from every cached checkpoint; the main process writes them, then all load them."""

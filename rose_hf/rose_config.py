@@ -132,6 +132,13 @@ class RoseConfig:
         metadata={"help": "Storage of pool features: 'float16' (paper), 'float32', or 'int8' (per-row scale, 2x "
                   "smaller than float16)."},
     )
+    store_pool_features: bool = field(
+        default=True,
+        metadata={"help": "Store the pool's projected gradients at every checkpoint (2 bytes x projection_dim per row "
+                  "in float16). False keeps only each row's similarity to each validation pair (4 bytes x pairs x 2 "
+                  "objectives): every validation_objective, subtask_aggregation and budget stays rescorable, but "
+                  "scoring NEW validation pairs needs the pool features, so it needs the features computed again."},
+    )
     chunk_size: int = field(
         default=1024,
         metadata={"help": "Pool rows per resumable chunk: a killed run redoes at most one chunk per process."},

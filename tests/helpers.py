@@ -81,8 +81,11 @@ def distributed_setup(output_dir, zero_stage=0, prefilter_fraction=None):
     model = build_model("llama", tokenizer, hidden_size=32, seed=0)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_target_modules("llama"),
                       task_type="CAUSAL_LM")
-    selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=os.path.join(output_dir, "rose"),
-                                                        prefilter_fraction=prefilter_fraction, **DISTRIBUTED_ROSE))
+    rose = dict(prefilter_fraction=prefilter_fraction, **DISTRIBUTED_ROSE)
+    selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=os.path.join(output_dir, "rose"), **rose))
+    # The same warmup's checkpoints without stored pool features, in the same launch (one launch, both settings).
+    streamed = RoseConfig(selection_dir=os.path.join(output_dir, "rose_streamed"), store_pool_features=False, **rose)
+    streamed_selector = RoseDataSelector(pool, pairs, streamed)
     deepspeed = None
     # Under `accelerate launch` with a DeepSpeed config, the Trainer takes DeepSpeed from accelerate's plugin.
     if zero_stage and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
@@ -118,7 +121,7 @@ def distributed_setup(output_dir, zero_stage=0, prefilter_fraction=None):
                           callbacks=callbacks)
 
     return {"tokenizer": tokenizer, "pool": pool, "pairs": pairs, "lora": lora, "selector": selector,
-            "make_trainer": make_trainer}
+            "streamed_selector": streamed_selector, "make_trainer": make_trainer}
 
 
 def unit_rows(rng, rows, dim):

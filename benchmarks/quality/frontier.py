@@ -40,18 +40,7 @@ from typing import Any
 
 from benchmarks.common import log
 
-DEFAULT_OUTPUT = "outputs/bench_frontier"
-DEV_SEEDS = (0, 1)
-HELD_OUT_SEEDS = (3,)
-PAPER_WARMUP_EPOCHS = 4
-EPOCH_SAMPLE = 100  # rows of the timed plain epoch (scaled to the pool: training time is linear in rows)
-
-
-def bench_config(output_dir: str, smoke: bool = False):
-    from .run import QualityBenchConfig
-
-    smaller = dict(pool_size=120, warmup_fraction=0.1, n_test_pairs=6, n_test_prompts=6) if smoke else {}
-    return QualityBenchConfig.real(output_dir=output_dir, epochs=PAPER_WARMUP_EPOCHS, **smaller)
+from .frontier_settings import DEFAULT_OUTPUT, EPOCH_SAMPLE, bench_config
 
 
 def plain_epoch_seconds(config, task, base_path: str, tokenizer, output_dir: str, seed: int) -> dict[str, float]:

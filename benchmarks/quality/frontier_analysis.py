@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.common import fmt, log, table
 
-from .frontier import DEV_SEEDS, HELD_OUT_SEEDS, bench_config
+from .frontier_settings import DEV_SEEDS, HELD_OUT_SEEDS, bench_config
 
 PREFILTER_SHARES = (None, 0.1, 0.2, 0.4)
 OBJECTIVES = ("dpo", "sft", "dpo+sft")
@@ -163,16 +163,18 @@ def _mean_by_point(worlds: list[dict[str, Any]], key: str) -> dict[str, float]:
 
 
 def choose_default(dev: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rule, fixed before any result: among points whose mean cost on the development worlds is at most
-    `COST_TARGET` pool-epochs and whose mean relative precision is at most `PRECISION_SLACK` below today's default,
-    the one with the lowest mean harmful share, then the highest relative precision, then the lowest cost. When no
-    point qualifies, the point of highest mean relative precision within the cost target is reported as the best
-    answer, and the target as missed."""
+    """The rule, fixed before any result. Only the default ranking's points compete (the objective is issue 23's
+    question; this one is what the selection costs): among the `dpo+sft` points whose mean cost on the development
+    worlds is at most `COST_TARGET` pool-epochs and whose mean relative precision is at most `PRECISION_SLACK` below
+    today's default, the one with the lowest mean harmful share, then the highest relative precision, then the lowest
+    cost. When no point qualifies, the point of highest mean relative precision within the cost target is reported
+    as the best answer, and the target as missed."""
     precision, harm, cost = (_mean_by_point(dev, k) for k in ("relative_precision", "harmful_share", "cost"))
     today = _point_name(*TODAY)
-    qualifying = [n for n in precision if cost[n] <= COST_TARGET and precision[n] >= precision[today] - PRECISION_SLACK]
+    candidates = [n for n in precision if n.startswith(TODAY[2] + " @")]
+    qualifying = [n for n in candidates if cost[n] <= COST_TARGET and precision[n] >= precision[today] - PRECISION_SLACK]
     met = bool(qualifying)
-    pool = qualifying or [n for n in precision if cost[n] <= COST_TARGET]
+    pool = qualifying or [n for n in candidates if cost[n] <= COST_TARGET]
     best = sorted(pool, key=lambda n: (harm[n], -precision[n], cost[n]) if met else (-precision[n], harm[n], cost[n]))[0]
     return {"chosen": best, "target_met_on_dev": met, "today": today, "dev_relative_precision": precision,
             "dev_harmful_share": harm, "dev_cost": cost}

@@ -75,7 +75,10 @@ class _gathered:
     """Full values of a ZeRO-3 parameter inside the block (collective: every process must enter it); else a no-op."""
 
     def __init__(self, params: list[torch.Tensor]):
-        self.params = [p for p in params if zero3_partitioned(p)]
+        # Only parameters not available already: DeepSpeed's exit partitions every parameter it was given, which fails
+        # for one still marked active by a module of a feature pass (a second RoseDataSelector's fingerprint right
+        # after the first one's features); an available parameter holds its full values, the same on every process.
+        self.params = [p for p in params if zero3_partitioned(p) and p.ds_status.name != "AVAILABLE"]
         self.context = None
 
     def __enter__(self):

@@ -4,7 +4,7 @@ Each stage records its key with `rose_hf.cache.record.StageRecord` and compares 
 
 | stage | record | key | when it differs |
 |---|---|---|---|
-| feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS`, and with a prefilter its fraction and kept rows | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
+| feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS` (`store_pool_features` included: a store of pool features and one of similarities are never read as each other), and with a prefilter its fraction and kept rows | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
 | prefilter | `prefilter/key.json` | `prefilter_key`: the pool's and the pairs' contents, the pool size, the base model, the tokenizer's vocabulary, `feature_max_length`, `chunk_size` and the representation | refused; `overwrite=True` computes it again |
 | checkpoint features | `features/checkpoint-<step>/fingerprint.json` | `checkpoint_key`: the adapter weights, the Adam moments and the base model at that step | discarded and recomputed, with a warning naming what changed |
 | selection | `selection.json`, field `args` | `selection_key`: the budget, the scoring method, the validation objective, the aggregation, the checkpoints and their keys | scored again (seconds) |
@@ -48,7 +48,9 @@ FEATURE_SETTINGS = {
     "max_length": "feature_max_length",
     "feature_dtype": "feature_dtype",
     "chunk_size": "chunk_size",
+    "store_pool_features": "store_pool_features",  # pool features, or only their similarities to the pairs
 }
+# A field added here after caches were written needs its old value in `rose_hf.cache.store.RECORDED_DEFAULTS`.
 # Adapter-config fields that say where the weights came from or how they run, not what the features are.
 ADAPTER_RUNTIME_FIELDS = ("base_model_name_or_path", "revision", "inference_mode", "runtime_config")
 

@@ -25,13 +25,18 @@ class StageRecord:
         stage: the stage in words, for messages (e.g. "the feature cache in out/selection").
         section: the key lives under this field of the JSON file (e.g. `selection.json`'s `"args"`), not the whole file.
         ignore: fields recorded for the report but not compared.
+        defaults: the value of a field that a record written before the field existed lacks.
     """
 
-    def __init__(self, path: str, stage: str, section: str | None = None, ignore: Iterable[str] = ()):
+    def __init__(
+        self, path: str, stage: str, section: str | None = None, ignore: Iterable[str] = (),
+        defaults: dict[str, Any] | None = None,
+    ):  # fmt: skip
         self.path = path
         self.stage = stage
         self.section = section
         self.ignore = frozenset(ignore)
+        self.defaults = dict(defaults or {})
 
     def read(self) -> dict[str, Any] | None:
         """The recorded key, or None when the stage has none yet."""
@@ -48,7 +53,10 @@ class StageRecord:
             return None
         current = jsonable(key)
         names = set(fields) if fields is not None else (set(recorded) | set(current)) - self.ignore
-        return [name for name in sorted(names) if recorded.get(name) != current.get(name)]
+        return [name for name in sorted(names) if self._recorded(recorded, name) != current.get(name)]
+
+    def _recorded(self, recorded: dict[str, Any], name: str) -> Any:
+        return recorded.get(name, self.defaults.get(name))
 
     def check(self, key: dict[str, Any], overwrite: bool, fix: str, fields: Iterable[str] | None = None) -> list[str]:
         """Compare `key` with the record: the differing fields (`[]` when the same or not recorded). Raises
@@ -56,8 +64,10 @@ class StageRecord:
         differing = self.differing(key, fields) or []
         if differing and not overwrite:
             recorded, current = self.read() or {}, jsonable(key)
-            details = "; ".join(f"{name}: recorded {_short(recorded.get(name))}, now {_short(current.get(name))}"
-                                for name in differing)  # fmt: skip
+            details = "; ".join(
+                f"{name}: recorded {_short(self._recorded(recorded, name))}, now {_short(current.get(name))}"
+                for name in differing
+            )
             raise CacheMismatchError(f"{self.stage} was written for other inputs ({details}). Fix: {fix}", differing)
         return differing
 

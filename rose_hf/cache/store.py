@@ -10,12 +10,18 @@ features/checkpoint-<step>/
     chunks/<id>.done              completion record of one chunk, written after its rows are flushed
     layout.json                   rows, dim, dtype, chunk size, and the learning rates of the steps that led here
     validation_<objective>.npy    (V, d) float32 validation features, one file per objective (dpo, sft)
+    similarities/<objective>-<id>.npy   instead of pool.npy when `store_pool_features=False`: (rows, V) float32
+                                  cosine of each of the chunk's rows to each validation pair, per objective
     fingerprint.json              the model state the features are computed from: adapter weights, Adam moments, base
     meta.json                     checkpoint step, counts, timings; written last, marks the checkpoint done
 ```
 A chunk is complete only when its record exists, and the record is written (atomically: temp file + rename) after the
 rows are flushed, so a kill at any point leaves at worst a chunk that is recomputed. Every process writes disjoint rows
 of the same memory-mapped files; only the main process creates files and writes `meta.json`.
+
+Without stored pool features (`store_pool_features=False`, `layout.json` says `"pool_features": false`), the
+validation features are written first and each chunk writes its rows' similarities to every pair, computed from
+features rounded as `pool.npy` would hold them (`round_features`), so scoring them gives the stored features' scores.
 """
 
 from __future__ import annotations
@@ -99,6 +105,9 @@ def check_writable(output_dir: str) -> None:
 # `run.json` key of what is recorded for the report but not compared: the warmup's training arguments and base model.
 # Those shape each checkpoint's model state, which keys that checkpoint's features (fingerprint.py) instead.
 RUN_INFO_KEY = "warmup"
+# Settings added to the recorded keys (`rose_hf.cache.keys.FEATURE_SETTINGS`) after caches were written: a record
+# without one reads as this value, the one those caches were computed with, so they stay valid.
+RECORDED_DEFAULTS = {"store_pool_features": True}
 
 
 class FeatureStore:
@@ -128,7 +137,8 @@ class FeatureStore:
     @property
     def record(self):
         """The run's recorded key (`run.json`), as every cached stage keeps one (`rose_hf.cache.record`)."""
-        return StageRecord(self.run_file, f"The feature cache in {self.root}", ignore={RUN_INFO_KEY})
+        return StageRecord(self.run_file, f"The feature cache in {self.root}", ignore={RUN_INFO_KEY},
+                           defaults=RECORDED_DEFAULTS)  # fmt: skip
 
     def prepare(self) -> None:
         """Main process: check or record `run.json`. Raises on a cache of another run unless `overwrite`."""
@@ -141,11 +151,20 @@ class FeatureStore:
             info = {k: v for k, v in (key.get(RUN_INFO_KEY) or {}).items() if v is not None}
             if info or self.previous_info:
                 key[RUN_INFO_KEY] = {**self.previous_info, **info}
-            fix = "set `overwrite=True` to discard it, or choose another `output_dir`."
+            fix = "set `overwrite=True` to discard it, or choose another `output_dir`." + self.similarities_note()
             if record.check(key, overwrite=self.overwrite, fix=fix):
                 self.clear()
         os.makedirs(self.features_dir, exist_ok=True)
         record.write(key)
+
+    def similarities_note(self) -> str:
+        """What a cache without pool features cannot do, for the messages that refuse other pairs ('' otherwise)."""
+        saved = self.record.read() or {}
+        if saved.get("store_pool_features", True):
+            return ""
+        return (" This cache was computed with `store_pool_features=False`: it holds each pool row's similarities to "
+                "the recorded validation pairs, not the pool features, so new pairs need the features computed again "
+                "(keep `store_pool_features=True` to rescore with new pairs later).")  # fmt: skip
 
     def clear(self) -> None:
         """Delete every cached artifact of this run (features, scores, selection)."""
@@ -201,25 +220,47 @@ class CheckpointFeatures:
         return {**self.layout, **read_json(self._file("meta.json"))}
 
     # --- creation (main process) -------------------------------------------------------------------------------
-    def create(self, num_rows: int, dim: int, dtype: str, chunk_size: int, learning_rates: Sequence[float] = ()) -> None:
+    def create(
+        self, num_rows: int, dim: int, dtype: str, chunk_size: int, learning_rates: Sequence[float] = (),
+        num_pairs: int | None = None,
+    ) -> None:  # fmt: skip
         """Allocate the memory-mapped files once; an existing allocation of the same layout is kept (resume).
 
         `learning_rates` (those of the optimizer steps that led to this checkpoint, for its weight) are recorded in
-        the layout, so that a run killed before the checkpoint is complete resumes with them.
+        the layout, so that a run killed before the checkpoint is complete resumes with them. `num_pairs` (the
+        validation pairs) makes a checkpoint without pool features: its chunks hold similarities to the pairs.
         """
         os.makedirs(self._file("chunks"), exist_ok=True)
         layout = {"num_rows": num_rows, "dim": dim, "dtype": dtype, "chunk_size": chunk_size,
-                  "learning_rates": [float(lr) for lr in learning_rates]}
+                  "learning_rates": [float(lr) for lr in learning_rates]}  # fmt: skip
+        if num_pairs is not None:  # recorded only then: the layout of stored features is the one it always was
+            layout.update(pool_features=False, num_pairs=num_pairs)
         if os.path.exists(self._file("layout.json")) and read_json(self._file("layout.json")) == layout:
             return
         for name in os.listdir(self._file("chunks")):  # a different layout: nothing cached is usable
             os.remove(os.path.join(self._file("chunks"), name))
+        # ... nor are the files of another layout (validation features included: a checkpoint without pool
+        # features writes them first, and a resume scores with them).
+        stale = ["pool.npy", "pool_scales.npy", "similarities"] + [f"validation_{o}.npy" for o in VALIDATION_FEATURES]
+        for path in map(self._file, stale):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
         with disk_errors(self.path):
-            np.lib.format.open_memmap(self._file("pool.npy"), "w+", NUMPY_DTYPES[dtype], (num_rows, dim)).flush()
+            if num_pairs is None:
+                np.lib.format.open_memmap(self._file("pool.npy"), "w+", NUMPY_DTYPES[dtype], (num_rows, dim)).flush()
+                if dtype == "int8":
+                    np.lib.format.open_memmap(self._file("pool_scales.npy"), "w+", np.float32, (num_rows,)).flush()
+            else:
+                os.makedirs(self._file("similarities"), exist_ok=True)
             np.lib.format.open_memmap(self._file("pool_status.npy"), "w+", np.int8, (num_rows,)).flush()
-            if dtype == "int8":
-                np.lib.format.open_memmap(self._file("pool_scales.npy"), "w+", np.float32, (num_rows,)).flush()
         atomic_write_json(self._file("layout.json"), layout)
+
+    @property
+    def stores_pool_features(self) -> bool:
+        """Whether the checkpoint holds the pool's features (`pool.npy`) or only their similarities to the pairs."""
+        return self.layout.get("pool_features", True)
 
     @property
     def layout(self) -> dict[str, Any]:
@@ -267,6 +308,22 @@ class CheckpointFeatures:
             del pool, status_map
         atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), {"rows": [rows.start, rows.stop]})
 
+    def write_similarity_chunk(self, chunk: int, similarities: dict[str, np.ndarray], status: np.ndarray) -> None:
+        """Write one chunk's `(rows, V)` similarities of each objective and its status, then record it as done."""
+        rows = self.chunk_rows(chunk)
+        if status.shape[0] != len(rows) or any(v.shape[0] != len(rows) for v in similarities.values()):
+            raise ValueError(f"chunk {chunk} covers {len(rows)} rows, got {status.shape[0]} statuses.")
+        with disk_errors(self.path):
+            for objective, values in similarities.items():
+                path = self._file(f"similarities/{objective}-{chunk:06d}.npy")
+                np.save(path[: -len(".npy")] + ".tmp.npy", values.astype(np.float32))
+                os.replace(path[: -len(".npy")] + ".tmp.npy", path)
+            status_map = np.load(self._file("pool_status.npy"), mmap_mode="r+")
+            status_map[rows.start : rows.stop] = status
+            status_map.flush()
+            del status_map
+        atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), {"rows": [rows.start, rows.stop]})
+
     # --- validation and completion (main process) ----------------------------------------------------------------
     def write_validation(self, features: dict[str, np.ndarray]) -> None:
         """Validation features of each objective (`{"dpo": (V, d), "sft": (V, d)}`), as `validation_<objective>.npy`."""
@@ -296,7 +353,25 @@ class CheckpointFeatures:
 
     # --- reading ------------------------------------------------------------------------------------------------
     def pool_features(self) -> np.ndarray:
+        if not self.stores_pool_features:
+            raise FileNotFoundError(
+                f"{self.path} holds no pool features: they were computed with `store_pool_features=False`, which "
+                "keeps only each row's similarities to the validation pairs (`pool_similarities`). Compute the "
+                "features again with `store_pool_features=True` where the pool features themselves are needed."
+            )
         return np.load(self._file("pool.npy"), mmap_mode="r")
+
+    def pool_similarities(self, objective: str) -> np.ndarray:
+        """`(N, V)` float32 cosine of every pool row to every validation pair of `objective` (a checkpoint computed
+        with `store_pool_features=False`; read once per checkpoint object)."""
+        cache = self.__dict__.setdefault("_similarities", {})
+        if objective not in cache:
+            if self.stores_pool_features:
+                raise FileNotFoundError(f"{self.path} holds pool features, not similarities: score them instead.")
+            parts = [np.load(self._file(f"similarities/{objective}-{chunk:06d}.npy"))
+                     for chunk in range(self.num_chunks())]  # fmt: skip
+            cache[objective] = np.concatenate(parts) if parts else np.zeros((0, self.layout["num_pairs"]), np.float32)
+        return cache[objective]
 
     def pool_scales(self) -> np.ndarray | None:
         path = self._file("pool_scales.npy")
@@ -317,6 +392,14 @@ class CheckpointFeatures:
         for base, _, files in os.walk(self.path):
             total += sum(os.path.getsize(os.path.join(base, name)) for name in files)
         return total
+
+
+def round_features(features: np.ndarray, dtype: str) -> np.ndarray:
+    """`(N, d)` float32 features as the store holds them in `dtype` (float16/float32, or int8 with its row scales),
+    read back to float32: what scoring from stored features sees."""
+    if dtype == "int8":
+        return dequantize_int8(*quantize_int8(features))
+    return np.asarray(features).astype(NUMPY_DTYPES[dtype]).astype(np.float32)
 
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

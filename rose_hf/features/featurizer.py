@@ -25,6 +25,7 @@ from ..cache.store import (
     VALIDATION_FEATURES,
     CheckpointFeatures,
     quantize_int8,
+    round_features,
 )
 from ..data import SFTCollator, preference_collator
 from ..logs import get_logger
@@ -144,6 +145,7 @@ def compute_pool_features(
     pad_token_id: int,
     lockstep: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    validation: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Fill every pending chunk of `checkpoint` with pool features; each process takes every world_size-th chunk.
 
@@ -152,6 +154,8 @@ def compute_pool_features(
         lockstep: make every process run the same number of forward/backward passes (needed under ZeRO-3, whose
             parameter gathering is collective) by repeating a batch where a process has less work.
         on_chunk: called with each chunk id after it is written (tests use it to simulate kills).
+        validation: `{objective: (V, d)}` validation features: write each chunk's similarities to them instead of
+            its features (`store_pool_features=False`).
     """
     state = PartialState()
     collate = SFTCollator(pad_token_id)
@@ -183,7 +187,10 @@ def compute_pool_features(
             if index < real_batches:
                 progress.update(len(group))  # per batch: one chunk (1,024 rows by default) can take minutes
         if chunk is not None:
-            _write_chunk(checkpoint, chunk, features, status, featurizer.config.feature_dtype)
+            if validation is None:
+                _write_chunk(checkpoint, chunk, features, status, featurizer.config.feature_dtype)
+            else:
+                _write_similarities(checkpoint, chunk, features, status, featurizer.config.feature_dtype, validation)
             timings["pool_rows"] += len(rows)
             if on_chunk is not None:
                 on_chunk(chunk)
@@ -202,6 +209,16 @@ def _write_chunk(checkpoint: CheckpointFeatures, chunk: int, features: np.ndarra
         checkpoint.write_chunk(chunk, quantized, status, scales)
     else:
         checkpoint.write_chunk(chunk, features.astype(dtype), status)
+
+
+def _write_similarities(
+    checkpoint: CheckpointFeatures, chunk: int, features: np.ndarray, status: np.ndarray, dtype: str,
+    validation: dict[str, np.ndarray],
+):  # fmt: skip
+    # Rounded as the store would hold them, so that these are the cosines scoring reads from stored features.
+    rounded = round_features(features, dtype)
+    similarities = {objective: rounded @ np.asarray(values, np.float32).T for objective, values in validation.items()}
+    checkpoint.write_similarity_chunk(chunk, similarities, status)
 
 
 def compute_validation_features(
@@ -245,6 +262,39 @@ def _validation_agreement(validation: dict[str, np.ndarray]) -> float:
     return diff
 
 
+def _validation(featurizer: Featurizer, pairs: Dataset, pad_token_id: int) -> dict[str, np.ndarray]:
+    """Every objective's validation features, so that any scoring can be computed from the cache (one more backward
+    per pair)."""
+    config = featurizer.config
+    return {
+        objective: compute_validation_features(
+            featurizer, pairs, config.feature_batch_size, pad_token_id, config.feature_max_length, objective
+        )
+        for objective in VALIDATION_FEATURES
+    }
+
+
+def _stored_validation(
+    featurizer: Featurizer, pairs: Dataset, checkpoint: CheckpointFeatures, pad_token_id: int
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The validation features written before the pool pass (`store_pool_features=False`), and their timings.
+
+    Computed and written (main process) unless a killed run already did, then read back by every process: every chunk,
+    whichever process or run computes it, is compared with the same vectors, the main process's, which stored
+    features are scored with too. Collective."""
+    state = PartialState()
+    start, diff = time.perf_counter(), 0.0
+    # Every process sees the same files here: the main process writes only after the gather in `_validation_agreement`.
+    if not all(checkpoint.has_validation(objective) for objective in VALIDATION_FEATURES):
+        validation = _validation(featurizer, pairs, pad_token_id)
+        diff = _validation_agreement(validation)
+        if state.is_main_process:
+            checkpoint.write_validation(validation)
+    state.wait_for_everyone()
+    validation = {objective: checkpoint.validation_features(objective) for objective in VALIDATION_FEATURES}
+    return validation, {"validation_seconds": time.perf_counter() - start, "validation_rank_max_diff": diff}
+
+
 def checkpoint_features(
     model: nn.Module,
     config: RoseConfig,
@@ -270,26 +320,30 @@ def checkpoint_features(
     featurizer = featurizer or Featurizer(model, config)
     # FSDP2 all-gathers parameters in every forward and backward (collectives), as ZeRO-3 does.
     lockstep = lockstep or uses_fsdp2(model)
+    streamed = not config.store_pool_features
     with state.main_process_first():
         if state.is_main_process:
-            checkpoint.create(len(pool), featurizer.dim, config.feature_dtype, config.chunk_size, learning_rates)
+            checkpoint.create(len(pool), featurizer.dim, config.feature_dtype, config.chunk_size, learning_rates,
+                              num_pairs=len(pairs) if streamed else None)  # fmt: skip
     with feature_mode(model):
+        if streamed:  # the validation side first: each chunk of the pool is reduced to its similarities to it
+            validation, validation_timings = _stored_validation(featurizer, pairs, checkpoint, pad_token_id)
         timings = compute_pool_features(
-            featurizer, pool, checkpoint, adam, config.feature_batch_size, pad_token_id, lockstep, on_chunk
-        )
-        start = time.perf_counter()
-        # Every objective, so that any scoring can be computed from the cache (one more backward per pair).
-        validation = {
-            objective: compute_validation_features(
-                featurizer, pairs, config.feature_batch_size, pad_token_id, config.feature_max_length, objective
-            )
-            for objective in VALIDATION_FEATURES
-        }
-        timings["validation_seconds"] = time.perf_counter() - start
+            featurizer, pool, checkpoint, adam, config.feature_batch_size, pad_token_id, lockstep, on_chunk,
+            validation=validation if streamed else None,
+        )  # fmt: skip
+        if not streamed:
+            start = time.perf_counter()
+            validation = _validation(featurizer, pairs, pad_token_id)
+            timings["validation_seconds"] = time.perf_counter() - start
     reshard(model)  # leave FSDP2's parameters sharded, as the optimizer expects them
-    timings["validation_rank_max_diff"] = _validation_agreement(validation)
+    if streamed:
+        timings.update(validation_timings)
+    else:
+        timings["validation_rank_max_diff"] = _validation_agreement(validation)
     if state.is_main_process:
-        checkpoint.write_validation(validation)
+        if not streamed:
+            checkpoint.write_validation(validation)
         checkpoint.finalize({**timings, "projection": featurizer.projector.describe(), "fingerprint": fingerprint})
     state.wait_for_everyone()
     result = checkpoint.meta

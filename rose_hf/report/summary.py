@@ -169,12 +169,17 @@ def costs(ctx: ReportContext) -> list[str]:
     total_seconds += float(info.get("score_seconds") or 0.0)
     total_bytes += selection_bytes
     rows.append(("**Total**", f"**{seconds(total_seconds)}**", f"**{num_bytes(total_bytes)}**"))
+    if all(row["meta"].get("pool_features", True) for row in ctx.checkpoints):
+        kept = ("stores one projected vector per example and checkpoint. Scoring is a few matrix products over the "
+                "stored features.")  # fmt: skip
+    else:
+        kept = ("keeps, per example and checkpoint, only its similarity to each validation pair "
+                "(`store_pool_features=False`), from which scoring is a few small matrix products.")  # fmt: skip
     lines = [
         "### Time and storage per stage",
         "",
         "Feature extraction dominates: it runs one forward/backward pass per pool example and checkpoint, and "
-        "stores one projected vector per example and checkpoint. Scoring is a few matrix products over the "
-        "stored features.",
+        + kept,
         "",
         *table(["Stage", "Time", "Storage"], rows),
     ]
@@ -184,7 +189,7 @@ def costs(ctx: ReportContext) -> list[str]:
         if pool_seconds:
             per_row.append(f"{1000 * pool_seconds / (ctx.num_pool * num_checkpoints):.2f} ms")
         if feature_bytes:
-            per_row.append(f"{num_bytes(sum(feature_bytes.values()) / (ctx.num_pool * num_checkpoints))} of features")
+            per_row.append(f"{num_bytes(sum(feature_bytes.values()) / (ctx.num_pool * num_checkpoints))} on disk")
         if per_row:
             lines += [
                 "",

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..cache.store import STATUS_OK
-from .robust import DEMOTE, relevance_and_preference, robust_scores
-from .similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
+from .robust import DEMOTE, relevance_and_preference, relevance_and_preference_from_similarities, robust_scores
+from .similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool, score_similarities
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +72,46 @@ class ScoringInputs:
             return None
         features = self.last.validation_features("dpo")
         return features if pairs is None else features[pairs]
+
+    # --- the two readers of the cache: pool features, or (`store_pool_features=False`) their similarities ---------
+    @property
+    def pool_features_stored(self) -> bool:
+        """Whether the checkpoints hold pool features; otherwise each row's cosine to each validation pair."""
+        return self.last.stores_pool_features
+
+    def weighted_cosine_scores(
+        self, objective: str, pairs: list[int] | None = None, progress: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """`score_pool` over every checkpoint with the validation features of `objective`, over `pairs` (default
+        all), with `weights`, `aggregation` and `valid`: from the pool features, or from their similarities."""
+        subtasks = list(self.subtasks) if pairs is None else [self.subtasks[p] for p in pairs]
+        settings = dict(aggregation=self.aggregation, valid=self.valid, progress=progress)
+        if not self.pool_features_stored:
+            similarities = [c.pool_similarities(objective) for c in self.checkpoints]
+            return score_similarities(similarities, self.weights, subtasks, pairs=pairs, **settings)
+        scales = [c.pool_scales() for c in self.checkpoints]
+        chosen = slice(None) if pairs is None else pairs
+        return score_pool(
+            [c.pool_features() for c in self.checkpoints],
+            [c.validation_features(objective)[chosen] for c in self.checkpoints],
+            self.weights,
+            subtasks,
+            row_scales=scales if all(s is not None for s in scales) else None,
+            **settings,
+        )
+
+    def relevance_and_preference(self, pairs: list[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """`relevance_and_preference` at the last checkpoint over `pairs` (default all), with `valid`; no preference
+        side under `objective="sft"`."""
+        last = self.last
+        if not self.pool_features_stored:
+            dpo = None if self.objective == "sft" else last.pool_similarities("dpo")
+            return relevance_and_preference_from_similarities(last.pool_similarities("sft"), dpo, self.valid, pairs)
+        chosen = last.validation_features("sft")
+        return relevance_and_preference(
+            last.pool_features(), chosen if pairs is None else chosen[pairs], self.dpo_features(pairs), self.valid,
+            last.pool_scales(),
+        )  # fmt: skip
 
 
 class ScoringMethod(ABC):
@@ -150,19 +190,7 @@ class PaperScoring(ScoringMethod):
         self, inputs: ScoringInputs, objective: str, pairs: list[int] | None = None, progress: bool = False
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The paper scoring of every cached checkpoint with one validation objective, over `pairs` (default all)."""
-        checkpoints = inputs.checkpoints
-        scales = [c.pool_scales() for c in checkpoints]
-        chosen = slice(None) if pairs is None else pairs
-        return score_pool(
-            [c.pool_features() for c in checkpoints],
-            [c.validation_features(objective)[chosen] for c in checkpoints],
-            inputs.weights,
-            list(inputs.subtasks) if pairs is None else [inputs.subtasks[p] for p in pairs],
-            aggregation=inputs.aggregation,
-            valid=inputs.valid,
-            row_scales=scales if all(s is not None for s in scales) else None,
-            progress=progress,
-        )
+        return inputs.weighted_cosine_scores(objective, pairs, progress)
 
     def objective_scores(self, inputs, parts):
         return tuple(parts[o] if o in parts else self.objective_score(inputs, o)[0] for o in ("dpo", "sft"))
@@ -218,11 +246,7 @@ class RobustScoring(ScoringMethod):
         if pairs is None:
             relevance, preference = inputs.relevance, inputs.preference
         else:
-            last = inputs.last
-            relevance, preference = relevance_and_preference(
-                last.pool_features(), last.validation_features("sft")[pairs], inputs.dpo_features(pairs),
-                inputs.valid, last.pool_scales(),
-            )  # fmt: skip
+            relevance, preference = inputs.relevance_and_preference(pairs)
         scores = robust_scores(relevance, preference)
         info = {
             "scoring": self.name,

@@ -47,23 +47,59 @@ def relevance_and_preference(
         row_scales: `(N,)` int8 scales (see `rose_hf.cache.store.quantize_int8`).
         chunk_size: rows read and converted to float32 at once.
     """
-    num_rows, num_pairs = pool.shape[0], chosen.shape[0]
-    relevance = np.full(num_rows, np.nan, dtype=np.float64)
-    preference = None if dpo is None else np.full(num_rows, np.nan, dtype=np.float64)
+    num_pairs = chosen.shape[0]
     targets = np.asarray(chosen, dtype=np.float32).T  # (d, V)
     if dpo is not None:  # the mean of the cosines is the dot product with the mean validation vector
         dpo_mean = np.asarray(dpo, dtype=np.float64).mean(axis=0).astype(np.float32)
         targets = np.concatenate([targets, dpo_mean[:, None]], axis=1)
-    for start in range(0, num_rows, chunk_size):
-        stop = min(start + chunk_size, num_rows)
+
+    def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         products = np.array(pool[start:stop]).astype(np.float32, copy=False) @ targets
         release_pages(pool, start, stop)
         if row_scales is not None:
             products *= np.asarray(row_scales[start:stop], dtype=np.float32)[:, None]
+        return products[:, :num_pairs], None if dpo is None else products[:, num_pairs]
+
+    return _parts(read, pool.shape[0], valid, chunk_size, dpo is not None)
+
+
+def relevance_and_preference_from_similarities(
+    chosen: np.ndarray,
+    dpo: np.ndarray | None,
+    valid: np.ndarray,
+    pairs: list[int] | None = None,
+    chunk_size: int = 8192,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`relevance_and_preference` from each row's cosines to the pairs (`RoseConfig.store_pool_features=False`).
+
+    Args:
+        chosen: `(N, V)` cosine of each pool row to the SFT-gradient feature of each validation chosen answer.
+        dpo: `(N, V)` cosine to each pair's DPO-gradient feature, or None (no preference side).
+        valid: `(N,)` rows with a usable gradient; the others get NaN.
+        pairs: the pairs (columns) to use; default all.
+    """
+    columns = slice(None) if pairs is None else list(pairs)
+
+    def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        products = np.asarray(chosen[start:stop], dtype=np.float32)[:, columns]
+        mean = None if dpo is None else np.asarray(dpo[start:stop], dtype=np.float64)[:, columns].mean(axis=1)
+        return products, mean
+
+    return _parts(read, chosen.shape[0], valid, chunk_size, dpo is not None)
+
+
+def _parts(read, num_rows: int, valid: np.ndarray, chunk_size: int, has_preference: bool):
+    """The rules of both: relevance is the max over pairs of the cosines to the chosen answers, preference the mean
+    cosine to the DPO gradients (`read(start, stop)` gives both for those rows), NaN for rows not `valid`."""
+    relevance = np.full(num_rows, np.nan, dtype=np.float64)
+    preference = np.full(num_rows, np.nan, dtype=np.float64) if has_preference else None
+    for start in range(0, num_rows, chunk_size):
+        stop = min(start + chunk_size, num_rows)
+        chosen, mean = read(start, stop)
         keep = valid[start:stop]
-        relevance[start:stop] = np.where(keep, products[:, :num_pairs].max(axis=1), np.nan)
+        relevance[start:stop] = np.where(keep, chosen.max(axis=1), np.nan)
         if preference is not None:
-            preference[start:stop] = np.where(keep, products[:, num_pairs], np.nan)
+            preference[start:stop] = np.where(keep, mean, np.nan)
     return relevance, preference
 
 

@@ -24,7 +24,6 @@ from ..rose_config import RoseConfig
 from .budget import select_top
 from .health import pair_halves, selection_health
 from .methods import ScoringInputs, scoring_method
-from .robust import relevance_and_preference
 from .similarity import INVALID_SCORE
 
 logger = get_logger(__name__)
@@ -117,14 +116,13 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
                 f"The cached features cover {meta['num_rows']} pool rows but the pool has {num_rows}: pass the "
                 "same pool the features were computed for."
             )
+    check_similarities(checkpoints, len(subtasks))
     method = scoring_method(config.scoring)
-    weights, valid, last = method.checkpoint_weights(checkpoints), method.valid_rows(checkpoints), checkpoints[-1]
+    weights, valid = method.checkpoint_weights(checkpoints), method.valid_rows(checkpoints)
     inputs = ScoringInputs(checkpoints, list(subtasks), config.validation_objective, config.subtask_aggregation,
                            weights, valid)  # fmt: skip
     # Relevance and preference at the last checkpoint: the robust score, and the health check of either method.
-    inputs.relevance, inputs.preference = relevance_and_preference(
-        last.pool_features(), last.validation_features("sft"), inputs.dpo_features(), valid, last.pool_scales()
-    )
+    inputs.relevance, inputs.preference = inputs.relevance_and_preference()
     scores, info, parts = method.rank(inputs, progress=True)
     # The health check's signals (rose_hf.scoring.health): the ranking by each side alone, and by each half of the pairs.
     objective_scores = method.objective_scores(inputs, parts)
@@ -137,6 +135,25 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     scored = PoolScores(scores, valid & (scores != INVALID_SCORE), weights, steps, inputs.relevance,
                         inputs.preference, info, half_scores, objective_scores)  # fmt: skip
     return scored if prefiltered is None else expand_pool_scores(scored, *prefiltered)
+
+
+def check_similarities(checkpoints: list, num_pairs: int) -> None:
+    """A cache without pool features (`store_pool_features=False`) scores only the pairs it was computed with."""
+    stored = {c.stores_pool_features for c in checkpoints}
+    if len(stored) > 1:
+        raise ValueError(
+            f"The cached checkpoints {[c.step for c in checkpoints]} mix pool features and pool similarities "
+            "(`store_pool_features` changed between them): compute the features again with one setting."
+        )
+    recorded = {c.layout["num_pairs"] for c in checkpoints if not c.stores_pool_features}
+    if recorded and recorded != {num_pairs}:
+        raise ValueError(
+            f"The cache in {os.path.dirname(os.path.dirname(checkpoints[0].path))} was computed with "
+            f"`store_pool_features=False` for {recorded.pop()} validation pairs, and holds only each pool row's "
+            f"similarities to them, not its features: it cannot score {num_pairs} other pairs. Fix: compute the "
+            "features again for the new pairs (a new `selection_dir`, or `overwrite=True`), with "
+            "`store_pool_features=True` if you will rescore with new pairs again."
+        )
 
 
 def select_from_store(

@@ -163,15 +163,7 @@ def score_pool(
             f"`validation_features` has {len(validation_features)} checkpoints but `pool_features` has {num_checkpoints}:"
             " both sides must be computed at the same checkpoints."
         )
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != (num_checkpoints,) or not np.all(np.isfinite(weights)):
-        raise ValueError(
-            f"`weights` must be {num_checkpoints} finite numbers (one per checkpoint), got {weights.tolist()}."
-        )
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"`aggregation`={aggregation!r} is not one of {AGGREGATIONS}.")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    weights = _check_settings(weights, num_checkpoints, aggregation, chunk_size)
 
     num_rows = pool_features[0].shape[0]
     num_pairs = validation_features[0].shape[0]
@@ -204,21 +196,115 @@ def score_pool(
     elif any(pool.dtype == np.int8 for pool in pool_features):
         raise ValueError("`row_scales` is required for int8 `pool_features` (see `rose_hf.cache.store.quantize_int8`).")
 
-    labels = np.asarray(subtasks)
-    if labels.shape != (num_pairs,):
-        raise ValueError(
-            f"`subtasks` must have one label per validation pair ({num_pairs}), got shape {labels.shape}."
-        )
-    # First-appearance order, so reports list subtasks as the user's data does.
-    names = list(dict.fromkeys(labels.tolist()))
-    membership = np.stack([labels == name for name in names], axis=1).astype(np.float64)  # (V, S)
-    membership /= membership.sum(axis=0, keepdims=True)
+    names, membership = subtask_membership(subtasks, num_pairs)
     # Per checkpoint, w_c times each subtask's mean validation vector: (d, S). Scores are then linear in the pool rows.
     targets = [
         (weights[c] * (np.asarray(val, dtype=np.float64).T @ membership)).astype(np.float32)
         for c, val in enumerate(validation_features)
     ]
 
+    def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        per_subtask = np.zeros((stop - start, len(names)), dtype=np.float64)
+        zero = np.zeros(stop - start, dtype=bool)
+        for c in range(num_checkpoints):
+            chunk = np.array(pool_features[c][start:stop])  # a copy, so the file pages can be dropped below
+            release_pages(pool_features[c], start, stop)
+            zero |= ~chunk.any(axis=1)
+            contribution = chunk.astype(np.float32, copy=False) @ targets[c]
+            if row_scales is not None:
+                contribution *= np.asarray(row_scales[c][start:stop], dtype=np.float32)[:, None]
+            per_subtask += contribution
+        return per_subtask, zero
+
+    return aggregate_subtasks(read, num_rows, names, aggregation, chunk_size, valid, progress)
+
+
+def score_similarities(
+    similarities: Sequence[np.ndarray],
+    weights: np.ndarray | Sequence[float],
+    subtasks: Sequence[str] | np.ndarray,
+    aggregation: str = "max",
+    chunk_size: int = 8192,
+    valid: np.ndarray | None = None,
+    pairs: Sequence[int] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`score_pool`'s scores from each row's cosine to each validation pair instead of its features
+    (`RoseConfig.store_pool_features=False`): the same rules, from `sim_c(z, v) = <G_c(z), g_c(v)>`.
+
+    Args:
+        similarities: one `(N, V)` float32 array per checkpoint: the cosine of each pool row to each validation pair
+            (all zeros for a row without a feature, which marks it invalid as an all-zero feature does).
+        weights, subtasks, aggregation, chunk_size, valid, progress: as in `score_pool`; `subtasks` labels the pairs
+            scored (`pairs` when given).
+        pairs: the validation pairs (columns) to score with; default all.
+
+    Returns:
+        `(scores, report)` as `score_pool`'s. They equal `score_pool`'s on the features the similarities were computed
+        from up to float32 rounding (the mean over pairs is taken after the products here, before them there).
+    """
+    similarities = _as_list("similarities", similarities)
+    num_checkpoints = len(similarities)
+    if num_checkpoints == 0:
+        raise ValueError("`similarities` is empty: pass one (N, V) array per checkpoint.")
+    weights = _check_settings(weights, num_checkpoints, aggregation, chunk_size)
+    num_rows, num_pairs = similarities[0].shape
+    if any(sim.shape != (num_rows, num_pairs) for sim in similarities):
+        raise ValueError(f"`similarities` must all have the shape of the first, {(num_rows, num_pairs)}.")
+    columns = list(range(num_pairs)) if pairs is None else list(pairs)
+    names, membership = subtask_membership(subtasks, len(columns))
+    # w_c times the subtask means, applied to the products: (V', S) per checkpoint.
+    targets = [weights[c] * membership for c in range(num_checkpoints)]
+
+    def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        per_subtask = np.zeros((stop - start, len(names)), dtype=np.float64)
+        zero = np.zeros(stop - start, dtype=bool)
+        for c in range(num_checkpoints):
+            chunk = np.asarray(similarities[c][start:stop], dtype=np.float64)
+            zero |= ~chunk.any(axis=1)
+            per_subtask += chunk[:, columns] @ targets[c]
+        return per_subtask, zero
+
+    return aggregate_subtasks(read, num_rows, names, aggregation, chunk_size, valid, progress)
+
+
+def _check_settings(weights, num_checkpoints: int, aggregation: str, chunk_size: int) -> np.ndarray:
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (num_checkpoints,) or not np.all(np.isfinite(weights)):
+        raise ValueError(
+            f"`weights` must be {num_checkpoints} finite numbers (one per checkpoint), got {weights.tolist()}."
+        )
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"`aggregation`={aggregation!r} is not one of {AGGREGATIONS}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    return weights
+
+
+def subtask_membership(subtasks: Sequence[str] | np.ndarray, num_pairs: int) -> tuple[list, np.ndarray]:
+    """The subtasks in first-appearance order (so reports list them as the user's data does), and the `(V, S)`
+    float64 matrix that takes the mean over each subtask's pairs."""
+    labels = np.asarray(subtasks)
+    if labels.shape != (num_pairs,):
+        raise ValueError(
+            f"`subtasks` must have one label per validation pair ({num_pairs}), got shape {labels.shape}."
+        )
+    names = list(dict.fromkeys(labels.tolist()))
+    membership = np.stack([labels == name for name in names], axis=1).astype(np.float64)  # (V, S)
+    membership /= membership.sum(axis=0, keepdims=True)
+    return names, membership
+
+
+def aggregate_subtasks(
+    read, num_rows: int, names: list, aggregation: str, chunk_size: int, valid: np.ndarray | None, progress: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The rules after the per-subtask sums, shared by `score_pool` and `score_similarities`: invalid rows, the
+    aggregation over subtasks, and the report.
+
+    Args:
+        read: `read(start, stop)` gives, for those rows, the `(n, S)` float64 checkpoint-weighted per-subtask mean
+            similarities and the `(n,)` rows that are all zero at some checkpoint.
+    """
     if valid is None:
         valid_mask = np.ones(num_rows, dtype=bool)
     else:
@@ -235,16 +321,7 @@ def score_pool(
     starts = range(0, num_rows, chunk_size)
     for start in tqdm(starts, desc="Scoring pool") if progress else starts:
         stop = min(start + chunk_size, num_rows)
-        per_subtask = np.zeros((stop - start, len(names)), dtype=np.float64)
-        zero = np.zeros(stop - start, dtype=bool)
-        for c in range(num_checkpoints):
-            chunk = np.array(pool_features[c][start:stop])  # a copy, so the file pages can be dropped below
-            release_pages(pool_features[c], start, stop)
-            zero |= ~chunk.any(axis=1)
-            contribution = chunk.astype(np.float32, copy=False) @ targets[c]
-            if row_scales is not None:
-                contribution *= np.asarray(row_scales[c][start:stop], dtype=np.float32)[:, None]
-            per_subtask += contribution
+        per_subtask, zero = read(start, stop)
         # A NaN/inf anywhere in a row reaches every column of its matmul (inf * 0 is NaN), so checking the (n, S)
         # result finds bad rows without another pass over the features.
         nonfinite = ~np.isfinite(per_subtask).all(axis=1)

@@ -23,7 +23,7 @@ from trl import SFTConfig, SFTTrainer
 from ..cache.io import atomic_write_json
 from ..cache.keys import final_key, model_key, warmup_key
 from ..cache.record import StageRecord
-from ..cache.store import FeatureStore
+from ..cache.store import RECORDED_DEFAULTS, FeatureStore
 from ..logs import get_logger
 from ..rose_config import RoseConfig
 from ..scoring.selection import SelectionResult
@@ -263,7 +263,8 @@ class RoseTrainer:
     def _check_stage_inputs(self, stage: str, inputs: dict[str, Any]) -> None:
         """Refuse to resume or reuse a stage started with other inputs (with `overwrite=True`, redo it instead)."""
         folder, state = os.path.join(self.root_dir, stage), PartialState()
-        record = StageRecord(os.path.join(folder, STAGE_INPUTS), f"The {stage} stage in {folder}")
+        record = StageRecord(os.path.join(folder, STAGE_INPUTS), f"The {stage} stage in {folder}",
+                             defaults=RECORDED_DEFAULTS)  # fmt: skip
         recorded = record.read() is not None
         differing = record.check(inputs, overwrite=self.rose_config.overwrite,
                                  fix="set `overwrite=True` in RoseConfig to redo it, or choose another `output_dir`.")

@@ -89,7 +89,8 @@ def main():
     state = PartialState(cpu=True)  # gloo
     torch.manual_seed(0)
     setup = distributed_setup(cli.output_dir, prefilter_fraction=cli.prefilter_fraction)
-    tokenizer, selector = setup["tokenizer"], setup["selector"]
+    tokenizer = setup["tokenizer"]
+    selectors = [setup["selector"], setup["streamed_selector"]]  # with and without stored pool features
     model = get_peft_model(build_model("llama", tokenizer, hidden_size=32, seed=0), setup["lora"])
     # Layer 0 in its own FSDP group, layer 1 in the root's: the root keeps its parameters unsharded after a forward
     # without backward (the evaluation below), which the Adam-state lookup must undo.
@@ -110,10 +111,12 @@ def main():
     control = TrainerControl()
     events = dict(model=model, optimizer=optimizer, lr_scheduler=scheduler, processing_class=tokenizer)
 
-    selector.on_train_begin(args, trainer_state, control, **events)
+    for selector in selectors:
+        selector.on_train_begin(args, trainer_state, control, **events)
     for epoch in range(EPOCHS):
         for step in range(steps_per_epoch):
-            selector.on_step_begin(args, trainer_state, control, **events)
+            for selector in selectors:
+                selector.on_step_begin(args, trainer_state, control, **events)
             batch_rows = rows[step * BATCH : (step + 1) * BATCH][state.process_index :: state.num_processes]
             batch = collate(batch_rows)
             model.train()
@@ -129,9 +132,10 @@ def main():
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         assert any(not isinstance(p, DTensor) for n, p in model.named_parameters() if "layers.1." in n)
         if epoch < EPOCHS - 1:
-            selector.on_save(args, trainer_state, control, **events)
+            for selector in selectors:
+                selector.on_save(args, trainer_state, control, **events)
         else:
-            selector = interrupted_save_then_resume(selector, setup, args, trainer_state, control, events)
+            selectors = [interrupted_save_then_resume(s, setup, args, trainer_state, control, events) for s in selectors]
         # The feature pass left training as it was: every LoRA weight still trainable, FSDP2's sharded DTensor.
         lora = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
         assert len(lora) == len(trainable) and all(p.requires_grad and isinstance(p, DTensor) for _, p in lora), [
@@ -141,8 +145,9 @@ def main():
             if isinstance(module, FSDPModule):
                 module.reshard()
         dump_state(model, optimizer, trainer_state.global_step, cli.output_dir, state.is_main_process)
-    selector.on_train_end(args, trainer_state, control, **events)
-    assert selector.selected_indices is not None
+    for selector in selectors:
+        selector.on_train_end(args, trainer_state, control, **events)
+        assert selector.selected_indices is not None
     if state.is_main_process:
         with open(os.path.join(cli.output_dir, "launch.json"), "w") as handle:
             json.dump({"num_processes": state.num_processes, "distributed_type": "FSDP2 (fully_shard)"}, handle)

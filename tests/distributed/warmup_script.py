@@ -3,7 +3,7 @@
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml --cpu --num_processes 2 \
         tests/distributed/warmup_script.py --output_dir OUT
 
-Besides the selector's own output (OUT/rose), rank 0 saves, at every checkpoint, the LoRA weights and Adam moments
+Besides the selectors' own output (OUT/rose, and OUT/rose_streamed without stored pool features), rank 0 saves, at every checkpoint, the LoRA weights and Adam moments
 the run had (OUT/state-<step>.pt, gathered with DeepSpeed's and torch's own APIs), so the test can recompute the
 features from the SAME adapter and optimizer state in one process and compare.
 """
@@ -69,7 +69,8 @@ def main():
     args = parser.parse_args()
     state = PartialState()
     setup = distributed_setup(args.output_dir, zero_stage=args.zero_stage, prefilter_fraction=args.prefilter_fraction)
-    trainer = setup["make_trainer"](callbacks=[StateDumper(args.output_dir), setup["selector"]])
+    selectors = [setup["selector"], setup["streamed_selector"]]  # with and without stored pool features
+    trainer = setup["make_trainer"](callbacks=[StateDumper(args.output_dir), *selectors])
     trainer.train()
     if state.is_main_process:
         with open(os.path.join(args.output_dir, "launch.json"), "w") as handle:

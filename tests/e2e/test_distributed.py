@@ -1,5 +1,6 @@
 """The callback in 2 processes (DDP, DeepSpeed ZeRO-2, ZeRO-3, FSDP2 on CPU) gives the features, scores and selection
-of one process computing from the SAME adapter and Adam state.
+of one process computing from the SAME adapter and Adam state; so does a second selector in the same launch that
+keeps only similarities to the pairs (`store_pool_features=False`).
 
 The warmup runs under `accelerate launch` with the recipes in recipes/accelerate_configs/. Its rank 0 also saves the
 LoRA weights and Adam moments at every checkpoint (gathered with torch's/DeepSpeed's own APIs), and this test
@@ -91,7 +92,9 @@ def assert_prefilter_matches(run_dir: str, reference_dir: str, prefilter_fractio
     return len(kept)
 
 
-def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subtasks: list[str], k: int) -> None:
+def assert_other_objectives_select_alike(
+    run_dir: str, reference_dir: str, subtasks: list[str], k: int, cache: str = "rose"
+) -> None:
     """LESS's and the default dpo+sft's selections, scored from the distributed cache and from the one-process cache,
     are the same rows; dpo+sft's mean ranks differ by at most one swap of neighbours per objective."""
     from rose_hf.cache.store import FeatureStore
@@ -100,11 +103,39 @@ def assert_other_objectives_select_alike(run_dir: str, reference_dir: str, subta
 
     for objective in ("sft", "dpo+sft"):
         config = RoseConfig(selection_dir=reference_dir, **{**DISTRIBUTED_ROSE, "validation_objective": objective})
-        ours = score_store(FeatureStore(os.path.join(run_dir, "rose")), subtasks, config).scores
+        ours = score_store(FeatureStore(os.path.join(run_dir, cache)), subtasks, config).scores
         theirs = score_store(FeatureStore(reference_dir), subtasks, config).scores
         assert set(select_top(ours, size=k).tolist()) == set(select_top(theirs, size=k).tolist()), objective
         tolerance = 1e-3 if objective == "sft" else 1.0 / len(ours)
         np.testing.assert_allclose(ours, theirs, atol=tolerance, rtol=0)
+
+
+def assert_streamed_matches(run_dir: str, reference, steps: list[int], reference_dir: str, subtasks: list[str],
+                            rows: int):  # fmt: skip
+    """The launch's second selector (`store_pool_features=False`, same warmup): its per-pair similarities are the
+    dot products of the first selector's stored features (same processes, same chunks) with the validation features,
+    and its scores and selection are one process's, as the stored features' are."""
+    for step in steps:
+        streamed = os.path.join(run_dir, "rose_streamed", "features", f"checkpoint-{step}")
+        stored = os.path.join(run_dir, "rose", "features", f"checkpoint-{step}")
+        with open(os.path.join(streamed, "meta.json")) as handle:
+            assert json.load(handle)["validation_rank_max_diff"] <= 1e-6
+        assert not os.path.exists(os.path.join(streamed, "pool.npy"))
+        features = np.load(os.path.join(stored, "pool.npy")).astype(np.float32)
+        for objective in ("dpo", "sft"):
+            validation = np.load(os.path.join(streamed, f"validation_{objective}.npy"))
+            np.testing.assert_allclose(validation, np.load(os.path.join(stored, f"validation_{objective}.npy")),
+                                       atol=1e-6, rtol=0)  # fmt: skip
+            chunks = sorted(f for f in os.listdir(os.path.join(streamed, "similarities")) if f.startswith(objective))
+            similarities = np.concatenate([np.load(os.path.join(streamed, "similarities", f)) for f in chunks])
+            assert similarities.shape == (rows, 6)  # the prefilter's kept rows, when it runs
+            np.testing.assert_allclose(similarities, features @ validation.T, atol=2e-6, rtol=0)
+    scores = np.load(os.path.join(run_dir, "rose_streamed", "scores.npy"))
+    np.testing.assert_allclose(scores, reference.scores, atol=1e-3, rtol=0)
+    with open(os.path.join(run_dir, "rose_streamed", "selected_indices.json")) as handle:
+        assert json.load(handle) == reference.selected_indices
+    k = len(reference.selected_indices)
+    assert_other_objectives_select_alike(run_dir, reference_dir, subtasks, k, cache="rose_streamed")
 
 
 @pytest.mark.distributed
@@ -145,6 +176,7 @@ def test_two_processes_match_one(tmp_path, config, zero_stage, prefilter):
     with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
         assert json.load(handle) == reference.selected_indices
     assert_other_objectives_select_alike(run_dir, str(tmp_path / "reference"), subtasks, len(reference.selected_indices))
+    assert_streamed_matches(run_dir, reference, steps, str(tmp_path / "reference"), subtasks, rows)
 
 
 FSDP2_SCRIPT = os.path.join(ROOT, "tests", "distributed", "fsdp2_script.py")
@@ -185,6 +217,7 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     with open(os.path.join(run_dir, "rose", "selected_indices.json")) as handle:
         assert json.load(handle) == reference.selected_indices
     assert_other_objectives_select_alike(run_dir, str(tmp_path / "reference"), subtasks, len(reference.selected_indices))
+    assert_streamed_matches(run_dir, reference, steps, str(tmp_path / "reference"), subtasks, rows)
 
 
 def test_fsdp1_is_refused_and_fsdp2_accepted(monkeypatch, tokenizer):

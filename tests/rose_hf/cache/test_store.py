@@ -292,3 +292,65 @@ def test_resume_skips_done_chunks_and_disk_full_resumes(tokenizer, tmp_path, mon
     _featurize(pipeline, model, again.append)  # a finished checkpoint is left as it is
     assert again == []
     assert json.loads(open(os.path.join(checkpoint.path, "layout.json")).read())["learning_rates"] == [1e-3]
+
+
+# --- store_pool_features: a store of similarities is never read as one of features ---------------------------------
+def test_switching_store_pool_features_is_refused_and_old_records_read_as_stored(tokenizer, tmp_path):
+    pool, task = pool_dataset(10)
+    model = make_lora_model(tokenizer)
+
+    def prepare(stored, pairs=None, overwrite=False):
+        pairs = task.validation.select(range(4)) if pairs is None else pairs
+        config = RoseConfig(selection_dir=str(tmp_path), projection_dim=64, store_pool_features=stored,
+                            overwrite=overwrite, report=False)  # fmt: skip
+        pipeline = SelectionPipeline(pool, pairs, config)
+        pipeline.prepare(model, tokenizer)
+        return pipeline
+
+    prepare(True)
+    run = read_json(str(tmp_path / "run.json"))
+    assert run["store_pool_features"] is True
+    with pytest.raises(CacheMismatchError, match="store_pool_features: recorded True, now False") as info:
+        prepare(False)
+    assert info.value.fields == ["store_pool_features"]
+    # A cache written before the setting existed has no such field: it held pool features, and stays valid.
+    del run["store_pool_features"]
+    atomic_write_json(str(tmp_path / "run.json"), run)
+    prepare(True)
+    with pytest.raises(CacheMismatchError, match="store_pool_features: recorded True, now False"):
+        prepare(False)
+
+    streamed = prepare(False, overwrite=True)
+    streamed.featurize(model, TrainingCheckpoint(3, [1e-3], None))
+    checkpoint = streamed.store.checkpoint(3)
+    assert not checkpoint.stores_pool_features
+    with pytest.raises(FileNotFoundError, match="store_pool_features=False"):
+        checkpoint.pool_features()
+    # New pairs: refused at the start of a run and when rescoring, naming the setting and the fix.
+    other = task.validation.select(range(4, 8))
+    with pytest.raises(CacheMismatchError, match="validation_fingerprint.*store_pool_features=False.*computed again"):
+        prepare(False, pairs=other)
+    rescore = SelectionPipeline(pool, other, streamed.config)
+    with pytest.raises(CacheMismatchError, match="validation_fingerprint.*store_pool_features=False"):
+        rescore.select()
+    from rose_hf.scoring.selection import score_store
+
+    with pytest.raises(ValueError, match="store_pool_features=False.*4 validation pairs.*cannot score 5 other"):
+        score_store(streamed.store, ["all"] * 5, streamed.config)
+    assert len(score_store(streamed.store, streamed.subtasks, streamed.config).scores) == 10
+
+
+def test_checkpoint_of_another_mode_is_recomputed_not_read(tmp_path):
+    checkpoint = FeatureStore(str(tmp_path)).checkpoint(2)
+    checkpoint.create(num_rows=6, dim=4, dtype="float16", chunk_size=4)
+    checkpoint.write_chunk(0, _rows(0, 4), np.ones(4, np.int8))
+    checkpoint.write_validation({"dpo": np.ones((2, 4)), "sft": np.ones((2, 4))})
+    checkpoint.create(num_rows=6, dim=4, dtype="float16", chunk_size=4, num_pairs=2)  # the other mode
+    assert checkpoint.pending_chunks() == [0, 1] and not checkpoint.has_validation("dpo")
+    assert not os.path.exists(os.path.join(checkpoint.path, "pool.npy"))
+    similarities = {"dpo": np.full((4, 2), 0.5), "sft": np.full((4, 2), -0.5)}
+    checkpoint.write_similarity_chunk(0, similarities, np.ones(4, np.int8))
+    checkpoint.write_similarity_chunk(1, {k: v[:2] for k, v in similarities.items()}, np.array([1, 2], np.int8))
+    assert checkpoint.pending_chunks() == []
+    np.testing.assert_array_equal(checkpoint.pool_similarities("sft"), np.full((6, 2), -0.5, np.float32))
+    assert checkpoint.pool_status().tolist() == [1, 1, 1, 1, 1, 2]

@@ -92,11 +92,12 @@ def test_without_prefilter_the_run_and_its_cache_are_unchanged(runs):
     full, _ = runs
     root = full.config.selection_dir
     run = json.load(open(os.path.join(root, "run.json")))
-    # The fields of run.json before the prefilter existed, and nothing else.
+    # The fields of run.json before the prefilter existed, and nothing else (`store_pool_features` is recorded always;
+    # a run.json written before it existed reads as its default: cache/store.py RECORDED_DEFAULTS).
     assert set(run) == {"adapter_config_hash", "tokenizer_hash", "assistant_only_loss", "completion_only_loss",
                         "pool_fingerprint", "pool_size", "validation_fingerprint", "scoring", "beta", "loss_type",
                         "label_smoothing", "projection", "projection_dim", "projection_seed", "preconditioner",
-                        "max_length", "feature_dtype", "chunk_size", "warmup"}  # fmt: skip
+                        "max_length", "feature_dtype", "chunk_size", "store_pool_features", "warmup"}  # fmt: skip
     assert not os.path.exists(os.path.join(root, "prefilter"))
     assert full.pipeline.prefilter is None and full.pipeline.feature_rows is full.pipeline.pool_tokens
     assert "prefilter" not in json.load(open(os.path.join(root, "selection.json")))

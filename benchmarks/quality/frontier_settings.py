@@ -1,0 +1,17 @@
+"""What the frontier benchmark (`python -m benchmarks.quality.frontier`) runs: seeds, warmup length, the cost unit's
+sample, and the benchmark configuration; shared by its collection and analysis."""
+
+from __future__ import annotations
+
+DEFAULT_OUTPUT = "outputs/bench_frontier"
+DEV_SEEDS = (0, 1)
+HELD_OUT_SEEDS = (3,)
+PAPER_WARMUP_EPOCHS = 4
+EPOCH_SAMPLE = 100  # rows of the timed plain epoch (scaled to the pool: training time is linear in rows)
+
+
+def bench_config(output_dir: str, smoke: bool = False):
+    from .run import QualityBenchConfig
+
+    smaller = dict(pool_size=120, warmup_fraction=0.1, n_test_pairs=6, n_test_prompts=6) if smoke else {}
+    return QualityBenchConfig.real(output_dir=output_dir, epochs=PAPER_WARMUP_EPOCHS, **smaller)
