@@ -14,7 +14,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from torch import nn
 
-from .features.checkpoint import TrainingCheckpoint
+from .features.checkpoint import TrainingCheckpoint, featurized_saves
 from .logs import get_logger
 from .pipeline import SelectionPipeline
 from .rose_config import RoseConfig
@@ -43,7 +43,8 @@ def select_from_checkpoints(
     tokenizer,
     config: RoseConfig,
 ) -> SelectionResult:
-    """Features at every saved checkpoint, then scores and selection, all cached in `config.selection_dir`.
+    """Features at every saved checkpoint (or `config.num_feature_checkpoints` of them), then scores and selection, all
+    cached in `config.selection_dir`.
 
     Args:
         model: the PEFT model of the warmup (base model with the adapter, e.g. `PeftModel.from_pretrained(base,
@@ -58,19 +59,22 @@ def select_from_checkpoints(
     PartialState()
     pipeline = SelectionPipeline(pool, pairs, config)
     pipeline.prepare(model, tokenizer)
-    previous = 0
-    if config.scoring_method.last_checkpoint_only:
-        previous = _step(checkpoints[-2]) if len(checkpoints) > 1 else 0
-        checkpoints = checkpoints[-1:]
+    steps = [_step(path) for path in checkpoints]
+    # Each featurized checkpoint weighs the learning rates since the save before it, featurized or not.
+    previous = dict(zip(steps, [0, *steps[:-1]]))
+    wanted = 1 if config.scoring_method.last_checkpoint_only else config.num_feature_checkpoints
+    featurized = featurized_saves(steps, wanted)
     for path in checkpoints:
+        if _step(path) not in featurized:
+            continue
         set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
         # The only checkpoint's weight is 1 whatever its learning rates, so only
         # several checkpoints need every step's rate.
         checkpoint = TrainingCheckpoint.from_folder(
-            path, previous, pipeline.lora_parameters, model, config.preconditioner, weighted=len(checkpoints) > 1
+            path, previous[_step(path)], pipeline.lora_parameters, model, config.preconditioner,
+            weighted=len(featurized) > 1,
         )
         pipeline.featurize(model, checkpoint)
-        previous = checkpoint.step
-    done = {_step(path) for path in checkpoints}
+    done = set(featurized)
     pipeline.discard_other_checkpoints(lambda step: step in done)
     return pipeline.select()

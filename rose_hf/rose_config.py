@@ -121,6 +121,12 @@ class RoseConfig:
                   "robin over pairs), and compute gradient features only for those rows; the others are never "
                   "selected. None (default): no prefilter, the paper's method."},
     )
+    num_feature_checkpoints: int | None = field(
+        default=None,
+        metadata={"help": "Compute gradient features at this many of the warmup's saves, evenly spaced and ending "
+                  "with the last (2 of 4 saves: the 2nd and the 4th), each weighted by the learning rates since the "
+                  "save before it; every other save costs nothing. None (default): every save, the paper's method."},
+    )
     warmup_fraction: float = field(
         default=0.05, metadata={"help": "Fraction of the pool used for the warmup LoRA training (RoseTrainer)."}
     )
@@ -204,6 +210,14 @@ class RoseConfig:
             )
         if self.prefilter_fraction is not None:
             _check_prefilter(self.prefilter_fraction, self.selection_fraction, self.selection_size)
+        if self.num_feature_checkpoints is not None and (
+            isinstance(self.num_feature_checkpoints, bool) or not isinstance(self.num_feature_checkpoints, int)
+            or self.num_feature_checkpoints < 1
+        ):
+            raise ValueError(
+                f"num_feature_checkpoints={self.num_feature_checkpoints!r} must be a positive integer (e.g. 2: "
+                "features at the middle and the last of the warmup's saves), or None for every save (the paper)."
+            )
         if self.final_num_train_epochs is not None and not self.final_num_train_epochs > 0:
             raise ValueError(
                 f"final_num_train_epochs={self.final_num_train_epochs} must be > 0, or None to train the final stage "

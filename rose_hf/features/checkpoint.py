@@ -75,6 +75,23 @@ class TrainingCheckpoint:
         return cls(step, rates, adam)
 
 
+def featurized_saves(save_steps: Sequence[int], wanted: int | None) -> list[int]:
+    """The saves that get features (`RoseConfig.num_feature_checkpoints`): `wanted` of them, evenly spaced over the
+    warmup and ending with the last (the i-th of `wanted` is save `ceil(i * S / wanted)` of the `S` saves, 1-based);
+    all of them when `wanted` is None or at least `S`.
+
+    Example:
+    ```python
+    >>> featurized_saves([5, 10, 15, 20], 2), featurized_saves([5, 10, 15, 20], 1), featurized_saves([5, 10], None)
+    ([10, 20], [20], [5, 10])
+    ```
+    """
+    steps = list(save_steps)
+    if wanted is None or wanted >= len(steps):
+        return steps
+    return [steps[math.ceil(i * len(steps) / wanted) - 1] for i in range(1, wanted + 1)]
+
+
 def logged_learning_rates(log_history: Sequence[dict[str, Any]], start: int, end: int, source: str) -> list[float]:
     """Learning rates a Trainer logged for the steps in (start, end]: the checkpoint's weight when the per-step record
     is missing (a warmup run without RoseDataSelector, or one resumed mid-way).

@@ -10,7 +10,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..features.checkpoint import TrainingCheckpoint, logged_learning_rates
+from ..features.checkpoint import TrainingCheckpoint, featurized_saves, logged_learning_rates
 from ..features.gradients import find_lora_parameters
 from ..features.preconditioner import check_adam_optimizer
 from ..logs import follow_trainer_verbosity, get_logger
@@ -33,6 +33,27 @@ def _zero3_enabled() -> bool:
     except ImportError:  # pragma: no cover
         return False
     return is_deepspeed_zero3_enabled()
+
+
+def _steps_per_epoch(args: TrainingArguments, dataloader) -> int | None:
+    if dataloader is None or not hasattr(dataloader, "__len__"):
+        return None
+    batches, accumulation = len(dataloader), args.gradient_accumulation_steps  # as Trainer.set_initial_training_values
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+def planned_saves(args: TrainingArguments, state: TrainerState, dataloader) -> list[int] | None:
+    """The steps at which the warmup will save, known at the start of training (None when they are not)."""
+    strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+    if state.max_steps <= 0:
+        return None
+    if strategy == "steps":
+        every = int(state.save_steps or args.save_steps)
+        return list(range(every, state.max_steps + 1, every))
+    steps_per_epoch = _steps_per_epoch(args, dataloader)
+    if strategy == "epoch" and steps_per_epoch is not None:
+        return sorted(set(range(steps_per_epoch, state.max_steps, steps_per_epoch)) | {state.max_steps})
+    return None
 
 
 class RoseDataSelector(TrainerCallback):
@@ -79,6 +100,7 @@ class RoseDataSelector(TrainerCallback):
         self._last_step = 0
         self._start_step = 0
         self._steps: set[int] = set()  # checkpoints whose features this warmup computed or found cached for its state
+        self._feature_steps: set[int] | None = None  # the saves that get features (None: every save)
 
     # --- results -------------------------------------------------------------------------------------------------
     @property
@@ -112,6 +134,7 @@ class RoseDataSelector(TrainerCallback):
         check_distributed_type(PartialState().distributed_type, model)
         find_lora_parameters(model)  # raises with the fix when there is no usable LoRA adapter
         self._check_saves(args, state)
+        self._plan_feature_steps(args, state, kwargs.get("train_dataloader"))
         self._check_learning_rates(args, state, kwargs.get("lr_scheduler"), kwargs.get("train_dataloader"))
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
@@ -144,7 +167,9 @@ class RoseDataSelector(TrainerCallback):
 
     def _wants_features(self, state: TrainerState) -> bool:
         # A method that reads the end of the warmup only makes one pool pass instead of one per checkpoint.
-        return not self.config.scoring_method.last_checkpoint_only or state.global_step >= state.max_steps
+        if self.config.scoring_method.last_checkpoint_only:
+            return state.global_step >= state.max_steps
+        return self._feature_steps is None or state.global_step in self._feature_steps
 
     def _featurize(self, model, optimizer, step: int, learning_rates: list[float]) -> None:
         checkpoint = TrainingCheckpoint.from_trainer(
@@ -197,6 +222,20 @@ class RoseDataSelector(TrainerCallback):
                     "would be saved: lower `save_steps`, or use `save_strategy='epoch'`."
                 )
 
+    def _plan_feature_steps(self, args: TrainingArguments, state: TrainerState, dataloader) -> None:
+        """The saves that get features under `num_feature_checkpoints` (None: every save); known before training."""
+        wanted = self.config.num_feature_checkpoints
+        if wanted is None or self.config.scoring_method.last_checkpoint_only:
+            return
+        saves = planned_saves(args, state, dataloader)
+        if saves is None:
+            raise ValueError(
+                f"num_feature_checkpoints={wanted} needs the warmup's saves before training, and they cannot be "
+                f"known here (save_strategy={getattr(args.save_strategy, 'value', args.save_strategy)!r}, "
+                f"max_steps={state.max_steps}): use save_strategy='epoch' or 'steps', or num_feature_checkpoints=None."
+            )
+        self._feature_steps = set(featurized_saves(saves, wanted))
+
     def _check_learning_rates(self, args: TrainingArguments, state: TrainerState, scheduler, dataloader) -> None:
         """Refuse a schedule that reaches a featurized checkpoint by steps whose learning rate is all 0.
 
@@ -210,21 +249,16 @@ class RoseDataSelector(TrainerCallback):
         # Optimizer step s (1-based) runs at base rate x lambda(s - 1): the scheduler steps after the optimizer.
         rates = [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step) for step in range(state.max_steps)]
         strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
-        steps_per_epoch = None
-        if dataloader is not None and hasattr(dataloader, "__len__"):  # as Trainer.set_initial_training_values
-            batches, accumulation = len(dataloader), args.gradient_accumulation_steps
-            steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+        steps_per_epoch = _steps_per_epoch(args, dataloader)
+        saves = planned_saves(args, state, dataloader)
         if self.config.scoring_method.last_checkpoint_only:
-            ends = [state.max_steps]  # only the end of the warmup is featurized; its weight is 1
-        elif strategy == "steps":
-            every = int(state.save_steps or args.save_steps)
-            ends = list(range(every, state.max_steps + 1, every))
-        elif strategy == "epoch" and steps_per_epoch is not None:
-            ends = sorted(set(range(steps_per_epoch, state.max_steps, steps_per_epoch)) | {state.max_steps})
-        else:
+            saves = [state.max_steps]  # only the end of the warmup is featurized; its weight is 1
+        if saves is None:
             return
-        start = 0
-        for end in ends:
+        # Each featurized save weighs the rates since the save before it (featurized or not).
+        featurized = set(featurized_saves(saves, self.config.num_feature_checkpoints))
+        ends = [(start, end) for start, end in zip([0, *saves[:-1]], saves) if end in featurized]
+        for start, end in ends:
             if not any(rates[start:end]):
                 kind = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
                 per_epoch = f" ({steps_per_epoch} optimizer step(s) per epoch)" if steps_per_epoch else ""
@@ -244,4 +278,3 @@ class RoseDataSelector(TrainerCallback):
                     "RoseConfig.warmup_fraction; a smaller per_device_train_batch_size or gradient_accumulation_steps; "
                     "more steps between saves), or a schedule that starts above 0 (warmup_steps=0)."
                 )
-            start = end

@@ -44,6 +44,9 @@ BAD_VALUES = [
     ("prefilter_fraction", 1.5),
     ("prefilter_fraction", math.nan),
     ("prefilter_fraction", 0.01),  # keeps fewer rows than the default selection_fraction=0.05 selects
+    ("num_feature_checkpoints", 0),
+    ("num_feature_checkpoints", 1.5),
+    ("num_feature_checkpoints", True),
 ]
 
 
@@ -75,6 +78,8 @@ def test_every_field_has_a_bad_value_test_or_is_free():
         {"validation_objective": "sft", "scoring": "robust"},
         {"prefilter_fraction": 0.05},
         {"prefilter_fraction": 1.0},
+        {"num_feature_checkpoints": 1},
+        {"num_feature_checkpoints": 8},  # more than the warmup saves: every save
         {"prefilter_fraction": 0.01, "selection_size": 3},  # the pool size decides (SelectionPipeline checks it)
     ],
 )

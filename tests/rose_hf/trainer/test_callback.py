@@ -455,3 +455,36 @@ def test_robust_scoring_featurizes_the_end_of_the_warmup_only(tokenizer, data, t
         f"checkpoint-{trainer.state.global_step}"
     ]
     assert selector.result.weights.tolist() == [1.0] and selector.result.info["health"]["verdict"]
+
+
+def test_num_feature_checkpoints_featurizes_evenly_spaced_saves_ending_with_the_last(tokenizer, data, tmp_path):
+    """Two selectors on one 4-save warmup: every save, and 2 of them. The second computes features at saves 2 and 4
+    only, equal to the first's there, weighted by the learning rates since the save before each (so its scores are
+    the brute-force scores of the first's features at those saves with those weights)."""
+    pool, pairs = data
+    every = RoseDataSelector(pool, pairs, rose_config(tmp_path / "every"))
+    two = RoseDataSelector(pool, pairs, rose_config(tmp_path / "two", num_feature_checkpoints=2))
+    trainer = sft_trainer(tokenizer, tmp_path / "out", pool, [every, two], num_train_epochs=4)
+    trainer.train()
+    saves = [int(f.rsplit("-", 1)[1]) for f in feature_folders(str(tmp_path / "every"))]
+    assert len(saves) == 4
+    assert [int(f.rsplit("-", 1)[1]) for f in feature_folders(str(tmp_path / "two"))] == [saves[1], saves[3]]
+    for step in (saves[1], saves[3]):
+        ours, theirs = (checkpoint_meta(str(tmp_path / name / "features" / f"checkpoint-{step}")) for name in ("two", "every"))
+        assert ours["learning_rates"] == theirs["learning_rates"]  # the steps since the previous SAVE, not featurized one
+        np.testing.assert_array_equal(*(np.load(str(tmp_path / name / "features" / f"checkpoint-{step}" / "pool.npy"))
+                                        for name in ("two", "every")))  # fmt: skip
+    for step in (saves[0], saves[2]):
+        shutil.rmtree(str(tmp_path / "every" / "features" / f"checkpoint-{step}"))
+    expected, _, ok = brute_force_scores(str(tmp_path / "every"), list(pairs["subtask"]))
+    np.testing.assert_allclose(two.result.scores[ok], expected[ok], atol=1e-5)
+    assert two.result.selected_indices == top(expected, ok, len(two.result.selected_indices))
+
+
+def test_num_feature_checkpoints_needs_saves_known_before_training(tokenizer, data, tmp_path):
+    pool, pairs = data
+    selector = RoseDataSelector(pool, pairs, rose_config(tmp_path / "rose", num_feature_checkpoints=2))
+    trainer = sft_trainer(tokenizer, tmp_path / "out", pool, [selector])
+    trainer.args.save_strategy = "best"  # saves that depend on evaluation: not known before training
+    trainer.args.metric_for_best_model = "loss"
+    assert_fails_before_training(trainer, "num_feature_checkpoints=2 needs the warmup's saves before training")

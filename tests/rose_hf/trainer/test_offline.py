@@ -53,10 +53,10 @@ def dense_rates(checkpoint):
     return [e["learning_rate"] for e in history if "learning_rate" in e]
 
 
-def select(tokenizer, runs, checkpoints, output_dir, scoring="paper"):
+def select(tokenizer, runs, checkpoints, output_dir, scoring="paper", **kwargs):
     model = PeftModel.from_pretrained(build_model("llama", tokenizer, seed=0), checkpoints[0], is_trainable=True)
     config = RoseConfig(selection_dir=str(output_dir), projection_dim=64, chunk_size=16, feature_batch_size=8,
-                        feature_max_length=64, report=False, scoring=scoring, selection_fraction=0.25)  # fmt: skip
+                        feature_max_length=64, report=False, scoring=scoring, selection_fraction=0.25, **kwargs)  # fmt: skip
     return select_from_checkpoints(model, checkpoints, runs["pool"], runs["pairs"], tokenizer, config)
 
 
@@ -109,6 +109,19 @@ def test_several_checkpoints_of_a_sparse_log_weigh_as_a_dense_one(tokenizer, run
     logged = np.asarray(dense_rates(runs["dense"][-1])).reshape(3, STEPS_PER_EPOCH).mean(axis=1)
     np.testing.assert_allclose(dense.weights, logged / logged.sum(), rtol=1e-12)
     np.testing.assert_allclose(sparse.weights, dense.weights, rtol=1e-6)
+
+
+def test_num_feature_checkpoints_reads_the_last_saves_weighted_since_the_save_before(tokenizer, runs, tmp_path):
+    """2 of 3 saves: the 2nd and the 3rd (`featurized_saves`), each weighing the mean rate of its own epoch, as the
+    live callback weighs them; their features are those of the run over every save."""
+    every = select(tokenizer, runs, runs["dense"], tmp_path / "every")
+    two = select(tokenizer, runs, runs["dense"], tmp_path / "two", num_feature_checkpoints=2)
+    assert two.steps == every.steps[1:] == [8, 12]
+    logged = np.asarray(dense_rates(runs["dense"][-1])).reshape(3, STEPS_PER_EPOCH).mean(axis=1)[1:]
+    np.testing.assert_allclose(two.weights, logged / logged.sum(), rtol=1e-12)
+    for step in (8, 12):
+        np.testing.assert_array_equal(*(np.load(str(tmp_path / name / "features" / f"checkpoint-{step}" / "pool.npy"))
+                                        for name in ("two", "every")))  # fmt: skip
 
 
 def test_pool_features_bar_moves_per_batch(tokenizer, runs, tmp_path, monkeypatch):
