@@ -47,9 +47,9 @@ def planned_saves(args: TrainingArguments, state: TrainerState, dataloader) -> l
     strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
     if state.max_steps <= 0:
         return None
-    if strategy == "steps":
+    if strategy == "steps":  # every `save_steps`, and at the end of training (transformers' DefaultFlowCallback)
         every = int(state.save_steps or args.save_steps)
-        return list(range(every, state.max_steps + 1, every))
+        return sorted(set(range(every, state.max_steps + 1, every)) | {state.max_steps})
     steps_per_epoch = _steps_per_epoch(args, dataloader)
     if strategy == "epoch" and steps_per_epoch is not None:
         return sorted(set(range(steps_per_epoch, state.max_steps, steps_per_epoch)) | {state.max_steps})
