@@ -187,7 +187,7 @@ def render(results: dict[str, Any]) -> str:
     rows = []
     for w in results["worlds"]:
         for share, figures in w["prefilter"].items():
-            rows.append([w["family"], w["seed"], share, figures["kept"], fmt(figures["recall"]), fmt(figures["harmful_recall"]),
+            rows.append([w["family"], w["seed"], share, str(figures["kept"]), fmt(figures["recall"]), fmt(figures["harmful_recall"]),
                          fmt(w["prefilter_cost"])])  # fmt: skip
     lines.append(table(["family", "seed", "kept share", "rows kept", "target recall", "harmful twin recall",
                         "first stage cost (pool-epochs)"], rows))  # fmt: skip
