@@ -57,11 +57,11 @@ def select_from_checkpoints(
 
     PartialState()
     pipeline = SelectionPipeline(pool, pairs, config)
-    pipeline.prepare(model, tokenizer)
     previous = 0
     if config.scoring_method.last_checkpoint_only:
         previous = _step(checkpoints[-2]) if len(checkpoints) > 1 else 0
         checkpoints = checkpoints[-1:]
+    pipeline.prepare(model, tokenizer, num_passes=len(checkpoints))
     for path in checkpoints:
         set_peft_model_state_dict(model, load_peft_weights(path, device="cpu"))
         # The only checkpoint's weight is 1 whatever its learning rates, so only

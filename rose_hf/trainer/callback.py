@@ -116,7 +116,9 @@ class RoseDataSelector(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
             check_adam_optimizer(optimizer)
-        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), args)
+        # The plan (rows, passes, bytes) is logged, and checked against the free disk, before the first step.
+        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), args,
+                              **self._plan_arguments(args, state, kwargs.get("train_dataloader")))  # fmt: skip
         self._last_step = self._start_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
@@ -197,6 +199,31 @@ class RoseDataSelector(TrainerCallback):
                     "would be saved: lower `save_steps`, or use `save_strategy='epoch'`."
                 )
 
+    def _feature_steps(self, args: TrainingArguments, state: TrainerState, dataloader) -> list[int] | None:
+        """The warmup steps whose checkpoints get features, known before training (None where they are not)."""
+        if state.max_steps <= 0:
+            return None
+        strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+        steps_per_epoch = _steps_per_epoch(args, dataloader)
+        if self.config.scoring_method.last_checkpoint_only:
+            return [state.max_steps]  # only the end of the warmup is featurized; its weight is 1
+        if strategy == "steps":
+            every = int(state.save_steps or args.save_steps)
+            return list(range(every, state.max_steps + 1, every))
+        if strategy == "epoch" and steps_per_epoch is not None:
+            return sorted(set(range(steps_per_epoch, state.max_steps, steps_per_epoch)) | {state.max_steps})
+        return None
+
+    def _plan_arguments(self, args: TrainingArguments, state: TrainerState, dataloader) -> dict[str, Any]:
+        """What the selection plan needs from the warmup: the feature passes it will make, and its size."""
+        ends = self._feature_steps(args, state, dataloader)
+        if ends is None:  # e.g. save_strategy="best": one pass per epoch at most
+            ends = [None] * (1 if self.config.scoring_method.last_checkpoint_only else
+                             max(1, int(np.ceil(args.num_train_epochs))))  # fmt: skip
+        rows = len(dataloader.dataset) if hasattr(getattr(dataloader, "dataset", None), "__len__") else None
+        return {"num_passes": len(ends), "warmup_rows": rows,
+                "warmup_epochs": float(args.num_train_epochs) if rows is not None else None}  # fmt: skip
+
     def _check_learning_rates(self, args: TrainingArguments, state: TrainerState, scheduler, dataloader) -> None:
         """Refuse a schedule that reaches a featurized checkpoint by steps whose learning rate is all 0.
 
@@ -210,18 +237,9 @@ class RoseDataSelector(TrainerCallback):
         # Optimizer step s (1-based) runs at base rate x lambda(s - 1): the scheduler steps after the optimizer.
         rates = [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step) for step in range(state.max_steps)]
         strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
-        steps_per_epoch = None
-        if dataloader is not None and hasattr(dataloader, "__len__"):  # as Trainer.set_initial_training_values
-            batches, accumulation = len(dataloader), args.gradient_accumulation_steps
-            steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
-        if self.config.scoring_method.last_checkpoint_only:
-            ends = [state.max_steps]  # only the end of the warmup is featurized; its weight is 1
-        elif strategy == "steps":
-            every = int(state.save_steps or args.save_steps)
-            ends = list(range(every, state.max_steps + 1, every))
-        elif strategy == "epoch" and steps_per_epoch is not None:
-            ends = sorted(set(range(steps_per_epoch, state.max_steps, steps_per_epoch)) | {state.max_steps})
-        else:
+        steps_per_epoch = _steps_per_epoch(args, dataloader)
+        ends = self._feature_steps(args, state, dataloader)
+        if ends is None:
             return
         start = 0
         for end in ends:
@@ -245,3 +263,11 @@ class RoseDataSelector(TrainerCallback):
                     "more steps between saves), or a schedule that starts above 0 (warmup_steps=0)."
                 )
             start = end
+
+
+def _steps_per_epoch(args: TrainingArguments, dataloader) -> int | None:
+    """Optimizer steps per epoch, as `Trainer.set_initial_training_values` counts them (None without a sized loader)."""
+    if dataloader is None or not hasattr(dataloader, "__len__"):
+        return None
+    batches, accumulation = len(dataloader), args.gradient_accumulation_steps
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
