@@ -2,6 +2,7 @@
 whole pool, and still name the right row."""
 
 import tracemalloc
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -42,3 +43,31 @@ def test_batched_checks_read_the_format_from_a_later_batch_and_count_blank_rows_
     data.check_sft_dataset(conversations)
     with pytest.raises(ValueError, match="Every row"):
         data.check_sft_dataset(Dataset.from_list(rows[:6]))
+
+
+@pytest.mark.parametrize("values", [["a", "b", None, "a", "c", "b"], [3, 1, 3, 2, 2, 1], [[1], [2], [1], [], [2], [1]]])
+def test_report_sources_match_the_row_by_row_labels_through_an_indices_mapping(values):
+    from collections import Counter
+
+    from rose_hf.report.context import SourceColumn
+
+    pool = Dataset.from_dict({"source": values, "row": list(range(len(values)))}).shuffle(seed=1).select([5, 0, 3, 2])
+    labels = [str(value) for value in pool["source"]]  # what the report listed before
+    sources = SourceColumn.of(pool, "source")
+    assert [sources[i] for i in range(len(pool))] == labels and len(sources) == len(pool)
+    assert sources.counts() == Counter(labels)
+    assert sources.counts(np.array([0, 2])) == Counter([labels[0], labels[2]])
+    assert sources.names_of(np.array([3, 1])) == [labels[3], labels[1]]
+
+
+def test_report_sources_of_a_large_pool_are_read_in_arrow_not_row_by_row():
+    import time
+
+    from rose_hf.report.context import SourceColumn
+
+    pool = Dataset(pa.table({"source": pc.cast(pa.array(np.arange(300_000) % 7), pa.string())}))
+    start = time.process_time()
+    sources = SourceColumn.of(pool, "source")
+    seconds = time.process_time() - start
+    assert sources.counts() == Counter({str(k): 300_000 // 7 + (k < 300_000 % 7) for k in range(7)})
+    assert seconds < 2.0  # row by row through `datasets` this took about 25 s
