@@ -217,6 +217,8 @@ class RoseDataSelector(TrainerCallback):
     def _plan_arguments(self, args: TrainingArguments, state: TrainerState, dataloader) -> dict[str, Any]:
         """What the selection plan needs from the warmup: the feature passes it will make, and its size."""
         ends = self._feature_steps(args, state, dataloader)
+        if ends is not None and ends[-1] != state.max_steps and not self.config.scoring_method.last_checkpoint_only:
+            ends = ends + [state.max_steps]  # save_strategy="steps" also saves at the end of training
         if ends is None:  # e.g. save_strategy="best": one pass per epoch at most
             ends = [None] * (1 if self.config.scoring_method.last_checkpoint_only else
                              max(1, int(np.ceil(args.num_train_epochs))))  # fmt: skip

@@ -22,11 +22,11 @@ from rose_hf.trainer.callback import RoseDataSelector
 EXTRA_COLUMNS = ["family", "correct", "source", "id"]
 
 
-def _trainer(tokenizer, root, pool, selector, epochs=2):
+def _trainer(tokenizer, root, pool, selector, epochs=2, **kwargs):
     torch.manual_seed(0)
     args = SFTConfig(output_dir=str(root / "sft"), num_train_epochs=epochs, per_device_train_batch_size=8,
-                     learning_rate=1e-3, save_strategy="epoch", logging_steps=1, report_to=[], use_cpu=True,
-                     bf16=False, max_length=64, disable_tqdm=True, seed=0)  # fmt: skip
+                     learning_rate=1e-3, logging_steps=1, report_to=[], use_cpu=True, bf16=False, max_length=64,
+                     disable_tqdm=True, seed=0, **{"save_strategy": "epoch", **kwargs})  # fmt: skip
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                       task_type="CAUSAL_LM")  # fmt: skip
     return SFTTrainer(model=build_model("llama", tokenizer, seed=0), args=args,
@@ -113,6 +113,14 @@ def test_a_disk_too_small_fails_before_any_training_step_and_writes_nothing(toke
     assert trainer.state.global_step == 0
     assert not os.path.exists(tmp_path / "sub" / "rose")
     assert not glob.glob(str(tmp_path / "sft" / "checkpoint-*"))
+
+
+def test_plan_counts_the_save_at_the_end_of_a_steps_strategy(tokenizer, tmp_path):
+    pool, task = pool_dataset(20)
+    selector = RoseDataSelector(pool, task.validation.select(range(4)), _config(tmp_path))
+    # 16 rows in batches of 8 for 2 epochs: 4 steps, saved at step 3 and, at the end, step 4
+    _trainer(tokenizer, tmp_path, pool, selector, save_strategy="steps", save_steps=3).train()
+    assert selector.pipeline.plan.num_passes == len(selector.pipeline.completed_steps()) == 2
 
 
 class _Config:
