@@ -130,24 +130,37 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                       task_type="CAUSAL_LM")  # fmt: skip
 
+    from transformers import TrainerCallback
+
+    class TrainEnd(TrainerCallback):
+        """Called before the selector's own `on_train_end` (user callbacks come first), which scores, selects and
+        writes the report inside `run_warmup()`: the time from here to its return is the selection's."""
+
+        at: float | None = None
+        cpu: float | None = None
+        peak: int = 0
+
+        def on_train_end(self, *args, **kwargs):
+            TrainEnd.at, TrainEnd.cpu, TrainEnd.peak = time.perf_counter(), time.process_time(), memory.peak()
+            memory.reset()
+
     def trainer():
         return RoseTrainer(model=tiny_llama(tokenizer, args.hidden_size, args.num_layers), args=sft_args,
                            train_dataset=pool, preference_dataset=pairs, rose_config=rose_config, peft_config=lora,
-                           processing_class=tokenizer)  # fmt: skip
+                           processing_class=tokenizer, callbacks=[TrainEnd()])  # fmt: skip
 
     memory.reset()
     start, cpu_start = time.perf_counter(), time.process_time()
     first = trainer()
     first.run_warmup()
     warmup_and_features = time.perf_counter() - start
+    # The selector scored, selected and wrote the report when the warmup ended, inside `run_warmup()`.
+    select_seconds = start + warmup_and_features - TrainEnd.at
+    warmup_and_features -= select_seconds
     # CPU seconds of this process (all its threads): on a shared machine, wall time also counts the other jobs.
-    cpu_seconds = time.process_time() - cpu_start
-    peak_features = memory.peak()
-    memory.reset()
-    start = time.perf_counter()
+    cpu_seconds = TrainEnd.cpu - cpu_start
+    peak_features, peak_selection = TrainEnd.peak, memory.peak()
     selection = first.run_selection()
-    select_seconds = time.perf_counter() - start
-    peak_selection = memory.peak()
     plan, clock = first.selector.pipeline.plan, first.selector.pipeline.clock
 
     memory.reset()
@@ -178,7 +191,7 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
         "warmup_and_features_seconds": warmup_and_features,
         "warmup_and_features_cpu_seconds": cpu_seconds,
         "cpu_seconds_per_feature_row": cpu_seconds / sum(p["rows"] for p in passes),
-        "score_select_seconds": select_seconds,
+        "score_select_seconds": select_seconds,  # scores, selection and report, with writing them
         "score_seconds_recorded": selection.info.get("score_seconds"),
         "reload_seconds": reload_seconds,
         "peak_rss_features_mb": peak_features / 2**20,

@@ -58,8 +58,8 @@ def write_cache(root: str, rows: int, dim: int, checkpoints: int, pairs: int, ch
 
 def child(args) -> dict:
     from rose_hf import RoseConfig
-    from rose_hf.scoring.selection import select_from_store
     from rose_hf.cache.store import FeatureStore
+    from rose_hf.scoring.selection import select_from_store
 
     from .pool import scale_pool
     from .run import PeakRSS

@@ -44,6 +44,8 @@ def test_a_small_scale_run_is_consistent_with_its_files(tmp_path, smollm2):
                  for name in names if name.endswith((".npy", ".done")))
     assert arrays <= stored["plan"]["array_bytes"] and stored["selection_dir_bytes"] <= stored["plan"]["total_bytes"]
     assert stored["num_selected"] == 15 and stored["reload_seconds"] > 0
+    # the selection runs when the warmup ends: its window holds the scoring that selection.json records
+    assert stored["score_select_seconds"] >= stored["score_seconds_recorded"] > 0
     assert stored["estimate"]["remaining_rows"] >= 0
     for stage in ("features", "selection", "reload"):
         assert stored[f"peak_rss_{stage}_beyond_baseline_mb"] == pytest.approx(
