@@ -45,6 +45,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="stored,streamed",
                         help="stored: pool features on disk; streamed: store_pool_features=False (when RoseConfig has it)")
     parser.add_argument("--keep", action="store_true", help="keep the run's folders (default: delete the features)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run in the same folder (its finished chunks are kept; the figures of "
+                             "the feature pass then cover the resumed part only)")
     parser.add_argument("--compare", nargs="+", default=None, help="JSON files of earlier runs to compare")
     return parser
 
@@ -117,7 +120,8 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
     from rose_hf import RoseConfig, RoseTrainer
 
     root = os.path.join(args.output_dir, f"run_{args.pool_size}_{mode}")
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(root, ignore_errors=True)
     extra = {"store_pool_features": False} if mode == "streamed" else {}
     rose_config = RoseConfig(
         warmup_fraction=args.warmup_rows / args.pool_size, projection_dim=args.projection_dim,
