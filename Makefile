@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo demo-tiny bench-speed bench-quality bench-real bench-hh-check bench-trust lint docs clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-scale bench-quality bench-real bench-hh-check bench-trust lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ demo-tiny: $(STAMP)
 # The quality benchmark runs one process per world family (each run is cached), then aggregates them.
 bench-speed: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.speed.run --output_dir outputs/bench_speed
+
+# RoseTrainer end to end on an N-row pool (tiny Llama, SmolLM2's tokenizer, real text), measured against its size:
+# `make bench-scale SCALE_POOL=100000`; then `python -m benchmarks.scale.run --compare A.json B.json` compares runs.
+SCALE_POOL ?= 10000
+bench-scale: $(STAMP)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.scale.run --pool_size $(SCALE_POOL) \
+	  --output_dir outputs/bench_scale
 
 bench-quality: $(STAMP)
 	mkdir -p outputs/bench_quality

@@ -210,6 +210,26 @@ def _values(dataset: Dataset, column: str) -> list[Any]:
     return dataset[column][:]
 
 
+# Rows per batch when a check reads a whole pool: Python objects for this many rows at a time, not the whole pool's.
+CHECK_BATCH_ROWS = 16_384
+
+
+def _row_batches(dataset: Dataset, columns: list[str], size: int | None = None):
+    """`(first row, {column: values})` of consecutive row ranges of `dataset`, each read in one batch."""
+    view, size = dataset.select_columns(columns), size or CHECK_BATCH_ROWS
+    for start in range(0, len(view), size):
+        yield start, view[start : start + size]
+
+
+def _first_filled(dataset: Dataset, column: str) -> Any:
+    """The first non-empty value of `column` (the first value when all are empty)."""
+    for _, values in _row_batches(dataset, [column]):
+        found = next((value for value in values[column] if not _is_empty(value)), None)
+        if found is not None:
+            return found
+    return dataset[0][column]
+
+
 def check_dataset_type(dataset: Any, name: str) -> None:
     """A `datasets.Dataset` in memory or on disk, which selection needs (it scores and indexes every row)."""
     from datasets import DatasetDict, IterableDataset, IterableDatasetDict
@@ -243,15 +263,16 @@ def check_sft_dataset(dataset: Dataset, name: str = "train_dataset") -> str:
     check_dataset_type(dataset, name)
     fmt = sft_format(dataset, name)
     columns = SFT_FORMATS[fmt]
-    values = {column: _values(dataset, column) for column in columns}
-    reference = {column: next((v for v in values[column] if not _is_empty(v)), values[column][0]) for column in columns}
+    reference = {column: _first_filled(dataset, column) for column in columns}
     conversational = {column: _conversational(value) for column, value in reference.items()}
     if fmt in ("messages", "conversations"):
         conversational = {column: True for column in columns}
-    for column in columns:
-        for index, value in enumerate(values[column]):
-            _check_row(value, column, index, name, conversational[column], allow_empty=True)
-    blank = sum(blank_target(dict(zip(columns, row)), fmt) for row in zip(*(values[c] for c in columns)))
+    blank = 0
+    for start, values in _row_batches(dataset, columns):  # a pool of millions of rows is never all in Python at once
+        for column in columns:
+            for index, value in enumerate(values[column], start):
+                _check_row(value, column, index, name, conversational[column], allow_empty=True)
+        blank += sum(blank_target(dict(zip(columns, row)), fmt) for row in zip(*(values[c] for c in columns)))
     if blank == len(dataset):
         raise ValueError(
             f"Every row of `{name}` lacks a training target (missing or blank {' / '.join(columns)}, or no non-empty "

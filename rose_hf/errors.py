@@ -32,3 +32,11 @@ class UnsupportedDistributedError(ValueError):
 
 class CacheWriteError(OSError):
     """A cache write failed in a way the user can fix (permissions, a full disk); the cache is left consistent."""
+
+
+class DiskSpaceError(CacheWriteError):
+    """The disk cannot hold the selection's plan (`rose_hf.plan.SelectionPlan`); refused before anything was written.
+
+    Fix: `feature_dtype="int8"`, a smaller `projection_dim`, `prefilter_fraction`, `store_pool_features=False`, or a
+    `selection_dir` with more room.
+    """

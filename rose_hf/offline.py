@@ -58,12 +58,12 @@ def select_from_checkpoints(
 
     PartialState()
     pipeline = SelectionPipeline(pool, pairs, config)
-    pipeline.prepare(model, tokenizer)
     steps = [_step(path) for path in checkpoints]
     # Each featurized checkpoint weighs the learning rates since the save before it, featurized or not.
     previous = dict(zip(steps, [0, *steps[:-1]]))
     wanted = 1 if config.scoring_method.last_checkpoint_only else config.num_feature_checkpoints
     featurized = featurized_saves(steps, wanted)
+    pipeline.prepare(model, tokenizer, num_passes=len(featurized))
     for path in checkpoints:
         if _step(path) not in featurized:
             continue

@@ -43,6 +43,7 @@ from .features.featurizer import Featurizer, checkpoint_features
 from .features.gradients import LoraParameter
 from .features.preconditioner import AdamState
 from .logs import get_logger, summary
+from .plan import SelectionClock, SelectionPlan
 from .prefilter.stage import kept_key, record_kept, run_prefilter
 from .rose_config import RoseConfig
 from .scoring.selection import SelectionResult, describe_selection, select_from_store
@@ -107,6 +108,8 @@ class SelectionPipeline:
         self._data_fingerprints: dict[str, str] | None = None
         self.prefilter = None  # the prefilter's `PrefilterResult`, when `prefilter_fraction` is set (after `prepare`)
         self.feature_rows: Dataset | None = None  # the tokenized rows that get gradient features: the kept ones
+        self.plan: SelectionPlan | None = None
+        self.clock: SelectionClock | None = None
 
     @property
     def subtasks(self) -> list[str]:
@@ -115,16 +118,25 @@ class SelectionPipeline:
             return [str(value) for value in self.pairs[SUBTASK_COLUMN]]
         return [DEFAULT_SUBTASK] * len(self.pairs)
 
-    def prepare(self, model: nn.Module, tokenizer, training_args: Any = None) -> None:
+    def prepare(self, model: nn.Module, tokenizer, training_args: Any = None, num_passes: int | None = None,
+                **plan: Any) -> None:
         """Validate the model, tokenize, and open (or check) the cache. Collective: call on every process.
 
         `training_args` (the warmup's `SFTConfig`) decides which tokens carry the pool's loss, as in `SFTTrainer`
         (`assistant_only_loss`, `completion_only_loss`; without it, TRL's defaults), and the arguments that shape
-        the warmup (`fingerprint.warmup_arguments`) are recorded in `run.json` for the report.
+        the warmup (`fingerprint.warmup_arguments`) are recorded in `run.json` for the report. `num_passes` (the
+        feature passes expected, default 1) and `plan` (`SelectionPlan`'s `warmup_rows`, `warmup_epochs`) make the
+        plan that is logged, and checked against the free disk before anything is written.
         """
         state = PartialState()
         config = self.config
+        self.featurizer = Featurizer(model, config)
+        self.plan = SelectionPlan.from_config(config, len(self.pool), num_passes or 1, self.featurizer.dim,
+                                              len(self.pairs), pool_bytes=self.pool.data.nbytes, **plan)  # fmt: skip
+        self.clock = SelectionClock(self.plan, state.num_processes, min_rows=min(config.chunk_size, 256))
         if state.is_main_process:
+            self.plan.check_disk(config.selection_dir)  # before anything is written: nothing to clean up
+            summary(self.plan.describe())
             check_writable(config.selection_dir)
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
         if tokenizer is None:
@@ -132,7 +144,6 @@ class SelectionPipeline:
                 "No tokenizer: pass `processing_class=tokenizer` to the trainer, or `tokenizer=` to RoseDataSelector."
             )
         self.pad_token_id = pad_token_id(tokenizer)
-        self.featurizer = Featurizer(model, config)
         start = time.perf_counter()
         self.loss_tokens = {
             "assistant_only_loss": bool(getattr(training_args, "assistant_only_loss", False)),
@@ -272,6 +283,7 @@ class SelectionPipeline:
             raise RuntimeError("Call `prepare(model, tokenizer)` first.")
         if fingerprint is None:
             fingerprint = self.open_checkpoint(model, checkpoint.step, checkpoint.adam)
+        on_chunk = self._timed(checkpoint.step, on_chunk)
         with preserved_rng():
             return checkpoint_features(
                 model,
@@ -287,6 +299,23 @@ class SelectionPipeline:
                 lockstep=lockstep,
                 on_chunk=on_chunk,
             )
+
+    def _timed(self, step: int, on_chunk=None):
+        """`on_chunk`, also telling the clock (`plan.SelectionClock`) the rows of each finished chunk: the first
+        chunks of the first pass computed here give the time estimate of the rest."""
+        clock = self.clock
+        if clock is None or clock.estimate is not None:
+            return on_chunk
+        passes_after = max(0, self.plan.num_passes - len(self.completed_steps()) - 1)
+        clock.start_pass(self.plan.featured_rows, passes_after)
+        features = self.store.checkpoint(step)
+
+        def timed(chunk: int) -> None:
+            clock.rows_done(len(features.chunk_rows(chunk)))
+            if on_chunk is not None:
+                on_chunk(chunk)
+
+        return timed
 
     def _check_same_data(self) -> None:
         if not os.path.exists(self.store.run_file):

@@ -26,6 +26,8 @@ features rounded as `pool.npy` would hold them (`round_features`), so scoring th
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -43,6 +45,10 @@ STATUS_PENDING, STATUS_OK, STATUS_EMPTY, STATUS_NONFINITE = 0, 1, 2, 3
 VALIDATION_FEATURES = ("dpo", "sft")
 # numpy storage of each `RoseConfig.feature_dtype`
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+# Per-row side arrays of a checkpoint: the status of each row, and the int8 storage's row scales.
+STATUS_DTYPE, SCALE_DTYPE = np.int8, np.float32
+# Validation features are stored in float32 whatever `feature_dtype` (they are few).
+VALIDATION_DTYPE = np.float32
 # Everything a run writes into its `output_dir` (selection.py, report/): `overwrite` must leave none of it behind.
 RUN_ARTIFACTS = (
     "features", "run.json", "scores.npy", "valid.npy", "selected_indices.json", "selected", "selected.jsonl",
@@ -251,10 +257,10 @@ class CheckpointFeatures:
             if num_pairs is None:
                 np.lib.format.open_memmap(self._file("pool.npy"), "w+", NUMPY_DTYPES[dtype], (num_rows, dim)).flush()
                 if dtype == "int8":
-                    np.lib.format.open_memmap(self._file("pool_scales.npy"), "w+", np.float32, (num_rows,)).flush()
+                    np.lib.format.open_memmap(self._file("pool_scales.npy"), "w+", SCALE_DTYPE, (num_rows,)).flush()
             else:
                 os.makedirs(self._file("similarities"), exist_ok=True)
-            np.lib.format.open_memmap(self._file("pool_status.npy"), "w+", np.int8, (num_rows,)).flush()
+            np.lib.format.open_memmap(self._file("pool_status.npy"), "w+", STATUS_DTYPE, (num_rows,)).flush()
         atomic_write_json(self._file("layout.json"), layout)
 
     @property
@@ -306,7 +312,7 @@ class CheckpointFeatures:
                 scale_map[rows.start : rows.stop] = scales
                 scale_map.flush()
             del pool, status_map
-        atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), {"rows": [rows.start, rows.stop]})
+        atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), chunk_record(rows))
 
     def write_similarity_chunk(self, chunk: int, similarities: dict[str, np.ndarray], status: np.ndarray) -> None:
         """Write one chunk's `(rows, V)` similarities of each objective and its status, then record it as done."""
@@ -322,7 +328,7 @@ class CheckpointFeatures:
             status_map[rows.start : rows.stop] = status
             status_map.flush()
             del status_map
-        atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), {"rows": [rows.start, rows.stop]})
+        atomic_write_json(self._file(f"chunks/{chunk:06d}.done"), chunk_record(rows))
 
     # --- validation and completion (main process) ----------------------------------------------------------------
     def write_validation(self, features: dict[str, np.ndarray]) -> None:
@@ -330,7 +336,7 @@ class CheckpointFeatures:
         for objective, values in features.items():
             tmp = self._file(f"validation_{objective}.tmp.npy")
             with disk_errors(self.path):
-                np.save(tmp, values.astype(np.float32))
+                np.save(tmp, values.astype(VALIDATION_DTYPE))
                 os.replace(tmp, self._file(f"validation_{objective}.npy"))
 
     def has_validation(self, objective: str) -> bool:
@@ -400,6 +406,51 @@ def round_features(features: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "int8":
         return dequantize_int8(*quantize_int8(features))
     return np.asarray(features).astype(NUMPY_DTYPES[dtype]).astype(np.float32)
+
+
+def chunk_record(rows: range) -> dict[str, list[int]]:
+    """The completion record of the chunk covering `rows` (`chunks/<id>.done`)."""
+    return {"rows": [rows.start, rows.stop]}
+
+
+def npy_nbytes(shape: Sequence[int], dtype) -> int:
+    """Size in bytes of a `.npy` file holding an array of `shape` and `dtype` (header included), as `np.save` and
+    `open_memmap` write it."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}  # fmt: skip
+    buffer = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # a header too long for format 1.0 (millions of dimensions): numpy writes 2.0
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return len(buffer.getvalue()) + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def checkpoint_file_bytes(
+    num_rows: int, dim: int, dtype: str, num_pairs: int, chunk_size: int, stores_pool_features: bool = True
+) -> dict[str, int]:
+    """The bytes of each array file (and of all chunk records) one checkpoint's features take, as `create`,
+    `write_chunk` (or `write_similarity_chunk`, without pool features) and `write_validation` write them; the small
+    JSON records (layout, fingerprint, meta) are not counted. `rose_hf.plan.SelectionPlan` sums them before a run."""
+    sizes = {"pool_status.npy": npy_nbytes((num_rows,), STATUS_DTYPE)}
+    if stores_pool_features:
+        sizes["pool.npy"] = npy_nbytes((num_rows, dim), NUMPY_DTYPES[dtype])
+        if dtype == "int8":
+            sizes["pool_scales.npy"] = npy_nbytes((num_rows,), SCALE_DTYPE)
+    else:
+        for objective in VALIDATION_FEATURES:  # one float32 (chunk rows, pairs) file per chunk and objective
+            sizes[f"similarities/{objective}-*.npy"] = sum(
+                npy_nbytes((min(start + chunk_size, num_rows) - start, num_pairs), np.float32)
+                for start in range(0, num_rows, chunk_size)
+            )
+    for objective in VALIDATION_FEATURES:
+        sizes[f"validation_{objective}.npy"] = npy_nbytes((num_pairs, dim), VALIDATION_DTYPE)
+    sizes["chunks/*.done"] = sum(
+        len(json.dumps(chunk_record(range(start, min(start + chunk_size, num_rows))), indent=2, sort_keys=True))
+        for start in range(0, num_rows, chunk_size)
+    )
+    return sizes
 
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

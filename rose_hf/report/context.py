@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,54 @@ from ..scoring.selection import SelectionResult
 from .plots import save_figure
 
 PLOT_DIR = "report"
+
+
+class SourceColumn:
+    """A pool's source labels as integer codes into their few distinct names (`str` of each value).
+
+    A pool of a million rows has a handful of sources: this keeps one code per row instead of a million Python
+    strings, and reads the column in Arrow rather than row by row.
+
+    Args:
+        names: the distinct labels.
+        codes: `(N,)` index into `names` of each row.
+    """
+
+    def __init__(self, names: Sequence[str], codes: np.ndarray):
+        self.names, self.codes = list(names), np.asarray(codes, dtype=np.int64)
+
+    @classmethod
+    def of(cls, dataset: Dataset, column: str) -> SourceColumn:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        values = dataset.select_columns([column]).with_format("arrow")[:][column]
+        try:
+            encoded = pc.dictionary_encode(values.combine_chunks(), null_encoding="encode")
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. list values: no dictionary
+            labels = [str(value) for value in dataset[column][:]]
+            names = list(dict.fromkeys(labels))
+            index = {name: i for i, name in enumerate(names)}
+            return cls(names, np.fromiter((index[label] for label in labels), np.int64, len(labels)))
+        labels = [str(value) for value in encoded.dictionary.to_pylist()]
+        names = list(dict.fromkeys(labels))  # two values may print alike
+        remap = np.asarray([names.index(label) for label in labels], dtype=np.int64)
+        return cls(names, remap[encoded.indices.to_numpy(zero_copy_only=False)] if len(remap) else remap)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, row: int) -> str:
+        return self.names[self.codes[row]]
+
+    def counts(self, rows: np.ndarray | None = None) -> Counter:
+        """Rows per source (of `rows` when given)."""
+        codes = self.codes if rows is None else self.codes[np.asarray(rows, dtype=np.int64)]
+        found = np.bincount(codes, minlength=len(self.names))
+        return Counter({name: int(n) for name, n in zip(self.names, found) if n})
+
+    def names_of(self, rows: np.ndarray) -> list[str]:
+        return [self.names[code] for code in self.codes[np.asarray(rows, dtype=np.int64)]]
 
 
 class ReportContext:
@@ -57,11 +107,11 @@ class ReportContext:
             )
         self.selected_rows = selected_rows
         column = config.source_column
-        self.pool_sources: list[str] | None = None
+        self.pool_sources: SourceColumn | None = None
         self.selected_sources: list[str] | None = None
         if column and pool is not None and column in pool.column_names:
-            self.pool_sources = [str(s) for s in pool[column]]
-            self.selected_sources = [self.pool_sources[i] for i in self.selected]
+            self.pool_sources = SourceColumn.of(pool, column)
+            self.selected_sources = self.pool_sources.names_of(self.selected)
         elif column and selected_rows is not None and column in selected_rows.column_names:
             self.selected_sources = [str(s) for s in selected_rows[column]]
         self.checkpoints = self._checkpoint_rows(store)

@@ -71,7 +71,7 @@ def sources(ctx: ReportContext) -> list[str]:
             f"({pct(num_selected, ctx.num_pool)}) means the target task's gradients favour that source.",
             "",
         ]
-        pool_counts = Counter(ctx.pool_sources)
+        pool_counts = ctx.pool_sources.counts()
         names = sorted(pool_counts, key=lambda s: (-selected_counts.get(s, 0), -pool_counts[s], s))
     else:
         lines += [
@@ -167,7 +167,7 @@ def budgets(ctx: ReportContext) -> list[str]:
     names: list[str] = []
     if ctx.pool_sources is not None:
         # The budget table shows only the biggest sources: one column each, everything else in "(other)".
-        counts = Counter(ctx.pool_sources)
+        counts = ctx.pool_sources.counts()
         names = sorted(counts, key=lambda s: (-counts[s], s))[:MAX_BUDGET_SOURCES]
         if len(counts) > len(names):
             names.append(OTHER)
@@ -183,7 +183,9 @@ def budgets(ctx: ReportContext) -> list[str]:
             f"{overlap} ({pct(overlap, len(indices))})",
         ]
         if names:
-            picked = Counter(ctx.pool_sources[i] if ctx.pool_sources[i] in top else OTHER for i in indices.tolist())
+            picked = Counter()
+            for name, count in ctx.pool_sources.counts(indices).items():
+                picked[name if name in top else OTHER] += count
             for name in names:
                 share = picked.get(name, 0) / len(indices) if len(indices) else 0.0
                 shares[name].append(share)

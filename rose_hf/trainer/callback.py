@@ -139,7 +139,9 @@ class RoseDataSelector(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if self.config.preconditioner == "adam" and optimizer is not None:
             check_adam_optimizer(optimizer)
-        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), args)
+        # The plan (rows, passes, bytes) is logged, and checked against the free disk, before the first step.
+        self.pipeline.prepare(model, self.tokenizer or kwargs.get("processing_class"), args,
+                              **self._plan_arguments(args, state, kwargs.get("train_dataloader")))  # fmt: skip
         self._last_step = self._start_step = state.global_step
         # A resumed run starts at a checkpoint whose features may be unfinished (killed during, or right before, its
         # `on_save`). No save of that step comes again: finish them now from the restored model and optimizer.
@@ -235,6 +237,19 @@ class RoseDataSelector(TrainerCallback):
                 f"max_steps={state.max_steps}): use save_strategy='epoch' or 'steps', or num_feature_checkpoints=None."
             )
         self._feature_steps = set(featurized_saves(saves, wanted))
+
+    def _plan_arguments(self, args: TrainingArguments, state: TrainerState, dataloader) -> dict[str, Any]:
+        """What the selection plan needs from the warmup: the feature passes it will make, and its size."""
+        saves = planned_saves(args, state, dataloader)
+        if self.config.scoring_method.last_checkpoint_only:
+            passes = 1  # only the end of the warmup is featurized
+        elif saves is not None:
+            passes = len(featurized_saves(saves, self.config.num_feature_checkpoints))
+        else:  # e.g. save_strategy="best": one pass per epoch at most
+            passes = max(1, int(np.ceil(args.num_train_epochs)))
+        rows = len(dataloader.dataset) if hasattr(getattr(dataloader, "dataset", None), "__len__") else None
+        return {"num_passes": passes, "warmup_rows": rows,
+                "warmup_epochs": float(args.num_train_epochs) if rows is not None else None}  # fmt: skip
 
     def _check_learning_rates(self, args: TrainingArguments, state: TrainerState, scheduler, dataloader) -> None:
         """Refuse a schedule that reaches a featurized checkpoint by steps whose learning rate is all 0.
