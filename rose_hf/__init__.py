@@ -29,6 +29,7 @@ _WHERE = {
     "FeatureStore": ".cache.store",
     "prefilter_pool": ".prefilter.stage",
     "PrefilterResult": ".prefilter.stage",
+    "SelectionPlan": ".plan",
     "checkpoint_dirs": ".offline",
     "select_from_checkpoints": ".offline",
     "CacheMismatchError": ".errors",
@@ -43,6 +44,7 @@ __all__ = [
     "RoseConfig",
     "RoseDataSelector",
     "RoseTrainer",
+    "SelectionPlan",
     "SelectionResult",
     "UnsupportedAdapterError",
     "UnsupportedOptimizerError",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from .cache.store import FeatureStore
     from .errors import CacheMismatchError, UnsupportedAdapterError, UnsupportedOptimizerError
     from .offline import checkpoint_dirs, select_from_checkpoints
+    from .plan import SelectionPlan
     from .prefilter.stage import PrefilterResult, prefilter_pool
     from .rose_config import RoseConfig
     from .scoring.budget import budget_curve, select_top

@@ -107,8 +107,11 @@ class World:
                 "relative_precision": metrics["precision"] / best}  # fmt: skip
 
     # --- the first stage ----------------------------------------------------------------------------------------------
-    def prefilter(self, share: float):
-        """The library's first stage on the base model, keeping `share` of the pool (cached per world)."""
+    def prefilter(self, share: float, fresh: bool = False):
+        """The library's first stage on the base model, keeping `share` of the pool (cached per world; `fresh`
+        computes it again, so that its time is measured rather than read from the cache)."""
+        import shutil
+
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rose_hf import RoseConfig, prefilter_pool
@@ -117,6 +120,8 @@ class World:
         tokenizer = AutoTokenizer.from_pretrained(self.base_path)
         config = RoseConfig(selection_dir=os.path.join(self.seed_dir, "prefilter"), prefilter_fraction=share,
                             feature_max_length=self.config.max_length, selection_fraction=self.config.final_budget)  # fmt: skip
+        if fresh:
+            shutil.rmtree(config.selection_dir, ignore_errors=True)
         start = time.perf_counter()
         result = prefilter_pool(model, tokenizer, self.task.pool, self.task.validation, config)
         return result, time.perf_counter() - start
@@ -131,7 +136,7 @@ def analyse_world(world: World) -> dict[str, Any]:
     kept_sets: dict[float, np.ndarray] = {}
     first_stage_seconds = None
     for share in [s for s in PREFILTER_SHARES if s is not None]:
-        result, seconds = world.prefilter(share)
+        result, seconds = world.prefilter(share, fresh=first_stage_seconds is None)
         first_stage_seconds = seconds if first_stage_seconds is None else first_stage_seconds  # later calls: cached
         kept = np.asarray(result.kept, dtype=np.int64)
         kept_sets[share] = kept

@@ -14,7 +14,6 @@ python -m benchmarks.scale.cost_table            # prints the markdown table
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 
@@ -78,19 +77,26 @@ def cost_row(rows: int, setting: Setting, hardware: Hardware = Hardware()) -> di
     """Pool-epochs, hours and disk of `setting` on a pool of `rows` rows.
 
     Pool-epochs count forward+backward passes over the whole pool: the warmup (epochs x fraction), the first stage
-    (`forward_only_cost`), the feature passes (checkpoints x featured share, each at `feature_over_floor`).
+    (`forward_only_cost`), the feature passes (checkpoints x featured share, each at `feature_over_floor`). Rows,
+    passes and bytes are `rose_hf.SelectionPlan`'s, the plan a run logs before it starts.
     """
-    featured = rows if setting.prefilter_fraction is None else math.ceil(setting.prefilter_fraction * rows)
-    warmup = setting.warmup_epochs * setting.warmup_fraction
+    from rose_hf import RoseConfig, SelectionPlan
+
+    dtype = {2: "float16", 4: "float32", 1: "int8"}[setting.bytes_per_value]
+    config = RoseConfig(prefilter_fraction=setting.prefilter_fraction, store_pool_features=setting.stored,
+                        feature_dtype=dtype, projection_dim=setting.projection_dim, selection_fraction=None,
+                        selection_size=1)  # fmt: skip
+    # The library's own plan (what a run states before it starts): passes and the bytes its files take.
+    plan = SelectionPlan.from_config(config, rows, setting.checkpoints, setting.projection_dim, hardware.pairs,
+                                     warmup_rows=setting.warmup_fraction * rows, warmup_epochs=setting.warmup_epochs)  # fmt: skip
+    cost = plan.pool_epochs()
     first_stage = hardware.forward_only_cost if setting.prefilter_fraction is not None else 0.0
-    features = setting.checkpoints * featured / rows
-    epochs = warmup + first_stage + features  # passes, in pool-epochs
-    time_epochs = warmup + first_stage + features * hardware.feature_over_floor  # in plain-training pool-epochs
+    epochs = cost["warmup"] + first_stage + cost["features"]  # passes, in pool-epochs
+    time_epochs = cost["warmup"] + first_stage + cost["features"] * hardware.feature_over_floor
     hours = time_epochs * rows * hardware.tokens_per_row / hardware.floor_tokens_per_second / 3600
-    per_row = setting.projection_dim * setting.bytes_per_value if setting.stored else hardware.pairs * 2 * 4
-    disk = setting.checkpoints * featured * per_row + (4 * rows if setting.prefilter_fraction is not None else 0)
-    return {"rows": rows, "featured_rows": featured, "pool_epochs": epochs, "pool_epochs_time": time_epochs,
-            "hours": hours, "disk_bytes": disk, "disk_per_checkpoint": featured * per_row}  # fmt: skip
+    disk = plan.num_passes * sum(plan.checkpoint_bytes().values()) + plan.first_stage_bytes()
+    return {"rows": rows, "featured_rows": plan.featured_rows, "pool_epochs": epochs, "pool_epochs_time": time_epochs,
+            "hours": hours, "disk_bytes": disk, "disk_per_checkpoint": sum(plan.checkpoint_bytes().values())}  # fmt: skip
 
 
 def render_table(sizes=(270_679, 1_000_000, 6_000_000), settings=(PAPER, NEW_DEFAULT_1, NEW_DEFAULT_2),

@@ -35,6 +35,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup_rows", type=int, default=64, help="rows of the warmup (warmup_fraction = rows / N)")
     parser.add_argument("--warmup_epochs", type=int, default=1, help="one feature pass per epoch")
     parser.add_argument("--projection_dim", type=int, default=256)
+    parser.add_argument("--selection_fraction", type=float, default=0.05, help="the budget's share of the pool")
+    parser.add_argument("--prefilter_fraction", type=float, default=None,
+                        help="the forward-only first stage keeps this share of the pool for gradient features")
     parser.add_argument("--feature_dtype", default="float16")
     parser.add_argument("--feature_batch_size", type=int, default=16)
     parser.add_argument("--num_pairs", type=int, default=8)
@@ -126,7 +129,8 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
     rose_config = RoseConfig(
         warmup_fraction=args.warmup_rows / args.pool_size, projection_dim=args.projection_dim,
         feature_dtype=args.feature_dtype, feature_batch_size=args.feature_batch_size, feature_max_length=64,
-        report=args.report, **extra,
+        report=args.report, prefilter_fraction=args.prefilter_fraction, selection_fraction=args.selection_fraction,
+        **extra,
     )  # fmt: skip
     sft_args = SFTConfig(output_dir=root, num_train_epochs=args.warmup_epochs, per_device_train_batch_size=8,
                          learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=10_000, report_to=[],

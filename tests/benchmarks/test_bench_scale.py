@@ -63,11 +63,16 @@ def test_cost_table_matches_a_row_computed_by_hand():
     # 4 epochs x 5% warmup = 0.2 pool-epochs; 4 feature passes at 1.5x: 6.2 plain-training pool-epochs
     assert paper["pool_epochs"] == pytest.approx(4.2) and paper["pool_epochs_time"] == pytest.approx(6.2)
     assert paper["hours"] == pytest.approx(6.2 * 1e6 * 500 / 50_000 / 3600)  # 17.2 h
-    assert paper["disk_bytes"] == 4 * 1_000_000 * 8192 * 2
+    # The plan's bytes (tested byte for byte against a run's files in tests/rose_hf/test_plan.py): the features, and
+    # a little more (statuses, validation features, headers, chunk records).
+    assert paper["disk_bytes"] == pytest.approx(4 * 1_000_000 * 8192 * 2, rel=1e-3)
     new = cost_row(1001, Setting("b", checkpoints=2, prefilter_fraction=0.2, stored=False), hardware)
     assert new["featured_rows"] == 201  # ceil(0.2 x 1001)
     assert new["pool_epochs"] == pytest.approx(0.2 + 1 / 3 + 2 * 201 / 1001)
-    assert new["disk_bytes"] == 2 * 201 * 10 * 2 * 4 + 4 * 1001
+    # per pass 201 rows x 10 pairs x 2 objectives of float32 (+ validation features); the first stage's (1001, 10)
+    # float32 cosines
+    features = 2 * (201 * 10 * 2 * 4 + 2 * 10 * 8192 * 4)
+    assert new["disk_bytes"] == pytest.approx(features + 1001 * 10 * 4, rel=0.02)
     table = render_table(hardware=hardware)
     assert table.startswith("EXTRAPOLATION") and table.count("\n| (") == 9
     assert math.isclose(Hardware().feature_over_floor, 1.31)
