@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo demo-tiny bench-speed bench-scale bench-quality bench-real bench-hh-check bench-trust lint docs clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-scale bench-quality bench-real bench-hh-check bench-trust bench-frontier lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,17 @@ bench-trust: $(STAMP)
 	    --dev_finals > outputs/bench_trust_$$family.log 2>&1 & \
 	done; wait
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.trust analyse
+
+# The cost frontier (issue 24): one warmup with features at every checkpoint per world (seeds 0, 3, 1; one process:
+# the timings are the cost), then every point from the caches; results are copied into benchmarks/results/frontier/.
+bench-frontier: $(STAMP)
+	mkdir -p outputs
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.frontier collect \
+	  > outputs/bench_frontier_collect.log 2>&1
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.frontier analyse
+	mkdir -p benchmarks/results/frontier
+	cp outputs/bench_frontier/frontier.json outputs/bench_frontier/frontier.md outputs/bench_frontier/frontier.png \
+	  benchmarks/results/frontier/
 
 lint: $(STAMP)
 	$(BIN)/ruff check rose_hf rose_fixtures tests examples benchmarks scripts

@@ -162,6 +162,38 @@ def analyse_world(world: World) -> dict[str, Any]:
     return out
 
 
+def hh_recall(output_dir: str, base_path: str, seeds=(0, 1), pool_size: int = 800) -> list[dict[str, Any]] | None:
+    """The first stage's recall of the target rows on the HH family (`rose_fixtures.hh`, the design-2 world: pool
+    800, 8% chosen replies, 8% their rejected twins, chatterbot-corpus distractors): forward passes only, no warmup.
+    None when the shared HH pairs are absent."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rose_fixtures.hh import HHDataMissing, make_hh_world
+    from rose_hf import RoseConfig, prefilter_pool
+
+    out = []
+    for seed in seeds:
+        try:
+            task = make_hh_world(seed, pool_size=pool_size)
+        except HHDataMissing as missing:
+            log(f"HH recall skipped: {missing}")
+            return None
+        helpful, harmful = task.helpful_mask(), task.harmful_mask()
+        model = AutoModelForCausalLM.from_pretrained(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        selection_dir = os.path.join(output_dir, "hh", f"seed_{seed}", "prefilter")
+        start = time.perf_counter()
+        result = prefilter_pool(model, tokenizer, task.pool, task.validation,
+                                RoseConfig(selection_dir=selection_dir, prefilter_fraction=0.1, feature_max_length=320))  # fmt: skip
+        seconds = time.perf_counter() - start
+        for share in [s for s in PREFILTER_SHARES if s is not None]:
+            kept = np.asarray(result.kept_at(share))
+            out.append({"family": "hh", "seed": seed, "share": share, "kept": int(len(kept)),
+                        "recall": float(helpful[kept].sum() / helpful.sum()),
+                        "harmful_recall": float(harmful[kept].sum() / max(1, harmful.sum())), "seconds": seconds})  # fmt: skip
+    return out
+
+
 def _mean_by_point(worlds: list[dict[str, Any]], key: str) -> dict[str, float]:
     names = [p["name"] for p in worlds[0]["points"]]
     return {n: float(np.mean([next(p[key] for p in w["points"] if p["name"] == n) for w in worlds])) for n in names}
@@ -196,6 +228,12 @@ def render(results: dict[str, Any]) -> str:
                          fmt(w["prefilter_cost"])])  # fmt: skip
     lines.append(table(["family", "seed", "kept share", "rows kept", "target recall", "harmful twin recall",
                         "first stage cost (pool-epochs)"], rows))  # fmt: skip
+    if results.get("hh_recall"):
+        lines += ["", "HH family (`rose_fixtures.hh`, pool 800: 64 chosen replies, their 64 rejected twins, 672 chatterbot-corpus "
+                  "rows; no warmup needed): the same first stage's recall.", ""]
+        lines.append(table(["seed", "kept share", "rows kept", "target recall", "harmful twin recall"],
+                           [[r["seed"], r["share"], str(r["kept"]), fmt(r["recall"]), fmt(r["harmful_recall"])]
+                            for r in results["hh_recall"]]))  # fmt: skip
     choice = results["choice"]
     for split, worlds in (("development", results["dev"]), ("held-out", results["held_out"])):
         if not worlds:
@@ -268,6 +306,7 @@ def analyse(families: list[str], seeds: tuple[int, ...], output_dir: str, smoke:
                "worlds": worlds, "dev": dev, "held_out": held_out,
                "choice": choose_default(dev or worlds)}  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
+    results["hh_recall"] = hh_recall(output_dir, base_path)
     results["plots"] = plot(results, output_dir)
     with open(os.path.join(output_dir, "frontier.json"), "w") as handle:
         json.dump(results, handle, indent=2)
