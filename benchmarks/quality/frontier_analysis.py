@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.common import fmt, log, table
 
-from .frontier_settings import DEV_SEEDS, HELD_OUT_SEEDS, bench_config
+from .frontier_settings import CONFIRMATION_SEEDS, DEV_SEEDS, HELD_OUT_SEEDS, bench_config
 
 PREFILTER_SHARES = (None, 0.1, 0.2, 0.4)
 OBJECTIVES = ("dpo", "sft", "dpo+sft")
@@ -27,6 +27,10 @@ CHECKPOINT_SETS = {"last": (3,), "2 and 4": (1, 3), "all 4": (0, 1, 2, 3)}
 TODAY = ("all 4", None, "dpo+sft")  # today's default: every checkpoint, no first stage, the mean rank
 COST_TARGET = 1.0  # pool-epochs (issue 24)
 PRECISION_SLACK = 0.02  # the new default may lose at most this much precision against today's
+# The candidate default, named after the development and held-out seeds: `choose_default` restricted to every
+# checkpoint (so that `validation_objective="dpo"` without the first stage stays the paper's method), where 40% costs
+# more than `COST_TARGET`.
+CANDIDATE = ("all 4", 0.2, "dpo+sft")
 
 
 def _point_name(checkpoints: str, share: float | None, objective: str) -> str:
@@ -217,6 +221,19 @@ def choose_default(dev: list[dict[str, Any]]) -> dict[str, Any]:
             "dev_harmful_share": harm, "dev_cost": cost}
 
 
+def confirm_default(confirmation: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rule that decides the library's default on the fresh `CONFIRMATION_SEEDS`, fixed before they were
+    collected: `CANDIDATE` becomes the default when, in the mean over those worlds, its cost is at most `COST_TARGET`
+    and its relative precision at most `PRECISION_SLACK` below today's default. Harmful shares are reported, not
+    ruled on (both points' shares were within 0.05 of each other on the seeds already read)."""
+    precision, harm, cost = (_mean_by_point(confirmation, k) for k in ("relative_precision", "harmful_share", "cost"))
+    candidate, today = _point_name(*CANDIDATE), _point_name(*TODAY)
+    confirmed = cost[candidate] <= COST_TARGET and precision[candidate] >= precision[today] - PRECISION_SLACK
+    return {"candidate": candidate, "today": today, "confirmed": bool(confirmed), "worlds": len(confirmation),
+            **{f"{name}_{key}": figures[point] for name, point in (("candidate", candidate), ("today", today))
+               for key, figures in (("relative_precision", precision), ("harmful_share", harm), ("cost", cost))}}
+
+
 def render(results: dict[str, Any]) -> str:
     lines = ["# Cost frontier: precision and harmful share against measured cost (SmolLM2-135M-Instruct)", ""]
     lines.append(results["design"])
@@ -235,22 +252,36 @@ def render(results: dict[str, Any]) -> str:
                            [[r["seed"], r["share"], str(r["kept"]), fmt(r["recall"]), fmt(r["harmful_recall"])]
                             for r in results["hh_recall"]]))  # fmt: skip
     choice = results["choice"]
-    for split, worlds in (("development", results["dev"]), ("held-out", results["held_out"])):
+    splits = (("development", results["dev"]), ("held-out", results["held_out"]),
+              ("confirmation", results.get("confirmation", [])))
+    for split, worlds in splits:
         if not worlds:
             continue
         lines += ["", f"## Every point, mean over the {split} worlds ({len(worlds)})", ""]
         precision, harm, cost = (_mean_by_point(worlds, k) for k in ("relative_precision", "harmful_share", "cost"))
         order = sorted(precision, key=lambda n: cost[n])
-        marks = {choice["chosen"]: " (chosen)", choice["today"]: " (today's default)"}
+        marks = {choice["chosen"]: " (chosen on development)", _point_name(*CANDIDATE): " (candidate)",
+                 choice["today"]: " (today's default)"}
         lines.append(table(["point", "cost (pool-epochs)", "precision / oracle's", "harmful share"],
                            [[n + marks.get(n, ""), fmt(cost[n]), fmt(precision[n]), fmt(harm[n])] for n in order]))  # fmt: skip
     lines += ["", "## Choice", "", choose_rule_text(choice), ""]
+    if results.get("confirmed"):
+        lines += [confirm_rule_text(results["confirmed"]), ""]
     return "\n".join(lines)
 
 
 def choose_rule_text(choice: dict[str, Any]) -> str:
     return (f"Chosen on the development worlds: **{choice['chosen']}** (target met on development: "
             f"{choice['target_met_on_dev']}); today's default: {choice['today']}. Rule: `choose_default`.")  # fmt: skip
+
+
+def confirm_rule_text(confirmed: dict[str, Any]) -> str:
+    verdict = "confirmed: it becomes the default" if confirmed["confirmed"] else "refused: the default is unchanged"
+    return (f"On the {confirmed['worlds']} confirmation worlds, the candidate **{confirmed['candidate']}** costs "
+            f"{fmt(confirmed['candidate_cost'])} pool-epochs at {fmt(confirmed['candidate_relative_precision'])} "
+            f"relative precision and {fmt(confirmed['candidate_harmful_share'])} harmful share, against today's "
+            f"{fmt(confirmed['today_cost'])}, {fmt(confirmed['today_relative_precision'])} and "
+            f"{fmt(confirmed['today_harmful_share'])}: {verdict}. Rule: `confirm_default`.")  # fmt: skip
 
 
 def plot(results: dict[str, Any], output_dir: str) -> list[str]:
@@ -299,12 +330,14 @@ def analyse(families: list[str], seeds: tuple[int, ...], output_dir: str, smoke:
             worlds.append(analyse_world(World(config, family, seed, seed_dir, base_path)))
     dev = [w for w in worlds if w["seed"] in DEV_SEEDS]
     held_out = [w for w in worlds if w["seed"] in HELD_OUT_SEEDS]
+    confirmation = [w for w in worlds if w["seed"] in CONFIRMATION_SEEDS]
     results = {"design": (f"Worlds: {sorted({w['family'] for w in worlds})}; development seeds {DEV_SEEDS}, held-out "
-                          f"seeds {HELD_OUT_SEEDS}; pool {config.pool_size} rows, 5% = {worlds[0]['k'] if worlds else '-'} "
+                          f"seeds {HELD_OUT_SEEDS}, confirmation seeds {CONFIRMATION_SEEDS}; pool {config.pool_size} rows, 5% = {worlds[0]['k'] if worlds else '-'} "
                           "rows; 4-epoch warmup (the paper's). Cost in pool-epochs, measured in each world's process "
                           "(see `benchmarks/quality/frontier.py`)."),
-               "worlds": worlds, "dev": dev, "held_out": held_out,
-               "choice": choose_default(dev or worlds)}  # fmt: skip
+               "worlds": worlds, "dev": dev, "held_out": held_out, "confirmation": confirmation,
+               "choice": choose_default(dev or worlds),
+               "confirmed": confirm_default(confirmation) if confirmation else None}  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
     results["hh_recall"] = hh_recall(output_dir, base_path)
     results["plots"] = plot(results, output_dir)
