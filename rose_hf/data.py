@@ -297,10 +297,19 @@ def prepare_sft_dataset(
     num_proc: int | None = None,
     assistant_only_loss: bool = False,
     completion_only_loss: bool | None = None,
+    cache_file_name: str | None = None,
 ) -> Dataset:
     """Tokenise every pool row in order (none dropped). Columns: `input_ids`, `labels`, `rose_num_tokens`,
-    `rose_truncated`. The loss flags are `SFTConfig`'s (see `tokenize_sft_example`)."""
+    `rose_truncated`. The loss flags are `SFTConfig`'s (see `tokenize_sft_example`).
+
+    `cache_file_name`: where the tokens of a pool held in memory (`Dataset.from_list`, `from_pandas`, an Arrow
+    table) are written and memory-mapped from, rewritten on every call, so that a large pool's tokens (several times
+    its text) do not stay in RAM. A pool read from files is cached by `datasets` beside them, as `map` always does.
+    """
     fmt = check_sft_dataset(dataset, name)
+    to_file = {}
+    if cache_file_name is not None and not dataset.cache_files:
+        to_file = {"cache_file_name": cache_file_name, "load_from_cache_file": False}
     return dataset.map(
         tokenize_sft_example,
         fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "max_length": max_length,
@@ -309,6 +318,7 @@ def prepare_sft_dataset(
         features=SFT_TOKEN_FEATURES,
         num_proc=num_proc,
         desc=f"rose_hf: tokenizing {name}",
+        **to_file,
     )
 
 

@@ -28,7 +28,7 @@ from .cache.fingerprint import (
 )
 from .cache.io import jsonable
 from .cache.keys import checkpoint_key, data_key, feature_run_key, prefilter_key
-from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable
+from .cache.store import RUN_INFO_KEY, FeatureStore, check_output_dir, check_writable, tokens_file
 from .data import (
     DEFAULT_SUBTASK,
     SUBTASK_COLUMN,
@@ -149,10 +149,11 @@ class SelectionPipeline:
             "assistant_only_loss": bool(getattr(training_args, "assistant_only_loss", False)),
             "completion_only_loss": getattr(training_args, "completion_only_loss", None),
         }
-        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.feature_max_length, **self.loss_tokens)
+        self.pool_tokens = prepare_sft_dataset(self.pool, tokenizer, config.feature_max_length, **self.loss_tokens,
+                                               cache_file_name=tokens_file(config.selection_dir))  # fmt: skip
         self.pair_tokens = prepare_preference_dataset(self.pairs, tokenizer, config.feature_max_length)
-        truncated = int(np.sum(self.pool_tokens["rose_truncated"]))
-        empty = int(np.sum(np.asarray(self.pool_tokens["rose_num_tokens"]) == 0))
+        counts = self.pool_tokens.select_columns(["rose_truncated", "rose_num_tokens"]).with_format("numpy")[:]
+        truncated, empty = int(np.sum(counts["rose_truncated"])), int(np.sum(counts["rose_num_tokens"] == 0))
         self.stats = {
             "pool_truncated": truncated,
             "pool_without_completion": empty,

@@ -56,27 +56,44 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 class PeakRSS:
-    """Samples this process's resident memory every `interval` seconds; `peak()` since the last `reset()`."""
+    """Samples this process's resident memory every `interval` seconds; `peak()` since the last `reset()`.
+
+    Two measures: all resident memory (RSS), and its anonymous part (Linux's RssAnon: the heap, which only freeing
+    returns). Memory-mapped Arrow files (a pool read from disk, the tokenized pool) count in RSS as their pages are
+    read, and the kernel reclaims them under pressure; they are not in RssAnon.
+    """
 
     def __init__(self, interval: float = 0.05):
         import psutil
 
-        self.process, self.interval, self._peak, self._stop = psutil.Process(), interval, 0, threading.Event()
+        self.process, self.interval, self._stop = psutil.Process(), interval, threading.Event()
+        self._peak = self._peak_anon = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def rss(self) -> int:
         return self.process.memory_info().rss
 
+    @staticmethod
+    def anon() -> int:
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon"))
+        except (OSError, StopIteration):  # not Linux
+            return 0
+
     def _run(self):
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self.rss())
+            self._peak, self._peak_anon = max(self._peak, self.rss()), max(self._peak_anon, self.anon())
 
     def reset(self) -> None:
-        self._peak = self.rss()
+        self._peak, self._peak_anon = self.rss(), self.anon()
 
     def peak(self) -> int:
         return max(self._peak, self.rss())
+
+    def peak_anon(self) -> int:
+        return max(self._peak_anon, self.anon())
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,9 +164,11 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
         at: float | None = None
         cpu: float | None = None
         peak: int = 0
+        peak_anon: int = 0
 
         def on_train_end(self, *args, **kwargs):
-            TrainEnd.at, TrainEnd.cpu, TrainEnd.peak = time.perf_counter(), time.process_time(), memory.peak()
+            TrainEnd.at, TrainEnd.cpu = time.perf_counter(), time.process_time()
+            TrainEnd.peak, TrainEnd.peak_anon = memory.peak(), memory.peak_anon()
             memory.reset()
 
     def trainer():
@@ -168,6 +187,7 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
     # CPU seconds of this process (all its threads): on a shared machine, wall time also counts the other jobs.
     cpu_seconds = TrainEnd.cpu - cpu_start
     peak_features, peak_selection = TrainEnd.peak, memory.peak()
+    anon_features, anon_selection = TrainEnd.peak_anon, memory.peak_anon()
     selection = first.run_selection()
     plan, clock = first.selector.pipeline.plan, first.selector.pipeline.clock
 
@@ -177,7 +197,7 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
     again.run_warmup()
     reloaded = again.run_selection()
     reload_seconds = time.perf_counter() - start
-    peak_reload = memory.peak()
+    peak_reload, anon_reload = memory.peak(), memory.peak_anon()
     if not reloaded.loaded or reloaded.selected_indices != selection.selected_indices:
         raise RuntimeError("the second RoseTrainer did not reuse the finished selection")
 
@@ -191,7 +211,8 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
                        "rows_per_second": meta["pool_rows"] / meta["pool_seconds"], "bytes": folder_bytes(folder),
                        "validation_seconds": meta.get("validation_seconds")})  # fmt: skip
     feature_bytes = sum(p["bytes"] for p in passes)
-    selection_bytes = folder_bytes(selection_dir)
+    tokens_bytes = folder_bytes(os.path.join(selection_dir, "tokens"))  # scratch: the in-memory pool's tokens
+    selection_bytes = folder_bytes(selection_dir) - tokens_bytes
     result = {
         "mode": mode,
         "passes": passes,
@@ -205,6 +226,10 @@ def run_mode(args, mode: str, pool, pairs, tokenizer, memory: PeakRSS) -> dict[s
         "peak_rss_features_mb": peak_features / 2**20,
         "peak_rss_selection_mb": peak_selection / 2**20,
         "peak_rss_reload_mb": peak_reload / 2**20,
+        "peak_anon_features_mb": anon_features / 2**20,
+        "peak_anon_selection_mb": anon_selection / 2**20,
+        "peak_anon_reload_mb": anon_reload / 2**20,
+        "tokens_bytes_per_row": tokens_bytes / args.pool_size,
         "feature_bytes": feature_bytes,
         "selection_dir_bytes": selection_bytes,
         "feature_bytes_per_row": feature_bytes / args.pool_size,
@@ -246,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(args.tokenizer)
     pool = scale_pool(args.pool_size)
     pairs = preference_pairs(args.num_pairs)
-    baseline = memory.rss()
+    baseline, baseline_anon = memory.rss(), memory.anon()
     modes = [m for m in args.modes.split(",") if m == "stored" or hasattr(RoseConfig, "store_pool_features")]
     result = {
         "pool_size": args.pool_size,
@@ -256,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pool_arrow_bytes": pool.data.nbytes,
         "rss_start_mb": start_rss / 2**20,
         "rss_baseline_mb": baseline / 2**20,
+        "anon_baseline_mb": baseline_anon / 2**20,
         "modes": {},
         "skipped_modes": [m for m in args.modes.split(",") if m not in modes],
     }
@@ -263,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         measured = run_mode(args, mode, pool, pairs, tokenizer, memory)
         for stage in ("features", "selection", "reload"):
             measured[f"peak_rss_{stage}_beyond_baseline_mb"] = measured[f"peak_rss_{stage}_mb"] - baseline / 2**20
+            measured[f"peak_anon_{stage}_beyond_baseline_mb"] = measured[f"peak_anon_{stage}_mb"] - baseline_anon / 2**20
         result["modes"][mode] = measured
     memory.stop()
     result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -291,8 +318,9 @@ def render(result: dict[str, Any]) -> str:
              f"{result['pool_arrow_bytes'] / 1e6:.1f} MB; RSS after building pool, tokenizer: "
              f"{result['rss_baseline_mb']:.0f} MB.", "",
              "| mode | rows/s per pass | CPU ms per feature row | warmup+features s | score+select s | reload s | peak RSS beyond baseline MB "
-             "(features / selection / reload) | feature bytes/row | selection_dir bytes/row | plan bytes vs written |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "(features / selection / reload) | of it anonymous MB | feature bytes/row | selection_dir bytes/row "
+             "(scratch tokens) | plan bytes vs written |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for mode, m in result["modes"].items():
         rates = ", ".join(f"{p['rows_per_second']:.1f}" for p in m["passes"])
         lines.append(
@@ -300,13 +328,20 @@ def render(result: dict[str, Any]) -> str:
             f"{m['warmup_and_features_seconds']:.0f} | {m['score_select_seconds']:.1f} | "
             f"{m['reload_seconds']:.2f} | {m['peak_rss_features_beyond_baseline_mb']:.0f} / "
             f"{m['peak_rss_selection_beyond_baseline_mb']:.0f} / {m['peak_rss_reload_beyond_baseline_mb']:.0f} | "
-            f"{m['feature_bytes_per_row']:.1f} | {m['disk_bytes_per_row']:.1f} | "
+            f"{_anon(m)} | {m['feature_bytes_per_row']:.1f} | {m['disk_bytes_per_row']:.1f} "
+            f"({m.get('tokens_bytes_per_row', 0):.0f}) | "
             f"{m['plan']['total_bytes'] / 1e6:.2f} MB vs {m['selection_dir_bytes'] / 1e6:.2f} MB |"
         )
     for mode in result["skipped_modes"]:
-        lines.append(f"| {mode} | not run: RoseConfig has no `store_pool_features` yet | | | | | | | | |")
+        lines.append(f"| {mode} | not run: RoseConfig has no `store_pool_features` yet | | | | | | | | | |")
     lines += ["", "Plan line: " + next(iter(result["modes"].values()))["plan"]["line"] if result["modes"] else "", ""]
     return "\n".join(lines)
+
+
+def _anon(m: dict[str, Any]) -> str:
+    if "peak_anon_features_beyond_baseline_mb" not in m:  # runs recorded before RssAnon was sampled
+        return "-"
+    return " / ".join(f"{m[f'peak_anon_{stage}_beyond_baseline_mb']:.0f}" for stage in ("features", "selection", "reload"))
 
 
 def render_compare(runs: list[dict[str, Any]]) -> str:
@@ -327,6 +362,9 @@ def render_compare(runs: list[dict[str, Any]]) -> str:
              b["peak_rss_features_beyond_baseline_mb"]),
             ("peak RSS beyond baseline, selection (MB)", a["peak_rss_selection_beyond_baseline_mb"],
              b["peak_rss_selection_beyond_baseline_mb"]),
+            *[(f"peak anonymous memory beyond baseline, {stage} (MB)", a[f"peak_anon_{stage}_beyond_baseline_mb"],
+               b[f"peak_anon_{stage}_beyond_baseline_mb"]) for stage in ("features", "selection", "reload")
+              if f"peak_anon_{stage}_beyond_baseline_mb" in a and f"peak_anon_{stage}_beyond_baseline_mb" in b],
             ("feature bytes per row", a["feature_bytes_per_row"], b["feature_bytes_per_row"]),
             ("score + select (s)", a["score_select_seconds"], b["score_select_seconds"]),
             ("score + select per 1k rows (s)", 1000 * a["score_select_seconds"] / small["pool_size"],

@@ -49,11 +49,22 @@ NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
 STATUS_DTYPE, SCALE_DTYPE = np.int8, np.float32
 # Validation features are stored in float32 whatever `feature_dtype` (they are few).
 VALIDATION_DTYPE = np.float32
+# Scratch: a pool held in memory is tokenized into `<selection_dir>/tokens/<pool>-<process>.arrow` and memory-mapped
+# (`data.prepare_sft_dataset`), rewritten by every run before `overwrite` applies (so not a RUN_ARTIFACT); safe to
+# delete once a run has finished.
+TOKENS_DIR = "tokens"
 # Everything a run writes into its `output_dir` (selection.py, report/): `overwrite` must leave none of it behind.
 RUN_ARTIFACTS = (
     "features", "run.json", "scores.npy", "valid.npy", "selected_indices.json", "selected", "selected.jsonl",
     "selection.json", "report.md", "report",
 )
+
+
+def tokens_file(selection_dir: str, name: str = "pool") -> str:
+    """This process's scratch file for the tokens of an in-memory pool (one per process: no two write one file)."""
+    from accelerate import PartialState
+
+    return os.path.join(selection_dir, TOKENS_DIR, f"{name}-{PartialState().process_index}.arrow")
 
 
 def check_output_dir(output_dir: str, name: str = "output_dir") -> None:

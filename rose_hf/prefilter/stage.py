@@ -260,6 +260,7 @@ def prefilter_pool(
     """
     from ..cache.fingerprint import base_model_fingerprint, pool_fingerprint, preference_fingerprint
     from ..cache.keys import prefilter_key
+    from ..cache.store import tokens_file
     from ..data import pad_token_id, prepare_preference_dataset, prepare_sft_dataset
 
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
@@ -267,7 +268,8 @@ def prefilter_pool(
         "assistant_only_loss": bool(getattr(training_args, "assistant_only_loss", False)),
         "completion_only_loss": getattr(training_args, "completion_only_loss", None),
     }
-    pool_tokens = prepare_sft_dataset(pool, tokenizer, config.feature_max_length, **loss_tokens)
+    pool_tokens = prepare_sft_dataset(pool, tokenizer, config.feature_max_length, **loss_tokens,
+                                      cache_file_name=tokens_file(config.selection_dir))  # fmt: skip
     pair_tokens = prepare_preference_dataset(pairs, tokenizer, config.feature_max_length)
     fingerprints = {"pool_fingerprint": pool_fingerprint(pool), "validation_fingerprint": preference_fingerprint(pairs)}
     key = prefilter_key(fingerprints, len(pool), base_model_fingerprint(model), tokenizer, config)

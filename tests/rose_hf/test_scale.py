@@ -71,3 +71,22 @@ def test_report_sources_of_a_large_pool_are_read_in_arrow_not_row_by_row():
     seconds = time.process_time() - start
     assert sources.counts() == Counter({str(k): 300_000 // 7 + (k < 300_000 % 7) for k in range(7)})
     assert seconds < 2.0  # row by row through `datasets` this took about 25 s
+
+
+def test_an_in_memory_pool_s_tokens_are_memory_mapped_from_the_selection_dir(tokenizer, tmp_path):
+    """The tokenized pool is several times the pool's text: for a pool held in memory it is written under
+    `<selection_dir>/tokens/` and mapped from there, and the truncation counts read from it in one batch agree with
+    a row-by-row count."""
+    from helpers import make_lora_model, pool_dataset, tiny_pairs
+
+    from rose_hf import RoseConfig
+    from rose_hf.pipeline import SelectionPipeline
+
+    pool = pool_dataset(12)[0]
+    assert not pool.cache_files
+    config = RoseConfig(selection_dir=str(tmp_path / "rose"), selection_size=2, feature_max_length=6)
+    pipeline = SelectionPipeline(pool, tiny_pairs(), config)
+    pipeline.prepare(make_lora_model(tokenizer), tokenizer)
+    files = [f["filename"] for f in pipeline.pool_tokens.cache_files]
+    assert files == [str(tmp_path / "rose" / "tokens" / "pool-0.arrow")]
+    assert pipeline.stats["pool_truncated"] == sum(bool(t) for t in pipeline.pool_tokens["rose_truncated"]) > 0

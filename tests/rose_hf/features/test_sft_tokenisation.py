@@ -56,3 +56,16 @@ def test_pool_tokenisation_equals_sft_trainer(tokenizer, tmp_path, fmt, assistan
         assert [i for i, t in enumerate(row["labels"]) if t != IGNORE_INDEX] == [
             i for i, t in enumerate(labels) if t != IGNORE_INDEX
         ], (fmt, row["labels"], labels)
+
+
+def test_an_in_memory_pool_is_tokenised_into_a_memory_mapped_file_rewritten_every_time(tokenizer, tmp_path):
+    """A large pool's tokens must not stay in RAM: written to the scratch file and read back from it, equal to the
+    in-memory tokens; a second call with other settings rewrites the file instead of reading the stale one."""
+    pool = datasets_by_format()["prompt_completion"]
+    path = str(tmp_path / "tokens" / "pool-0.arrow")
+    in_memory = prepare_sft_dataset(pool, tokenizer, 64)
+    on_file = prepare_sft_dataset(pool, tokenizer, 64, cache_file_name=path)
+    assert [f["filename"] for f in on_file.cache_files] == [path] and not in_memory.cache_files
+    assert on_file.to_list() == in_memory.to_list()
+    truncated = prepare_sft_dataset(pool, tokenizer, 3, cache_file_name=path)
+    assert truncated.to_list() == prepare_sft_dataset(pool, tokenizer, 3).to_list() != in_memory.to_list()
