@@ -242,6 +242,10 @@ class HHWorldConfig:
             the first target rows' own prefixes, so `target_wrong_fraction` is at most `target_correct_fraction`.
         n_per_subtask: validation pairs per subtask (`how_to`, `talk`).
         n_test_pairs: held-out pairs, split evenly over the subtasks.
+        test_length_ratio: when set, test pairs only from pairs whose shorter reply has at least this share of the
+            longer reply's words. Reply length drove the reward accuracy of every trained model in designs 1-3
+            (0.8-0.9 where the chosen reply was the shorter, 0.2 where not, random and oracle alike), which buries
+            what the training data taught about the replies' content; near-equal lengths take that lever away.
         n_test_prompts: must be 0: exact match does not apply to open dialogue.
         max_prompt_words, max_reply_words: the length caps of every row (see the module docstring).
         seed: seeds the draw; the same seed gives the same datasets.
@@ -253,6 +257,7 @@ class HHWorldConfig:
     target_wrong_fraction: float = 0.08
     n_per_subtask: int = 5
     n_test_pairs: int = 200
+    test_length_ratio: float | None = None
     n_test_prompts: int = 0
     max_prompt_words: int = 64
     max_reply_words: int = 64
@@ -273,8 +278,11 @@ class HHWorldConfig:
                 "HHWorldConfig.target_wrong_fraction must not exceed target_correct_fraction: each twin row is a "
                 "target row's own prefix with the rejected reply."
             )
+        if self.test_length_ratio is not None and not 0 < self.test_length_ratio <= 1:
+            raise ValueError(f"HHWorldConfig.test_length_ratio={self.test_length_ratio!r} must be in (0, 1] or None.")
         pairs = hh_pairs(self.max_prompt_words, self.max_reply_words)
-        cells = {(name, shorter): sum(p.subtask == name and p.chosen_shorter == shorter for p in pairs)
+        testable = [p for p in pairs if self.testable(p)]
+        cells = {(name, shorter): sum(p.subtask == name and p.chosen_shorter == shorter for p in testable)
                  for name in SUBTASKS for shorter in (True, False)}  # fmt: skip
         # Worst case: every validation pair of a subtask drawn from the same length cell.
         per_cell = self.n_per_subtask + -(-self.n_test_pairs // len(cells))
@@ -292,6 +300,13 @@ class HHWorldConfig:
                 f"HHWorldConfig needs {composition[f'{DISTRACTOR}/correct']} distractor rows and chatterbot-corpus "
                 f"has {available} within the caps; lower pool_size or raise the target fractions."
             )
+
+    def testable(self, pair: HHPair) -> bool:
+        """May `pair` be a test pair (`test_length_ratio`)?"""
+        if self.test_length_ratio is None:
+            return True
+        words = sorted((len(pair.chosen.split()), len(pair.rejected.split())))
+        return words[0] >= self.test_length_ratio * words[1]
 
     @property
     def target_family(self) -> str:
@@ -343,8 +358,9 @@ def make_hh_world(seed: int = 0, **sizes: Any) -> SyntheticTask:
     def take(subtask: str, chosen_shorter: bool | None = None) -> HHPair:
         candidates = by_subtask[subtask]
         index = len(candidates) - 1
-        if chosen_shorter is not None:
-            index = max(i for i, p in enumerate(candidates) if p.chosen_shorter == chosen_shorter)
+        if chosen_shorter is not None:  # a test pair
+            index = max(i for i, p in enumerate(candidates)
+                        if p.chosen_shorter == chosen_shorter and config.testable(p))  # fmt: skip
         pair = candidates.pop(index)
         used.add(pair)
         return pair

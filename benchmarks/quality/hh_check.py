@@ -51,8 +51,11 @@ from typing import Any
 # Designs tried (benchmarks/results/hh_check/pool<N>/): 1. pool 400 (20-row 5%): seeds 0-1, oracle 0.535 / 0.535 vs
 #           random 0.525 / 0.535 reward accuracy: no separation; stopped before seed 2. 2. pool 800 (40-row 5%, 64
 #           target rows, the same test pairs): seeds 0-1, oracle 0.520 / 0.580 vs random 0.510 / 0.530: a gap inside
-#           the spread; stopped before seed 2. Neither design separates methods (docs/benchmarks.md). The default
-#           stays 400, the first design.
+#           the spread; stopped before seed 2. 3. pool 800, 10 epochs: seeds 0-1, oracle 0.535 / 0.545 vs random
+#           0.520 / 0.565. In all three, reply length decided most pairs for every trained model (reward accuracy
+#           0.8-0.9 where the chosen reply is the shorter, about 0.2 where not). 4. design 3 with test pairs whose
+#           replies are of near-equal length (`--test_length_ratio 0.7 --n_test_pairs 140`). Neither design separates
+#           methods (docs/benchmarks.md). The default stays 400, the first design.
 # =====================================================================================================================
 
 MODELS = ("random", "oracle")
@@ -67,8 +70,8 @@ class HHCheckConfig:
     Args:
         output_dir: where `hh_check.json`, `hh_check.md` and the per-seed caches go.
         seeds: one world per seed.
-        pool_size, target_correct_fraction, target_wrong_fraction, n_per_subtask, n_test_pairs: the world
-            (`HHWorldConfig`).
+        pool_size, target_correct_fraction, target_wrong_fraction, n_per_subtask, n_test_pairs, test_length_ratio:
+            the world (`HHWorldConfig`).
         budget: share of the pool each model is trained on.
         epochs: training epochs of the oracle and random models.
         max_length: token limit of the training rows.
@@ -85,6 +88,7 @@ class HHCheckConfig:
     target_wrong_fraction: float = 0.08
     n_per_subtask: int = 5
     n_test_pairs: int = 200
+    test_length_ratio: float | None = None
     budget: float = 0.05
     epochs: int = 5
     max_length: int = 320
@@ -96,7 +100,7 @@ class HHCheckConfig:
     def world_sizes(self) -> dict[str, Any]:
         return dict(pool_size=self.pool_size, target_correct_fraction=self.target_correct_fraction,
                     target_wrong_fraction=self.target_wrong_fraction, n_per_subtask=self.n_per_subtask,
-                    n_test_pairs=self.n_test_pairs)  # fmt: skip
+                    n_test_pairs=self.n_test_pairs, test_length_ratio=self.test_length_ratio)  # fmt: skip
 
     def recipe(self):
         from rose_fixtures.recipe import SMOLLM2_RECIPE
@@ -386,7 +390,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     for name in ("pool_size", "n_test_pairs", "epochs", "max_length", "eval_batch_size"):
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    for name in ("target_correct_fraction", "target_wrong_fraction", "budget"):
+    for name in ("target_correct_fraction", "target_wrong_fraction", "budget", "test_length_ratio"):
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
     return parser
 

@@ -180,3 +180,18 @@ def test_evaluate_model_without_test_prompts_scores_the_pairs_only(world):
     one = completion_logps(model, tokenizer, pairs, batch_size=1)
     np.testing.assert_allclose(metrics["chosen_logps"], one[0], rtol=1e-5)
     np.testing.assert_allclose(metrics["rejected_logps"], one[1], rtol=1e-5)
+
+
+def test_length_matched_test_pairs_only_change_the_test_split(world, shared_file):
+    matched = hh.make_hh_world(seed=3, test_length_ratio=0.7, **SIZES)
+    words = [sorted((len(_reply(c).split()), len(_reply(r).split())))
+             for c, r in zip(matched.test_pairs["chosen"], matched.test_pairs["rejected"])]  # fmt: skip
+    assert len(words) == SIZES["n_test_pairs"] and all(short >= 0.7 * long for short, long in words)
+    assert any(short < 0.7 * long for short, long in
+               ([sorted((len(_reply(c).split()), len(_reply(r).split())))
+                 for c, r in zip(world.test_pairs["chosen"], world.test_pairs["rejected"])]))  # fmt: skip
+    test_prompts = {_key(p) for p in matched.test_pairs["prompt"]}
+    assert not test_prompts & {_key(p) for p in matched.pool["prompt"]}
+    assert not test_prompts & {_key(p) for p in matched.validation["prompt"]}
+    with pytest.raises(ValueError, match="test_length_ratio"):
+        hh.HHWorldConfig(test_length_ratio=1.5)
