@@ -38,7 +38,9 @@ def test_a_small_scale_run_is_consistent_with_its_files(tmp_path, smollm2):
         assert measured["rows_per_second"] == pytest.approx(rows / measured["seconds"])
         assert measured["bytes"] == folder_bytes(str(features / f"checkpoint-{measured['step']}"))
     assert stored["feature_bytes_per_row"] == pytest.approx(folder_bytes(str(features)) / rows)
-    assert stored["disk_bytes_per_row"] == pytest.approx(folder_bytes(str(selection_dir)) / rows)
+    tokens = folder_bytes(str(selection_dir / "tokens"))  # the in-memory pool's scratch tokens, counted apart
+    assert tokens > 0 and stored["tokens_bytes_per_row"] == pytest.approx(tokens / rows)
+    assert stored["disk_bytes_per_row"] == pytest.approx((folder_bytes(str(selection_dir)) - tokens) / rows)
     # the plan's exact part covers every array; its bound covers the whole folder
     arrays = sum(os.path.getsize(os.path.join(base, name)) for base, _, names in os.walk(selection_dir)
                  for name in names if name.endswith((".npy", ".done")))
@@ -50,6 +52,9 @@ def test_a_small_scale_run_is_consistent_with_its_files(tmp_path, smollm2):
     for stage in ("features", "selection", "reload"):
         assert stored[f"peak_rss_{stage}_beyond_baseline_mb"] == pytest.approx(
             stored[f"peak_rss_{stage}_mb"] - result["rss_baseline_mb"])
+        assert stored[f"peak_anon_{stage}_beyond_baseline_mb"] == pytest.approx(
+            stored[f"peak_anon_{stage}_mb"] - result["anon_baseline_mb"])
+        assert 0 < stored[f"peak_anon_{stage}_mb"] <= stored[f"peak_rss_{stage}_mb"]
     compared = main(["--output_dir", str(tmp_path), "--compare", str(tmp_path / f"scale_{rows}.json")])
     assert compared["runs"][0]["pool_size"] == rows and (tmp_path / "scale_compare.md").exists()
 
