@@ -92,7 +92,7 @@ bench-trust: $(STAMP)
 	done; wait
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.trust analyse
 
-# The cost frontier (issue 24): one warmup with features at every checkpoint per world (seeds 0, 3, 1; one process:
+# The cost frontier (issue 24): one warmup with features at every checkpoint per world (seeds 0, 3, 1, 2; one process:
 # the timings are the cost), then every point from the caches; results are copied into benchmarks/results/frontier/.
 bench-frontier: $(STAMP)
 	mkdir -p outputs
