@@ -44,8 +44,20 @@ class Setting:
 
 
 PAPER = Setting("(a) paper: 4-epoch warmup on 5%, 4 checkpoints, stored float16 8192-dim")
-NEW_DEFAULT_1 = Setting("(b) prefilter 20%, 1 checkpoint, streamed", checkpoints=1, prefilter_fraction=0.2, stored=False)
-NEW_DEFAULT_2 = Setting("(b) prefilter 20%, 2 checkpoints, streamed", checkpoints=2, prefilter_fraction=0.2, stored=False)
+
+
+def library_default() -> Setting:
+    """rose_hf's default (`RoseConfig()`): its first stage and storage at every checkpoint of the paper's warmup."""
+    from rose_hf import RoseConfig
+
+    config = RoseConfig()
+    share = "no first stage" if config.prefilter_fraction is None else f"first stage {config.prefilter_fraction:.0%}"
+    storage = "stored" if config.store_pool_features else "streamed"
+    return Setting(f"(b) default: {share}, 4 checkpoints, {storage}", prefilter_fraction=config.prefilter_fraction,
+                   stored=config.store_pool_features)  # fmt: skip
+
+
+CHEAPEST = Setting("(c) first stage 20%, 1 checkpoint, streamed", checkpoints=1, prefilter_fraction=0.2, stored=False)
 
 
 @dataclass(frozen=True)
@@ -99,10 +111,10 @@ def cost_row(rows: int, setting: Setting, hardware: Hardware = Hardware()) -> di
             "hours": hours, "disk_bytes": disk, "disk_per_checkpoint": sum(plan.checkpoint_bytes().values())}  # fmt: skip
 
 
-def render_table(sizes=(270_679, 1_000_000, 6_000_000), settings=(PAPER, NEW_DEFAULT_1, NEW_DEFAULT_2),
-                 hardware: Hardware | None = None) -> str:
-    """The markdown table of docs/speed.md."""
+def render_table(sizes=(270_679, 1_000_000, 6_000_000), settings=None, hardware: Hardware | None = None) -> str:
+    """The markdown table of docs/speed.md (default settings: the paper's, the library's default, the cheapest)."""
     hardware = hardware or Hardware(feature_over_floor=measured_feature_over_floor())
+    settings = settings or (PAPER, library_default(), CHEAPEST)
     lines = [
         f"EXTRAPOLATION, not measured: Llama-3.1-8B LoRA on {hardware.gpus} H200s, {hardware.tokens_per_row:.0f} "
         f"tokens per row (assumed), floor {hardware.floor_tokens_per_second:,.0f} tokens/s ({hardware.mfu:.0%} MFU, "

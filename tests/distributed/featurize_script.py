@@ -21,7 +21,7 @@ from rose_hf.features.checkpoint import TrainingCheckpoint  # noqa: E402
 from rose_hf.features.preconditioner import AdamState  # noqa: E402
 from rose_hf.pipeline import SelectionPipeline  # noqa: E402
 
-RESUME_ROSE = dict(projection_dim=128, chunk_size=4, feature_batch_size=3, feature_max_length=48, report=False,
+RESUME_ROSE = dict(prefilter_fraction=None, projection_dim=128, chunk_size=4, feature_batch_size=3, feature_max_length=48, report=False,
                    scoring="paper")
 
 

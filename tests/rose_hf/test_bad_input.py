@@ -20,7 +20,7 @@ from rose_hf.pipeline import SelectionPipeline
 from rose_hf.scoring.similarity import INVALID_SCORE
 
 PartialState()
-SMALL = dict(projection_dim=64, chunk_size=4, feature_batch_size=3, feature_max_length=64, report=False, preconditioner="sgd")
+SMALL = dict(prefilter_fraction=None, projection_dim=64, chunk_size=4, feature_batch_size=3, feature_max_length=64, report=False, preconditioner="sgd")
 
 
 def pool_rows(n=6):

@@ -54,6 +54,14 @@ def test_every_recipe_parses(recipe):
         assert raw.get(required), f"{recipe.name} lacks {required}"
 
 
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "paper").glob("*.yaml")), ids=lambda p: p.name)
+def test_paper_recipes_run_the_paper_s_method(recipe):
+    """The library's defaults add a first stage and mix in LESS's ranking; the paper recipes must turn both off."""
+    _, rose_config, _, _ = parse(["--config", str(recipe), "--bf16", "false", "--use_cpu", "true"])
+    assert rose_config.validation_objective == "dpo" and rose_config.scoring == "paper"
+    assert rose_config.prefilter_fraction is None and rose_config.num_feature_checkpoints is None
+
+
 def test_config_names_collide_with_no_trl_field():
     from trl import ModelConfig, SFTConfig
 

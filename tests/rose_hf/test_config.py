@@ -68,7 +68,7 @@ def test_every_field_has_a_bad_value_test_or_is_free():
     "kwargs",
     [
         {"selection_size": 7, "selection_fraction": None},  # a size makes the fraction irrelevant
-        {"selection_fraction": 1.0},
+        {"selection_fraction": 1.0, "prefilter_fraction": None},  # the whole pool: no first stage
         {"warmup_fraction": 1.0},
         {"feature_max_length": None},
         {"feature_max_length": 2},

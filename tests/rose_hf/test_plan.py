@@ -35,7 +35,7 @@ def _trainer(tokenizer, root, pool, selector, epochs=2, **kwargs):
 
 
 def _config(root, **kwargs):
-    defaults = dict(projection_dim=48, chunk_size=7, feature_batch_size=4, feature_max_length=64, report=False)
+    defaults = dict(prefilter_fraction=None, projection_dim=48, chunk_size=7, feature_batch_size=4, feature_max_length=64, report=False)
     return RoseConfig(selection_dir=str(root / "rose"), **{**defaults, **kwargs})
 
 
@@ -149,7 +149,7 @@ class _Config:
 
 
 def test_plan_arithmetic_with_prefilter_and_without_stored_features():
-    stored = SelectionPlan.from_config(RoseConfig(), pool_rows=1000, num_passes=4, dim=8192, num_pairs=10,
+    stored = SelectionPlan.from_config(RoseConfig(prefilter_fraction=None), pool_rows=1000, num_passes=4, dim=8192, num_pairs=10,
                                        warmup_rows=50, warmup_epochs=4)  # fmt: skip
     assert stored.checkpoint_bytes()["pool.npy"] == 128 + 1000 * 8192 * 2
     assert stored.pool_epochs() == pytest.approx({"warmup": 0.2, "features": 4.0, "total": 4.2})

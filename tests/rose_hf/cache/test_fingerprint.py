@@ -175,7 +175,8 @@ def warmup(tokenizer, pool, pairs, output_dir, trainer_dir, learning_rate=LEARNI
            epochs=2):  # fmt: skip
     """A tiny SFT warmup with the selector attached; returns the selector."""
     selector = RoseDataSelector(pool, pairs, RoseConfig(selection_dir=str(output_dir), projection_dim=64, chunk_size=16,
-                                                        feature_batch_size=8, feature_max_length=64, report=False, scoring="paper"))
+                                                        feature_batch_size=8, feature_max_length=64, report=False, scoring="paper",
+                                                        prefilter_fraction=None))
     args = SFTConfig(output_dir=str(trainer_dir), num_train_epochs=epochs, per_device_train_batch_size=8,
                      learning_rate=learning_rate, save_strategy="epoch", logging_steps=1, report_to=[], use_cpu=True,
                      bf16=False, max_length=64, disable_tqdm=True, seed=0)  # fmt: skip
@@ -299,7 +300,8 @@ def test_a_partial_checkpoint_of_another_state_is_not_resumed(tokenizer, first):
     """A run killed mid-checkpoint leaves finished chunks; a run with another learning rate must not keep them."""
     output_dir = first.root / "partial"
     selector = RoseDataSelector(first.pool, first.pairs, RoseConfig(selection_dir=str(output_dir), projection_dim=64,
-                                chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False, scoring="paper"))  # fmt: skip
+                                chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False, scoring="paper",
+                                prefilter_fraction=None))  # fmt: skip
 
     def killed(chunk):
         raise KeyboardInterrupt

@@ -242,7 +242,7 @@ class Killed(Exception):
 
 def _pipeline(tokenizer, output_dir):
     pool, _ = pool_dataset(20)
-    config = RoseConfig(selection_dir=str(output_dir), projection_dim=64, chunk_size=4, feature_batch_size=3,
+    config = RoseConfig(selection_dir=str(output_dir), prefilter_fraction=None, projection_dim=64, chunk_size=4, feature_batch_size=3,
                         report=False, feature_max_length=64, scoring="paper")
     pipeline = SelectionPipeline(pool, preference_dataset(3), config)
     model = make_lora_model(tokenizer)
@@ -301,7 +301,7 @@ def test_switching_store_pool_features_is_refused_and_old_records_read_as_stored
 
     def prepare(stored, pairs=None, overwrite=False):
         pairs = task.validation.select(range(4)) if pairs is None else pairs
-        config = RoseConfig(selection_dir=str(tmp_path), projection_dim=64, store_pool_features=stored,
+        config = RoseConfig(selection_dir=str(tmp_path), prefilter_fraction=None, projection_dim=64, store_pool_features=stored,
                             overwrite=overwrite, report=False)  # fmt: skip
         pipeline = SelectionPipeline(pool, pairs, config)
         pipeline.prepare(model, tokenizer)

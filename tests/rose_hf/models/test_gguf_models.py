@@ -7,6 +7,7 @@ epoch and a two-row selection: a few seconds per stage on one CPU thread.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -179,6 +180,8 @@ def test_rose_trainer_selects_with_finite_scores_on_gemma3(gemma3, tmp_path):
     assert rose.warmup_trainer.model.config.model_type == "gemma3_text"
     assert adapter_base(os.path.join(tmp_path, "warmup", "checkpoint-1")) == gemma3.path
     selection = rose.run_selection()
-    assert len(selection.scores) == len(NUMBERS) and selection.valid.all()
-    assert np.isfinite(selection.scores).all() and np.ptp(selection.scores) > 0
-    assert len(selection.selected_indices) == 2 and set(selection.selected_indices) <= set(range(len(NUMBERS)))
+    # The default first stage (forward-only, on Gemma's hidden states) keeps its share; only those rows are scored.
+    kept = np.flatnonzero(selection.valid)
+    assert len(selection.scores) == len(NUMBERS) and len(kept) == math.ceil(rose_config().prefilter_fraction * len(NUMBERS))
+    assert np.isfinite(selection.scores[kept]).all() and np.ptp(selection.scores[kept]) > 0
+    assert len(selection.selected_indices) == 2 and set(selection.selected_indices) <= set(kept.tolist())

@@ -132,7 +132,7 @@ def test_selection_on_4bit_base_matches_its_dequantized_float_model(models, toke
         pytest.skip(f"bitsandbytes' 4-bit forward differs from its own dequantized weights by {gap:.1e} here")
     results = {}
     for kind, model in zip(("4bit", "float"), models):
-        config = RoseConfig(selection_dir=str(tmp_path / kind), projection_dim=512, feature_max_length=64, report=False)
+        config = RoseConfig(selection_dir=str(tmp_path / kind), prefilter_fraction=None, projection_dim=512, feature_max_length=64, report=False)
         pipeline = SelectionPipeline(pool, pairs, config)
         pipeline.prepare(model, tokenizer)
         n = pipeline.featurizer.collector.num_params
@@ -160,7 +160,7 @@ def test_qlora_warmup_with_paged_adamw_8bit_selects(tokenizer, tmp_path):
     build_model("llama", tokenizer, hidden_size=128, seed=0).save_pretrained(path)
     pool, task = pool_dataset(40)
     # The DPO scores themselves (not ranks, which tie), to check that the 8-bit moments give distinct features.
-    config = RoseConfig(selection_dir=str(tmp_path / "rose"), projection_dim=256, feature_max_length=64, chunk_size=16,
+    config = RoseConfig(selection_dir=str(tmp_path / "rose"), prefilter_fraction=None, projection_dim=256, feature_max_length=64, chunk_size=16,
                         report=False, validation_objective="dpo")  # fmt: skip
     selector = RoseDataSelector(pool, task.validation.select(range(4)), config)
     args = SFTConfig(output_dir=str(tmp_path / "out"), optim="paged_adamw_8bit", num_train_epochs=2,

@@ -22,7 +22,7 @@ NUM_ROWS = 64  # the last row's prompt fills max_length: no completion token, so
 
 def run_warmup(tokenizer, pool, pairs, root, **rose):
     defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False,
-                    scoring="paper", validation_objective="dpo", selection_fraction=0.1)  # fmt: skip
+                    scoring="paper", validation_objective="dpo", selection_fraction=0.1, prefilter_fraction=None)  # fmt: skip
     config = RoseConfig(selection_dir=str(root / "rose"), **{**defaults, **rose})
     selector = RoseDataSelector(pool, pairs, config)
     args = SFTConfig(output_dir=str(root / "sft"), num_train_epochs=2, per_device_train_batch_size=8,

@@ -71,7 +71,7 @@ def _pinned_setup(tokenizer, output_dir, scoring):
     """The setup the pinned scores were computed with (two checkpoints, a random Adam state)."""
     pool, task = pool_dataset(40)
     model = make_lora_model(tokenizer, seed=3)
-    config = RoseConfig(selection_dir=str(output_dir), projection="sjlt", projection_dim=128, chunk_size=16,
+    config = RoseConfig(selection_dir=str(output_dir), prefilter_fraction=None, projection="sjlt", projection_dim=128, chunk_size=16,
                         feature_batch_size=4, feature_max_length=48, report=False, scoring=scoring, validation_objective="dpo")
     pipeline = SelectionPipeline(pool, task.validation, config)
     pipeline.prepare(model, tokenizer)

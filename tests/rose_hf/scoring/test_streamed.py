@@ -20,7 +20,7 @@ from rose_hf.scoring.budget import select_top
 from rose_hf.scoring.selection import select_from_store
 from rose_hf.scoring.similarity import AGGREGATIONS
 
-SETTINGS = dict(projection_dim=96, chunk_size=8, feature_batch_size=4, feature_max_length=48, report=False)
+SETTINGS = dict(prefilter_fraction=None, projection_dim=96, chunk_size=8, feature_batch_size=4, feature_max_length=48, report=False)
 ROWS, STEPS = 30, (4, 8)
 LEARNING_RATES = {4: [2e-3] * 4, 8: [1e-3] * 4}
 OBJECTIVES = ("dpo", "sft", "dpo+sft")

@@ -45,7 +45,7 @@ def sft_args(output_dir, **kwargs):
 def rose_config(output_dir, **kwargs):
     # The engine tests pin the paper scoring: features at every checkpoint, learning-rate weights.
     defaults = dict(projection_dim=64, chunk_size=16, feature_batch_size=8, feature_max_length=64, report=False, scoring="paper",
-                    validation_objective="dpo")  # fmt: skip
+                    validation_objective="dpo", prefilter_fraction=None)  # fmt: skip
     return RoseConfig(selection_dir=str(output_dir), **{**defaults, **kwargs})
 
 

@@ -55,7 +55,7 @@ def dense_rates(checkpoint):
 
 def select(tokenizer, runs, checkpoints, output_dir, scoring="paper", **kwargs):
     model = PeftModel.from_pretrained(build_model("llama", tokenizer, seed=0), checkpoints[0], is_trainable=True)
-    config = RoseConfig(selection_dir=str(output_dir), projection_dim=64, chunk_size=16, feature_batch_size=8,
+    config = RoseConfig(selection_dir=str(output_dir), prefilter_fraction=None, projection_dim=64, chunk_size=16, feature_batch_size=8,
                         feature_max_length=64, report=False, scoring=scoring, selection_fraction=0.25, **kwargs)  # fmt: skip
     return select_from_checkpoints(model, checkpoints, runs["pool"], runs["pairs"], tokenizer, config)
 
@@ -142,7 +142,7 @@ def test_pool_features_bar_moves_per_batch(tokenizer, runs, tmp_path, monkeypatc
     monkeypatch.setattr(rose_hf.features.featurizer, "tqdm", lambda *args, main_process_only=True, **kwargs: RecordingBar(
         *args, **kwargs))
     model = PeftModel.from_pretrained(build_model("llama", tokenizer, seed=0), runs["sparse"][-1], is_trainable=True)
-    config = RoseConfig(selection_dir=str(tmp_path), projection_dim=64, chunk_size=1024, feature_batch_size=4,
+    config = RoseConfig(selection_dir=str(tmp_path), prefilter_fraction=None, projection_dim=64, chunk_size=1024, feature_batch_size=4,
                         feature_max_length=64, report=False, scoring="robust")  # fmt: skip
     select_from_checkpoints(model, runs["sparse"][-1:], runs["pool"], runs["pairs"], tokenizer, config)
     assert [n for n in updates if n] == [4, 4, 4, 4] and sum(updates) == len(runs["pool"])
