@@ -180,7 +180,8 @@ def run_setting(config: BigModelsBenchConfig, model, optimizer_kind: str, warm: 
     tokenizer, pool, pairs = _data(config, config.base_path)
     optimizer = _optimizer(optimizer_kind, [p for p in model.parameters() if p.requires_grad], *warm["adam"])
     _replay(model, optimizer, warm)
-    rose = RoseConfig(selection_dir=os.path.join(output_dir, "rose"), projection_dim=config.projection_dim,
+    rose = RoseConfig(selection_dir=os.path.join(output_dir, "rose"), prefilter_fraction=None,  # every row's features
+                      projection_dim=config.projection_dim,
                       feature_batch_size=config.batch_size, chunk_size=config.chunk_size, feature_max_length=config.max_length,
                       report=False)  # fmt: skip
     selector = RoseDataSelector(pool, pairs, rose, tokenizer=tokenizer)

@@ -248,6 +248,8 @@ def rose_config_for(config: QualityBenchConfig, seed: int, scoring: str, project
     from rose_hf import RoseConfig
 
     return RoseConfig(
+        # Every row's features: each method ranks the whole pool (the frontier applies the first stage afterwards).
+        prefilter_fraction=None,
         scoring=scoring,
         projection_seed=projection_seed,
         beta=config.beta,

@@ -158,3 +158,18 @@ def test_old_names_are_no_fields_and_old_runs_still_report(tmp_path):
         config = config_from_output_dir(str(tmp_path), recorded)
     assert (config.dpo_loss_type, config.feature_max_length, config.warmup_seed) == ("ipo", 64, 2)
     assert config.selection_dir == str(tmp_path)
+
+
+def test_a_run_recorded_before_the_first_stage_existed_reports_without_it(tmp_path):
+    """Today's default keeps 20% of the pool; a selection.json from before `prefilter_fraction` existed ran on every
+    row (and may select more than 20%), so its rebuilt config must say so, while a recorded value is kept."""
+    from types import SimpleNamespace
+
+    from rose_hf.report import config_from_output_dir
+
+    assert RoseConfig().prefilter_fraction == 0.2
+    old = SimpleNamespace(info={"config": {"selection_fraction": 0.5}})
+    config = config_from_output_dir(str(tmp_path), old)
+    assert config.prefilter_fraction is None and config.selection_fraction == 0.5
+    new = SimpleNamespace(info={"config": {"prefilter_fraction": 0.4}})
+    assert config_from_output_dir(str(tmp_path), new).prefilter_fraction == 0.4
