@@ -16,6 +16,12 @@ from typing import Any
 from ..errors import CacheMismatchError
 from .io import atomic_write_json, jsonable, read_json
 
+# Keys whose default changed: what to tell a user whose cache was written without the field (recorded None or absent).
+DEFAULT_CHANGES = {
+    "prefilter_fraction": " This cache was written without the first stage, which `prefilter_fraction` turns on by "
+    "default: set `prefilter_fraction=None` to reuse it as it is.",
+}
+
 
 class StageRecord:
     """The recorded key of one cached stage.
@@ -68,7 +74,10 @@ class StageRecord:
                 f"{name}: recorded {_short(self._recorded(recorded, name))}, now {_short(current.get(name))}"
                 for name in differing
             )
-            raise CacheMismatchError(f"{self.stage} was written for other inputs ({details}). Fix: {fix}", differing)
+            notes = "".join(DEFAULT_CHANGES[name] for name in differing
+                            if name in DEFAULT_CHANGES and self._recorded(recorded, name) is None)  # fmt: skip
+            raise CacheMismatchError(f"{self.stage} was written for other inputs ({details}). Fix: {fix}{notes}",
+                                     differing)  # fmt: skip
         return differing
 
     def write(self, key: dict[str, Any]) -> None:

@@ -141,6 +141,24 @@ def test_stage_record_in_a_section_keeps_the_rest_of_the_file(tmp_path):
     assert read_json(str(path)) == {"num_selected": 3, "args": {"a": 2}}
 
 
+def test_a_cache_from_before_the_default_first_stage_is_refused_with_the_setting_that_reuses_it(tmp_path):
+    """Caches written without the first stage record no `prefilter_fraction`; today's default (0.2) differs, and the
+    refusal says how to reuse them as they are."""
+    from rose_hf import RoseConfig
+    from rose_hf.cache.keys import data_key
+
+    fingerprints = {"pool_fingerprint": "p", "validation_fingerprint": "v"}
+    FeatureStore(str(tmp_path), data_key(fingerprints, 40, RoseConfig(prefilter_fraction=None))).prepare()
+    with pytest.raises(CacheMismatchError, match=r"prefilter_fraction: recorded None, now 0\.2.*`prefilter_fraction=None`"):
+        FeatureStore(str(tmp_path), data_key(fingerprints, 40, RoseConfig())).prepare()
+    FeatureStore(str(tmp_path), data_key(fingerprints, 40, RoseConfig(prefilter_fraction=None))).prepare()  # reused
+    other = tmp_path / "other"
+    FeatureStore(str(other), data_key(fingerprints, 40, RoseConfig(prefilter_fraction=0.4))).prepare()
+    with pytest.raises(CacheMismatchError) as info:  # a recorded first stage of another share: no such note
+        FeatureStore(str(other), data_key(fingerprints, 40, RoseConfig())).prepare()
+    assert "to reuse it as it is" not in str(info.value)
+
+
 def test_refuses_to_mix_runs_and_names_the_field(tmp_path):
     root = str(tmp_path)
     FeatureStore(root, RUN).prepare()
