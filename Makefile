@@ -73,7 +73,8 @@ bench-real: $(STAMP)
 
 # The HH family's gating check (issue 23): oracle 5% vs random 5% vs base on SmolLM2, 3 seeds, no selection method.
 # Reads ../shared/data/hh-rlhf/ beside the checkout; results are copied into benchmarks/results/hh_check/pool<N>/.
-# Two designs were tried: HH_POOL=400 (the default) and HH_POOL=800 (`make bench-hh-check HH_POOL=800`).
+# Designs tried: HH_POOL=400 (the default) and HH_POOL=800 here; designs 3 and 4 (10 epochs, length-matched test
+# pairs) ran `python -m benchmarks.quality.hh_check` with the flags in its DESIGN comment. None separates methods.
 HH_POOL ?= 400
 bench-hh-check: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.hh_check --pool_size $(HH_POOL) \
