@@ -122,9 +122,9 @@ class RoseConfig:
         metadata={"help": "Forward-only first stage: keep this fraction of the pool, in (0, 1], by RDS+ similarity "
                   "of the base model's mean-pooled hidden states to the validation pairs (round robin over pairs), "
                   "and compute gradient features only for those rows; the others are never selected. Default 0.2: "
-                  "the whole selection within one pool-epoch at the paper's warmup (docs/benchmarks.md, the cost "
-                  "frontier). Raise it where the pool's other rows are of the target's own kind (0.4 kept 0.86-0.89 "
-                  "of HH's target rows, 0.2 kept 0.69). None: no prefilter, the paper's method."},
+                  "the whole selection in about one pool-epoch at the paper's warmup, at the old default's precision "
+                  "or better (docs/benchmarks.md, the cost frontier). Raise it where the pool's other rows are of the "
+                  "target's own kind (dialogue among dialogue). None: no first stage, the paper's method."},
     )
     num_feature_checkpoints: int | None = field(
         default=None,
