@@ -25,9 +25,6 @@ DEPRECATED_NAMES = {
     "max_length": "feature_max_length",
     "seed": "warmup_seed",
 }
-# Fields added after runs were recorded whose default is not what those runs ran with: a recorded config without the
-# field ran with this value (a run from before the first stage existed had none, whatever today's default).
-UNRECORDED_VALUES = {"prefilter_fraction": None}
 
 
 @dataclass

@@ -60,6 +60,7 @@ class World:
         self.k = max(1, math.floor(config.final_budget * self.num_rows + 0.5))
         self.pool_epoch = float(self.collected["plain_epoch"]["seconds"])
         self._objective: dict[tuple, np.ndarray] = {}
+        self._base = None  # (model, tokenizer) of the first stage, loaded on first use
 
     # --- cost ---------------------------------------------------------------------------------------------------------
     def warmup_cost(self) -> float:
@@ -120,8 +121,9 @@ class World:
 
         from rose_hf import RoseConfig, prefilter_pool
 
-        model = AutoModelForCausalLM.from_pretrained(self.base_path)
-        tokenizer = AutoTokenizer.from_pretrained(self.base_path)
+        if self._base is None:  # once per world: every share and RDS+ alone read the same base model
+            self._base = AutoModelForCausalLM.from_pretrained(self.base_path), AutoTokenizer.from_pretrained(self.base_path)
+        model, tokenizer = self._base
         config = RoseConfig(selection_dir=os.path.join(self.seed_dir, "prefilter"), prefilter_fraction=share,
                             feature_max_length=self.config.max_length, selection_fraction=self.config.final_budget)  # fmt: skip
         if fresh:
@@ -175,16 +177,15 @@ def hh_recall(output_dir: str, base_path: str, seeds=(0, 1), pool_size: int = 80
     from rose_fixtures.hh import HHDataMissing, make_hh_world
     from rose_hf import RoseConfig, prefilter_pool
 
+    try:
+        tasks = {seed: make_hh_world(seed, pool_size=pool_size) for seed in seeds}
+    except HHDataMissing as missing:
+        log(f"HH recall skipped: {missing}")
+        return None
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base_path), AutoTokenizer.from_pretrained(base_path)
     out = []
-    for seed in seeds:
-        try:
-            task = make_hh_world(seed, pool_size=pool_size)
-        except HHDataMissing as missing:
-            log(f"HH recall skipped: {missing}")
-            return None
+    for seed, task in tasks.items():
         helpful, harmful = task.helpful_mask(), task.harmful_mask()
-        model = AutoModelForCausalLM.from_pretrained(base_path)
-        tokenizer = AutoTokenizer.from_pretrained(base_path)
         selection_dir = os.path.join(output_dir, "hh", f"seed_{seed}", "prefilter")
         start = time.perf_counter()
         result = prefilter_pool(model, tokenizer, task.pool, task.validation,

@@ -122,9 +122,10 @@ def check_writable(output_dir: str) -> None:
 # `run.json` key of what is recorded for the report but not compared: the warmup's training arguments and base model.
 # Those shape each checkpoint's model state, which keys that checkpoint's features (fingerprint.py) instead.
 RUN_INFO_KEY = "warmup"
-# Settings added to the recorded keys (`rose_hf.cache.keys.FEATURE_SETTINGS`) after caches were written: a record
-# without one reads as this value, the one those caches were computed with, so they stay valid.
-RECORDED_DEFAULTS = {"store_pool_features": True}
+# Settings added after caches and selections were recorded (`rose_hf.cache.keys.FEATURE_SETTINGS`, the config in
+# `selection.json`): a record without one reads as this value, the one those runs were computed with, whatever
+# today's default (a run from before the first stage existed had none), so they stay valid and report truly.
+RECORDED_DEFAULTS = {"store_pool_features": True, "prefilter_fraction": None}
 
 
 class FeatureStore:

@@ -24,9 +24,9 @@ from typing import Any
 from datasets import Dataset
 
 from ..cache.io import atomic_write_text, disk_errors, read_json
-from ..cache.store import FeatureStore
+from ..cache.store import RECORDED_DEFAULTS, FeatureStore
 from ..logs import log
-from ..rose_config import DEPRECATED_NAMES, UNRECORDED_VALUES, RoseConfig
+from ..rose_config import DEPRECATED_NAMES, RoseConfig
 from ..scoring.selection import SelectionResult, load_selection
 from . import sections
 from .context import PLOT_DIR, ReportContext
@@ -151,7 +151,7 @@ def config_from_output_dir(output_dir: str, result: SelectionResult | None = Non
     if not saved:
         log(f"{output_dir}/selection.json records no config; the report shows default settings.")
     saved = {DEPRECATED_NAMES.get(k, k): v for k, v in saved.items()}  # runs recorded before the renames
-    saved = {**UNRECORDED_VALUES, **saved} if saved else saved  # runs recorded before a field existed
+    saved = {**RECORDED_DEFAULTS, **saved} if saved else saved  # runs recorded before a field existed
     return RoseConfig(**{**{k: v for k, v in saved.items() if k in known}, "selection_dir": output_dir})
 
 
