@@ -74,6 +74,9 @@ HH_FILE = "harmless-base-test.jsonl.gz"
 HH_FOLDER = ("shared", "data", "hh-rlhf")
 TARGET, DISTRACTOR = "hh", "chatterbot"
 SUBTASKS = ("how_to", "talk")
+# Token limit of training and feature sequences on this family: no row is cut (the longest has 269 tokens under
+# SmolLM2's chat template).
+MAX_TOKENS = 320
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 # The opener asks for a way, or for help, to do something (see the module docstring).

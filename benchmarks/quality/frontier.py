@@ -98,12 +98,11 @@ def collect(families: list[str], seeds: tuple[int, ...], output_dir: str, smoke:
 
     from rose_fixtures.smollm2 import smollm2_path
 
-    config = bench_config(output_dir, smoke)
     torch.set_num_threads(1)
     base_path = smollm2_path()
     for seed in seeds:  # seed-major: every family gets its first seed before any gets a second
         for family in families:
-            collect_seed(config, family, seed, base_path, output_dir)
+            collect_seed(bench_config(output_dir, smoke, family), family, seed, base_path, output_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.frontier", description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=("collect", "analyse"))
-    parser.add_argument("--families", nargs="+", default=list(real_families()))
+    parser.add_argument("--families", nargs="+", default=list(real_families()),
+                        help="Real families (default: the three format families); `hh` is the HH family.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 3, 1, 2])
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT)
     parser.add_argument("--smoke", action="store_true", help="A 120-row pool and 6 test rows: checks the code path.")

@@ -186,7 +186,7 @@ def hh_recall(output_dir: str, base_path: str, seeds=(0, 1), pool_size: int = 80
     out = []
     for seed, task in tasks.items():
         helpful, harmful = task.helpful_mask(), task.harmful_mask()
-        selection_dir = os.path.join(output_dir, "hh", f"seed_{seed}", "prefilter")
+        selection_dir = os.path.join(output_dir, "hh_recall", f"seed_{seed}", "prefilter")
         start = time.perf_counter()
         result = prefilter_pool(model, tokenizer, task.pool, task.validation,
                                 RoseConfig(selection_dir=selection_dir, prefilter_fraction=0.1, feature_max_length=320))  # fmt: skip

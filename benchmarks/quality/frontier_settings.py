@@ -13,8 +13,13 @@ PAPER_WARMUP_EPOCHS = 4
 EPOCH_SAMPLE = 100  # rows of the timed plain epoch (scaled to the pool: training time is linear in rows)
 
 
-def bench_config(output_dir: str, smoke: bool = False):
+def bench_config(output_dir: str, smoke: bool = False, family: str | None = None):
+    """The real-model benchmark's configuration with the paper's warmup length; the HH family's sequences are longer
+    (`rose_fixtures.hh.MAX_TOKENS`)."""
+    from rose_fixtures.hh import MAX_TOKENS, TARGET as HH
+
     from .run import QualityBenchConfig
 
     smaller = dict(pool_size=120, warmup_fraction=0.1, n_test_pairs=6, n_test_prompts=6) if smoke else {}
-    return QualityBenchConfig.real(output_dir=output_dir, epochs=PAPER_WARMUP_EPOCHS, **smaller)
+    longer = dict(max_length=MAX_TOKENS) if family == HH else {}
+    return QualityBenchConfig.real(output_dir=output_dir, epochs=PAPER_WARMUP_EPOCHS, **smaller, **longer)

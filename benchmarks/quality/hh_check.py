@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rose_fixtures.hh import MAX_TOKENS
+
 # =====================================================================================================================
 # DESIGN — fixed before the check ran (issue 23, section 1), and before any selection method ran on the family.
 #
@@ -91,7 +93,7 @@ class HHCheckConfig:
     test_length_ratio: float | None = None
     budget: float = 0.05
     epochs: int = 5
-    max_length: int = 320
+    max_length: int = MAX_TOKENS
     beta: float = 0.1
     eval_batch_size: int = 16
     num_threads: int | None = 1

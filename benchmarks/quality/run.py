@@ -372,9 +372,15 @@ def warmup_and_gradient_scores(
 
 # --- one seed ---------------------------------------------------------------------------------------------------------
 def make_task(config: QualityBenchConfig, family: str, seed: int) -> SyntheticTask:
-    """The world of `family` and `seed` with the benchmark's sizes (a tiny world, or a real-data one)."""
+    """The world of `family` and `seed` with the benchmark's sizes (a tiny world, or a real-data one). The HH family
+    (`rose_fixtures.hh`) takes the pool's sizes and keeps its own test design (200 held-out pairs, no test prompts)."""
+    from rose_fixtures.hh import TARGET as HH, make_hh_world
     from rose_fixtures.real_worlds import make_real_world, real_families
     from rose_fixtures.worlds import make_world
+
+    if family == HH:
+        return make_hh_world(seed, pool_size=config.pool_size, target_correct_fraction=config.target_correct_fraction,
+                             target_wrong_fraction=config.target_wrong_fraction, n_per_subtask=config.n_per_subtask)  # fmt: skip
 
     return (make_real_world if family in real_families() else make_world)(
         family,
