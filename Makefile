@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rose_hf_installed
 # `make demo THREADS=2`. The speed benchmark keeps torch's default (its results record the thread count).
 THREADS ?= 1
 
-.PHONY: install test test-fast demo demo-tiny bench-speed bench-scale bench-quality bench-real bench-hh-check bench-trust bench-frontier lint docs clean
+.PHONY: install test test-fast demo demo-tiny bench-speed bench-scale bench-quality bench-real bench-hh-check bench-trust bench-frontier bench-ranking lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -103,6 +103,17 @@ bench-frontier: $(STAMP)
 	mkdir -p benchmarks/results/frontier
 	cp outputs/bench_frontier/frontier.json outputs/bench_frontier/frontier.md outputs/bench_frontier/frontier.png \
 	  benchmarks/results/frontier/
+
+# Which ranking (issue 23): the HH family's worlds collected like the format families', then every candidate ranking
+# rescored from the frontier's kept caches (seconds per world); results go to benchmarks/results/ranking/.
+bench-ranking: $(STAMP)
+	mkdir -p outputs
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.frontier collect --families hh \
+	  > outputs/bench_frontier_collect_hh.log 2>&1
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.ranking
+	mkdir -p benchmarks/results/ranking
+	cp outputs/bench_frontier/ranking.json outputs/bench_frontier/ranking.md outputs/bench_frontier/ranking.png \
+	  benchmarks/results/ranking/
 
 lint: $(STAMP)
 	$(BIN)/ruff check rose_hf rose_fixtures tests examples benchmarks scripts

@@ -328,7 +328,7 @@ def analyse(families: list[str], seeds: tuple[int, ...], output_dir: str, smoke:
                 log(f"{family} seed {seed}: not collected, skipped.")
                 continue
             log(f"{family} seed {seed}: first stage and every point.")
-            worlds.append(analyse_world(World(config, family, seed, seed_dir, base_path)))
+            worlds.append(analyse_world(World(bench_config(output_dir, smoke, family), family, seed, seed_dir, base_path)))
     dev = [w for w in worlds if w["seed"] in DEV_SEEDS]
     held_out = [w for w in worlds if w["seed"] in HELD_OUT_SEEDS]
     confirmation = [w for w in worlds if w["seed"] in CONFIRMATION_SEEDS]
