@@ -16,7 +16,8 @@ EPOCH_SAMPLE = 100  # rows of the timed plain epoch (scaled to the pool: trainin
 def bench_config(output_dir: str, smoke: bool = False, family: str | None = None):
     """The real-model benchmark's configuration with the paper's warmup length; the HH family's sequences are longer
     (`rose_fixtures.hh.MAX_TOKENS`)."""
-    from rose_fixtures.hh import MAX_TOKENS, TARGET as HH
+    from rose_fixtures.hh import MAX_TOKENS
+    from rose_fixtures.hh import TARGET as HH
 
     from .run import QualityBenchConfig
 

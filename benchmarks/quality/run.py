@@ -374,7 +374,8 @@ def warmup_and_gradient_scores(
 def make_task(config: QualityBenchConfig, family: str, seed: int) -> SyntheticTask:
     """The world of `family` and `seed` with the benchmark's sizes (a tiny world, or a real-data one). The HH family
     (`rose_fixtures.hh`) takes the pool's sizes and keeps its own test design (200 held-out pairs, no test prompts)."""
-    from rose_fixtures.hh import TARGET as HH, make_hh_world
+    from rose_fixtures.hh import TARGET as HH
+    from rose_fixtures.hh import make_hh_world
     from rose_fixtures.real_worlds import make_real_world, real_families
     from rose_fixtures.worlds import make_world
 
