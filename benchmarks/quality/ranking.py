@@ -66,6 +66,10 @@ class Cosines:
     subtasks: np.ndarray
     rows: np.ndarray
 
+    def columns(self, pairs: list[int]) -> Cosines:
+        """The same rows scored with the validation pairs `pairs` only."""
+        return Cosines(self.dpo[:, pairs], self.sft[:, pairs], self.subtasks[pairs], self.rows)
+
     def restricted(self, kept: np.ndarray | None) -> Cosines:
         if kept is None:
             return self
@@ -212,15 +216,44 @@ CANDIDATES: dict[str, Callable[[Cosines], np.ndarray]] = {
 
 
 # --- one world ------------------------------------------------------------------------------------------------------
-def world_figures(world, cosines: Cosines, kept: np.ndarray | None) -> dict[str, dict[str, float]]:
-    """Every candidate's figures in one world (`frontier_analysis.World.figures`), with or without the first stage."""
+def as_scores(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A candidate's output as the library's scores: `INVALID_SCORE` outside `rows` (never selected)."""
     from rose_hf.scoring.similarity import INVALID_SCORE
 
-    x = cosines.restricted(kept)
+    return np.where(rows & np.isfinite(values), values, INVALID_SCORE).astype(np.float32)
+
+
+def world_figures(world, x: Cosines) -> dict[str, dict[str, float]]:
+    """Every candidate's figures in one world (`frontier_analysis.World.figures`)."""
+    return {name: world.figures(as_scores(candidate(x), x.rows)) for name, candidate in CANDIDATES.items()}
+
+
+# The rankings a user can ask the library for, whose health verdict is re-read here.
+LIBRARY_RANKINGS = (PAPER, LESS, TODAY)
+
+
+def health(world, x: Cosines) -> dict[str, dict[str, Any]]:
+    """The library's label-free verdict (`rose_hf.scoring.health.selection_health`) on each of `LIBRARY_RANKINGS`'
+    selections, from the inputs the library gives it: the ranking from each half of the pairs, the DPO and SFT sides
+    apart, relevance and preference at the last checkpoint (over the ranked rows only)."""
+    from rose_fixtures.evaluation import quality_band
+    from rose_hf import select_top
+    from rose_hf.scoring.health import pair_halves, selection_health
+    from rose_hf.scoring.robust import relevance_and_preference
+
+    last = world.checkpoints[-1]
+    relevance, preference = relevance_and_preference(last.pool_features(), last.validation_features("sft"),
+                                                     last.validation_features("dpo"), x.rows, last.pool_scales())  # fmt: skip
+    halves = pair_halves(list(x.subtasks))
+    sides = tuple(as_scores(CANDIDATES[name](x), x.rows) for name in (PAPER, LESS))
     out = {}
-    for name, candidate in CANDIDATES.items():
-        scores = candidate(x)
-        out[name] = world.figures(np.where(x.rows & np.isfinite(scores), scores, INVALID_SCORE).astype(np.float32))
+    for name in LIBRARY_RANKINGS:
+        scores = as_scores(CANDIDATES[name](x), x.rows)
+        half_scores = tuple(as_scores(CANDIDATES[name](x.columns(h)), x.rows) for h in halves)
+        verdict = selection_health(relevance, preference, select_top(scores, size=world.k), world.k, half_scores, sides)
+        precision = world.figures(scores)["relative_precision"]
+        out[name] = {"verdict": verdict["verdict"], "objective_agreement": verdict["signals"]["objective_agreement"],
+                     "relative_precision": precision, "band": quality_band(precision)}  # fmt: skip
     return out
 
 
@@ -229,9 +262,11 @@ def analyse_world(world) -> dict[str, Any]:
                       np.asarray(world.subtasks), world.valid.copy())  # fmt: skip
     result, _ = world.prefilter(FIRST_STAGE)
     kept = np.asarray(result.kept, dtype=np.int64)
+    points = {"first_stage": cosines.restricted(kept), "every_row": cosines}
     return {"family": world.family, "seed": world.seed, "k": world.k,
             "first_stage_recall": float(world.helpful[kept].sum() / world.helpful.sum()),
-            "first_stage": world_figures(world, cosines, kept), "every_row": world_figures(world, cosines, None)}  # fmt: skip
+            **{point: world_figures(world, x) for point, x in points.items()},
+            "health": {point: health(world, x) for point, x in points.items()}}  # fmt: skip
 
 
 # --- the rule -------------------------------------------------------------------------------------------------------
@@ -301,10 +336,32 @@ def render(results: dict[str, Any]) -> str:
     lines += ["## First-stage recall of the target rows at 20%", "",
               table(["family", "seed", "recall"], [[w["family"], w["seed"], fmt(w["first_stage_recall"])]
                                                    for w in results["worlds"]]), ""]  # fmt: skip
+    lines += ["## The health verdict against the selection's quality", "",
+              "Each world's `dpo`, `sft` and `dpo+sft` selections at both points, judged by the library's label-free "
+              "verdict (`rose_hf.scoring.health`); quality bands as `make bench-trust`'s (bad: precision below 0.5 x "
+              "the oracle's, good: at least 0.8 x).", "", health_table(results["worlds"]), ""]  # fmt: skip
     verdict = "it replaces" if choice["replaces_today"] else "it does not replace"
     lines += ["## Choice", "", f"First on development by `choose_ranking`: **{choice['best']}**; {verdict} today's "
               f"default ({TODAY}).", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def health_table(worlds: list[dict[str, Any]]) -> str:
+    """Warnings (verdict not "ok") over selections, per quality band, for HH and for the format families."""
+    rows = []
+    for label, chosen in (("HH", [w for w in worlds if w["family"] == "hh"]),
+                          ("format families", [w for w in worlds if w["family"] != "hh"])):  # fmt: skip
+        cases = [case for w in chosen for point in w["health"].values() for case in point.values()]
+        if not cases:
+            continue
+        cells = [label, str(len(cases))]
+        for band in ("bad", "middling", "good"):
+            in_band = [c for c in cases if c["band"] == band]
+            cells.append(f"{sum(c['verdict'] != 'ok' for c in in_band)} of {len(in_band)}")
+        cells.append(fmt(float(np.mean([c["objective_agreement"] for c in cases]))))
+        rows.append(cells)
+    return table(["worlds", "selections", "warned: bad", "warned: middling", "warned: good",
+                  "mean objective agreement"], rows)  # fmt: skip
 
 
 def plot(results: dict[str, Any], output_dir: str) -> str:

@@ -116,3 +116,13 @@ def test_today_stays_when_nothing_beats_it():
     worlds = _worlds({LESS: (0.80, 0.20), TODAY: (0.95, 0.05)})
     choice = choose_ranking(worlds)
     assert not choice["replaces_today"]
+
+
+def test_columns_keep_the_rows_and_take_the_pairs(world):
+    checkpoints, subtasks = world
+    x = Cosines(ranking.pair_cosines(checkpoints, "dpo"), ranking.pair_cosines(checkpoints, "sft"), subtasks,
+                np.arange(50) % 3 > 0)  # fmt: skip
+    half = x.columns([0, 3, 4])
+    assert half.dpo.shape == (50, 3) and list(half.subtasks) == ["a", "b", "b"]
+    np.testing.assert_array_equal(half.sft, x.sft[:, [0, 3, 4]])
+    np.testing.assert_array_equal(half.rows, x.rows)
