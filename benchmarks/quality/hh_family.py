@@ -1,0 +1,235 @@
+"""Every selection method on the HH family (issue 23, section 1): what each puts in the 5%, how stable it is, and
+what its features cost.
+
+Builds on the frontier's kept HH worlds (`python -m benchmarks.quality.frontier collect --families hh`: one 4-epoch
+warmup per seed with the paper's features at every checkpoint for every pool row, and a timed plain epoch):
+
+1. `collect` (per seed, resumable): the robust ranking's pass at the last checkpoint, and a second warmup seed (seed
+   + 100) with its features at every checkpoint, for stability.
+2. `analyse` (a minute per world): every method's 5% from the caches and the base model:
+   random, BM25, RDS (the base model's mean hidden states), LESS (`validation_objective="sft"`), the paper's ROSE
+   (`"dpo"`), robust (`scoring="robust"`), `dpo+sft` ranking every row, the library's default (`dpo+sft` after its
+   20% first stage), the oracle and the full pool.
+
+Figures per method: precision (the chosen replies' share of the 5%), harmful share (the rejected replies'), precision
+over the oracle's, top-5% overlap between the two warmup seeds, and the feature cost in pool-epochs. The final models'
+reward accuracy is not measured: the family's check (`benchmarks.quality.hh_check`) fails on every design tried,
+so a final model trained on any method's 5% could not rank the methods (docs/benchmarks.md).
+
+Run: `python -m benchmarks.quality.hh_family collect --seeds 0`, then `python -m benchmarks.quality.hh_family analyse`.
+Writes `hh_family.json` and `hh_family.md` into `--output_dir` (the frontier's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import fmt, log, table
+
+from .frontier_settings import DEFAULT_OUTPUT, bench_config
+
+SEEDS = (0, 3, 1, 2)
+SECOND_WARMUP = 100  # the second warmup's seed is the world's seed + this
+FAMILY = "hh"
+FIRST_STAGE = 0.2  # the library default's prefilter_fraction
+METHODS = ("random", "BM25", "RDS", "LESS (sft)", "ROSE paper (dpo)", "robust", "dpo+sft, every row",
+           "default (dpo+sft, first stage 20%)", "oracle", "full pool")  # fmt: skip
+GRADIENT = {"LESS (sft)": "sft", "ROSE paper (dpo)": "dpo", "dpo+sft, every row": "dpo+sft"}
+
+
+def _seed_dir(output_dir: str, seed: int) -> str:
+    return os.path.join(output_dir, FAMILY, f"seed_{seed}")
+
+
+def collect_seed(output_dir: str, seed: int, base_path: str) -> dict[str, Any]:
+    """The robust pass and the second warmup of one collected HH world (cached in `hh_family.json` beside it)."""
+    from transformers import AutoTokenizer
+
+    from .run import feature_seconds, make_task, robust_from_last_checkpoint
+    from .trust import warmup_with_features
+
+    seed_dir = _seed_dir(output_dir, seed)
+    done = os.path.join(seed_dir, "hh_family.json")
+    if os.path.exists(done):
+        with open(done) as handle:
+            return json.load(handle)
+    if not os.path.exists(os.path.join(seed_dir, "collect.json")):
+        raise FileNotFoundError(f"{seed_dir}: run `python -m benchmarks.quality.frontier collect --families hh "
+                                f"--seeds {seed}` first.")  # fmt: skip
+    config = bench_config(output_dir, family=FAMILY)
+    task, tokenizer = make_task(config, FAMILY, seed), AutoTokenizer.from_pretrained(base_path)
+    log(f"hh seed {seed}: the robust ranking's pass at the last checkpoint.")
+    result, meta = robust_from_last_checkpoint(config, task, base_path, tokenizer, os.path.join(seed_dir, "run"), seed)
+    out: dict[str, Any] = {"robust_scores": np.asarray(result.scores).tolist(), "robust_seconds": feature_seconds(meta)}
+    log(f"hh seed {seed}: a second warmup (seed {seed + SECOND_WARMUP}) with features at every checkpoint.")
+    start = time.perf_counter()
+    out["second_warmup"] = warmup_with_features(config, task, base_path, tokenizer, os.path.join(seed_dir, "run_b"),
+                                                seed + SECOND_WARMUP, config.epochs)  # fmt: skip
+    out["seconds"] = time.perf_counter() - start
+    with open(done, "w") as handle:
+        json.dump(out, handle)
+    return out
+
+
+def gradient_scores(world, checkpoints, objective: str, kept: np.ndarray | None = None) -> np.ndarray:
+    """The paper scoring of `objective` over every checkpoint of a cache, ranked over `kept` rows only when given."""
+    from rose_hf.scoring.methods import OBJECTIVE_PARTS
+    from rose_hf.scoring.similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
+
+    weights = checkpoint_weights([c.meta["learning_rates"] for c in checkpoints])
+    valid = np.all([c.pool_status() == 1 for c in checkpoints], axis=0)
+    parts = []
+    for part in OBJECTIVE_PARTS[objective]:
+        scores, _ = score_pool([c.pool_features() for c in checkpoints],
+                               [c.validation_features(part) for c in checkpoints], weights, world.subtasks,
+                               valid=valid)  # fmt: skip
+        if kept is not None:
+            outside = np.ones(len(scores), dtype=bool)
+            outside[kept] = False
+            scores[outside] = INVALID_SCORE
+        parts.append(scores)
+    return parts[0] if len(parts) == 1 else rank_average(parts)
+
+
+def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
+    """Every method's figures in one HH world (`frontier_analysis.World`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rose_fixtures.evaluation import oracle_scores, random_scores
+    from rose_hf import FeatureStore, select_top
+
+    from .baselines import bm25_scores, rds_scores
+
+    second = FeatureStore(os.path.join(world.seed_dir, "run_b", "selection")).completed_checkpoints()
+    result, first_stage_seconds = world.prefilter(FIRST_STAGE, fresh=True)  # fresh: its time is a cost
+    kept = np.asarray(result.kept, dtype=np.int64)
+    scores: dict[str, np.ndarray] = {}
+    again: dict[str, np.ndarray] = {}  # the same method after the second warmup
+    scores["random"] = random_scores(world.num_rows, world.seed)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    scores["BM25"] = bm25_scores(world.task.pool, world.task.validation)
+    seconds["BM25"] = time.perf_counter() - start
+    base, tokenizer = AutoModelForCausalLM.from_pretrained(world.base_path), AutoTokenizer.from_pretrained(world.base_path)
+    start = time.perf_counter()
+    scores["RDS"] = rds_scores(base, tokenizer, world.task.pool, world.task.validation)
+    seconds["RDS"] = time.perf_counter() - start
+    for name, objective in GRADIENT.items():
+        scores[name] = gradient_scores(world, world.checkpoints, objective)
+        again[name] = gradient_scores(world, second, objective)
+    default = "default (dpo+sft, first stage 20%)"
+    scores[default] = gradient_scores(world, world.checkpoints, "dpo+sft", kept)
+    again[default] = gradient_scores(world, second, "dpo+sft", kept)
+    scores["robust"] = np.asarray(extras["robust_scores"], dtype=np.float32)
+    scores["oracle"] = oracle_scores(world.helpful, world.harmful)
+
+    features = world.collected["warmup"]["feature_seconds"]
+    epoch = world.pool_epoch
+    warmup = world.warmup_cost()
+    cost = {"random": 0.0, "BM25": seconds["BM25"] / epoch, "RDS": seconds["RDS"] / epoch,
+            "LESS (sft)": warmup + sum(features) / epoch, "robust": warmup + extras["robust_seconds"] / epoch,
+            default: warmup + (first_stage_seconds + FIRST_STAGE * sum(features)) / epoch, "oracle": None}  # fmt: skip
+    cost["ROSE paper (dpo)"] = cost["dpo+sft, every row"] = cost["LESS (sft)"]
+    out: dict[str, Any] = {"seed": world.seed, "k": world.k, "pool_epoch_seconds": epoch, "methods": {}}
+    for name in METHODS:
+        if name == "full pool":
+            out["methods"][name] = {"precision": float(world.helpful.mean()), "harmful_share": float(world.harmful.mean()),
+                                    "relative_precision": None, "overlap": None, "cost": None}  # fmt: skip
+            continue
+        figures = world.figures(scores[name])
+        overlap = None
+        if name in again:
+            a, b = select_top(scores[name], size=world.k), select_top(again[name], size=world.k)
+            overlap = len(set(a.tolist()) & set(b.tolist())) / world.k
+        out["methods"][name] = {**figures, "overlap": overlap, "cost": cost[name]}
+    return out
+
+
+def analyse(seeds: tuple[int, ...], output_dir: str) -> dict[str, Any]:
+    from rose_fixtures.smollm2 import smollm2_path
+
+    from .frontier_analysis import World
+
+    base_path = smollm2_path()
+    config = bench_config(output_dir, family=FAMILY)
+    worlds = []
+    for seed in seeds:
+        seed_dir = _seed_dir(output_dir, seed)
+        if not os.path.exists(os.path.join(seed_dir, "hh_family.json")):
+            log(f"hh seed {seed}: not collected, skipped.")
+            continue
+        with open(os.path.join(seed_dir, "hh_family.json")) as handle:
+            extras = json.load(handle)
+        log(f"hh seed {seed}: every method.")
+        worlds.append(analyse_world(World(config, FAMILY, seed, seed_dir, base_path), extras))
+    results = {"seeds": [w["seed"] for w in worlds], "worlds": worlds, "summary": summary(worlds)}
+    with open(os.path.join(output_dir, "hh_family.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    with open(os.path.join(output_dir, "hh_family.md"), "w") as handle:
+        handle.write(render(results))
+    log(f"hh family -> {os.path.join(output_dir, 'hh_family.md')}")
+    return results
+
+
+def summary(worlds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: mean, min and max of each figure over the worlds (None where a method has no such figure)."""
+    out = {}
+    for name in METHODS:
+        out[name] = {}
+        for key in ("precision", "harmful_share", "relative_precision", "overlap", "cost"):
+            values = [w["methods"][name][key] for w in worlds if w["methods"][name][key] is not None]
+            out[name][key] = ({"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+                              if values else None)  # fmt: skip
+    return out
+
+
+def _cell(stat: dict[str, float] | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{fmt(stat['mean'])} ({fmt(stat['min'])}-{fmt(stat['max'])})"
+
+
+def render(results: dict[str, Any]) -> str:
+    rows = [[name, *(_cell(results["summary"][name][key]) for key in
+                     ("precision", "harmful_share", "relative_precision", "overlap", "cost"))]
+            for name in METHODS]  # fmt: skip
+    return "\n".join([
+        "# HH family: every method's 5% (SmolLM2-135M-Instruct, pool 400, 5% = 20 rows)", "",
+        f"Seeds {results['seeds']}: mean (min-max) over the worlds. Precision: the chosen replies' share of the 5% "
+        "(8% of the pool); harmful share: their rejected twins'; overlap: the top 5% shared with a second warmup "
+        "seed's; cost: feature passes and warmup in pool-epochs, measured in each world's process. Final models are "
+        "not trained: the family's check fails (docs/benchmarks.md).", "",
+        table(["method", "precision", "harmful share", "precision / oracle's", "overlap, 2 warmup seeds",
+               "cost (pool-epochs)"], rows), ""])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.hh_family", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=("collect", "analyse"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="The frontier's output directory (its caches).")
+    args = parser.parse_args(argv)
+    import torch
+    from accelerate import PartialState
+
+    from rose_fixtures.recipe import quiet_libraries
+    from rose_fixtures.smollm2 import smollm2_path
+
+    PartialState()
+    quiet_libraries()
+    torch.set_num_threads(1)
+    if args.stage == "collect":
+        for seed in args.seeds:
+            collect_seed(args.output_dir, seed, smollm2_path())
+    else:
+        analyse(tuple(args.seeds), args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
