@@ -315,20 +315,27 @@ def plot(results: dict[str, Any], output_dir: str) -> list[str]:
     return paths
 
 
+def collected_worlds(families, seeds, output_dir: str, smoke: bool = False, done: str = "collect.json"):
+    """The collected worlds under `output_dir`, seed-major, as `World`s; those without `done` are skipped, said so."""
+    from rose_fixtures.smollm2 import smollm2_path
+
+    base_path = smollm2_path()
+    for seed in seeds:
+        for family in families:
+            seed_dir = os.path.join(output_dir, family, f"seed_{seed}")
+            if not os.path.exists(os.path.join(seed_dir, done)):
+                log(f"{family} seed {seed}: not collected ({done} is missing), skipped.")
+                continue
+            log(f"{family} seed {seed}: analysing.")
+            yield World(bench_config(output_dir, smoke, family), family, seed, seed_dir, base_path)
+
+
 def analyse(families: list[str], seeds: tuple[int, ...], output_dir: str, smoke: bool = False) -> dict[str, Any]:
     from rose_fixtures.smollm2 import smollm2_path
 
     config = bench_config(output_dir, smoke)
     base_path = smollm2_path()
-    worlds = []
-    for seed in seeds:
-        for family in families:
-            seed_dir = os.path.join(output_dir, family, f"seed_{seed}")
-            if not os.path.exists(os.path.join(seed_dir, "collect.json")):
-                log(f"{family} seed {seed}: not collected, skipped.")
-                continue
-            log(f"{family} seed {seed}: first stage and every point.")
-            worlds.append(analyse_world(World(bench_config(output_dir, smoke, family), family, seed, seed_dir, base_path)))
+    worlds = [analyse_world(world) for world in collected_worlds(families, seeds, output_dir, smoke)]
     dev = [w for w in worlds if w["seed"] in DEV_SEEDS]
     held_out = [w for w in worlds if w["seed"] in HELD_OUT_SEEDS]
     confirmation = [w for w in worlds if w["seed"] in CONFIRMATION_SEEDS]

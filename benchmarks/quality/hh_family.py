@@ -35,6 +35,7 @@ from benchmarks.common import fmt, log, table
 from .frontier_settings import DEFAULT_OUTPUT, bench_config
 
 SEEDS = (0, 3, 1, 2)
+EXTRAS = "hh_family.json"  # what `collect` adds to each world, beside the frontier's collect.json
 SECOND_WARMUP = 100  # the second warmup's seed is the world's seed + this
 FAMILY = "hh"
 FIRST_STAGE = 0.2  # the library default's prefilter_fraction
@@ -55,7 +56,7 @@ def collect_seed(output_dir: str, seed: int, base_path: str) -> dict[str, Any]:
     from .trust import warmup_with_features
 
     seed_dir = _seed_dir(output_dir, seed)
-    done = os.path.join(seed_dir, "hh_family.json")
+    done = os.path.join(seed_dir, EXTRAS)
     if os.path.exists(done):
         with open(done) as handle:
             return json.load(handle)
@@ -152,22 +153,12 @@ def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyse(seeds: tuple[int, ...], output_dir: str) -> dict[str, Any]:
-    from rose_fixtures.smollm2 import smollm2_path
+    from .frontier_analysis import collected_worlds
 
-    from .frontier_analysis import World
-
-    base_path = smollm2_path()
-    config = bench_config(output_dir, family=FAMILY)
     worlds = []
-    for seed in seeds:
-        seed_dir = _seed_dir(output_dir, seed)
-        if not os.path.exists(os.path.join(seed_dir, "hh_family.json")):
-            log(f"hh seed {seed}: not collected, skipped.")
-            continue
-        with open(os.path.join(seed_dir, "hh_family.json")) as handle:
-            extras = json.load(handle)
-        log(f"hh seed {seed}: every method.")
-        worlds.append(analyse_world(World(config, FAMILY, seed, seed_dir, base_path), extras))
+    for world in collected_worlds([FAMILY], seeds, output_dir, done=EXTRAS):
+        with open(os.path.join(world.seed_dir, EXTRAS)) as handle:
+            worlds.append(analyse_world(world, json.load(handle)))
     results = {"seeds": [w["seed"] for w in worlds], "worlds": worlds, "summary": summary(worlds)}
     with open(os.path.join(output_dir, "hh_family.json"), "w") as handle:
         json.dump(results, handle, indent=2)

@@ -37,7 +37,7 @@ import numpy as np
 
 from benchmarks.common import fmt, log, table
 
-from .frontier_settings import DEFAULT_OUTPUT, bench_config
+from .frontier_settings import DEFAULT_OUTPUT
 
 DEV_SEEDS = (0, 3)
 HELD_OUT_SEEDS = (1, 2)
@@ -390,20 +390,9 @@ def plot(results: dict[str, Any], output_dir: str) -> str:
 
 
 def analyse(families: tuple[str, ...], seeds: tuple[int, ...], output_dir: str) -> dict[str, Any]:
-    from rose_fixtures.smollm2 import smollm2_path
+    from .frontier_analysis import collected_worlds
 
-    from .frontier_analysis import World
-
-    base_path = smollm2_path()
-    worlds = []
-    for seed in seeds:
-        for family in families:
-            seed_dir = os.path.join(output_dir, family, f"seed_{seed}")
-            if not os.path.exists(os.path.join(seed_dir, "collect.json")):
-                log(f"{family} seed {seed}: not collected, skipped.")
-                continue
-            log(f"{family} seed {seed}: every candidate.")
-            worlds.append(analyse_world(World(bench_config(output_dir, family=family), family, seed, seed_dir, base_path)))
+    worlds = [analyse_world(world) for world in collected_worlds(families, seeds, output_dir)]
     dev = [w for w in worlds if w["seed"] in DEV_SEEDS]
     results = {"worlds": worlds, "dev": dev, "held_out": [w for w in worlds if w["seed"] in HELD_OUT_SEEDS],
                "choice": choose_ranking(dev or worlds)}  # fmt: skip
