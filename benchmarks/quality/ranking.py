@@ -325,7 +325,7 @@ def _table(worlds: list[dict[str, Any]], point: str, marks: dict[str, str]) -> s
 
 def render(results: dict[str, Any]) -> str:
     choice = results["choice"]
-    marks = {TODAY: " (today's default)", choice["best"]: " (first on development)"}
+    marks = {TODAY: " (the default before this study)", choice["best"]: " (first on development)"}
     lines = ["# Which ranking: every candidate on the kept caches (SmolLM2-135M-Instruct, pool 400, 5% = 20 rows)", "",
              __doc__.split("DESIGN")[1].split("Run `")[0].strip(" -\n"), ""]  # fmt: skip
     for split, worlds in (("development", results["dev"]), ("held-out", results["held_out"])):
@@ -341,8 +341,8 @@ def render(results: dict[str, Any]) -> str:
               "verdict (`rose_hf.scoring.health`); quality bands as `make bench-trust`'s (bad: precision below 0.5 x "
               "the oracle's, good: at least 0.8 x).", "", health_table(results["worlds"]), ""]  # fmt: skip
     verdict = "it replaces" if choice["replaces_today"] else "it does not replace"
-    lines += ["## Choice", "", f"First on development by `choose_ranking`: **{choice['best']}**; {verdict} today's "
-              f"default ({TODAY}).", ""]  # fmt: skip
+    lines += ["## Choice", "", f"First on development by `choose_ranking`: **{choice['best']}**; {verdict} the "
+              f"default before this study ({TODAY}).", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -7,12 +7,12 @@ Each stage records its key with `rose_hf.cache.record.StageRecord` and compares 
 | feature run | `<selection_dir>/run.json` | `feature_run_key`: the pool's and the pairs' contents, the pool size, the adapter's configuration, the tokenizer's vocabulary, which tokens carry the pool's loss, `FEATURE_SETTINGS` (`store_pool_features` included: a store of pool features and one of similarities are never read as each other), and with a prefilter its fraction and kept rows | refused (`CacheMismatchError`); `overwrite=True` discards the whole cache |
 | prefilter | `prefilter/key.json` | `prefilter_key`: the pool's and the pairs' contents, the pool size, the base model, the tokenizer's vocabulary, `feature_max_length`, `chunk_size` and the representation | refused; `overwrite=True` computes it again |
 | checkpoint features | `features/checkpoint-<step>/fingerprint.json` | `checkpoint_key`: the adapter weights, the Adam moments and the base model at that step | discarded and recomputed, with a warning naming what changed |
-| selection | `selection.json`, field `args` | `selection_key`: the budget, the scoring method, the validation objective, the aggregation, the checkpoints and their keys | scored again (seconds) |
+| selection | `selection.json`, field `args` | `selection_key`: the budget, the scoring method, the validation objective and `dpo_weight`, the aggregation, the checkpoints and their keys | scored again (seconds) |
 | RoseTrainer warmup | `warmup/STAGE_INPUTS.json` | `warmup_key`: the base model, the adapter's configuration, the warmup rows, the warmup's training arguments, and the feature run's data and settings | refused; `overwrite=True` redoes the warmup and clears its features |
 | RoseTrainer final | `final/STAGE_INPUTS.json` | `final_key`: the selected rows, `final_training`, `final_num_train_epochs` | refused; `overwrite=True` redoes it |
 
 Not in any feature key, because the cache serves every value: `validation_objective` (both validation features are
-cached at every checkpoint), `subtask_aggregation` and the budget (scoring only), `feature_batch_size` (the same
+cached at every checkpoint), `dpo_weight`, `subtask_aggregation` and the budget (scoring only), `feature_batch_size` (the same
 features up to float rounding), `report` and `source_column`. Nor in the prefilter's key: `prefilter_fraction` (every row's cosine to every pair
 is cached, so another fraction only keeps other rows; those rows key the feature run) and `feature_batch_size`.
 
@@ -136,6 +136,7 @@ def selection_key(config: RoseConfig, checkpoints: Sequence[CheckpointFeatures])
         "selection_size": config.selection_size,
         "scoring": config.scoring,
         "validation_objective": config.validation_objective,
+        "dpo_weight": config.dpo_weight,
         "subtask_aggregation": config.subtask_aggregation,
         "steps": [c.step for c in checkpoints],
         "fingerprints": [c.meta.get("fingerprint") for c in checkpoints],

@@ -125,7 +125,7 @@ RUN_INFO_KEY = "warmup"
 # Settings added after caches and selections were recorded (`rose_hf.cache.keys.FEATURE_SETTINGS`, the config in
 # `selection.json`): a record without one reads as this value, the one those runs were computed with, whatever
 # today's default (a run from before the first stage existed had none), so they stay valid and report truly.
-RECORDED_DEFAULTS = {"store_pool_features": True, "prefilter_fraction": None}
+RECORDED_DEFAULTS = {"store_pool_features": True, "prefilter_fraction": None, "dpo_weight": 0.5}
 
 
 class FeatureStore:

@@ -87,6 +87,8 @@ def summary(ctx: ReportContext) -> list[str]:
     objective = config.validation_objective
     if "dpo" in objective:
         objective += f" ({config.dpo_loss_type}, beta {config.beta:g})"
+    if config.validation_objective == "dpo+sft" and config.scoring == "paper":
+        objective += f", DPO side weighted {config.dpo_weight:g}"
     rows = [
         ("Pool rows", ctx.num_pool),
         ("Selected rows", f"{num_selected} ({pct(num_selected, ctx.num_pool, 2)} of the pool; {budget})"),

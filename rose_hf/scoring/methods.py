@@ -7,7 +7,8 @@ here and one line in the registry.
 
 - `"paper"` (`PaperScoring`): the published ROSE ranking (ROSE_METHOD.md, steps 2-5): Adam-preconditioned features
   at every warmup checkpoint, learning-rate-weighted cosine to the validation gradient of each objective
-  (`validation_objective`), aggregated over subtasks; `"dpo+sft"` ranks rows by their mean rank under both objectives.
+  (`validation_objective`), aggregated over subtasks; `"dpo+sft"` ranks rows by their mean rank under both objectives,
+  weighted by `RoseConfig.dpo_weight`.
 - `"robust"` (`RobustScoring`): features at the end of the warmup only, with Adam's per-coordinate scaling but not its
   momentum; rows are ranked by their nearest validation chosen answer among those whose DPO alignment is positive
   (`rose_hf.scoring.robust`).
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from ..cache.store import CheckpointFeatures
     from ..features.preconditioner import AdamState
 
-# The cached validation features (`VALIDATION_FEATURES`) each objective scores with; "dpo+sft" is the mean rank of the
-# two paper scores.
+# The cached validation features (`VALIDATION_FEATURES`) each objective scores with; "dpo+sft" is the weighted mean
+# rank of the two paper scores (`ScoringInputs.part_weights`).
 OBJECTIVE_PARTS = {"dpo": ("dpo",), "sft": ("sft",), "dpo+sft": ("dpo", "sft")}
 VALIDATION_OBJECTIVES = tuple(OBJECTIVE_PARTS)
 
@@ -51,6 +52,7 @@ class ScoringInputs:
         valid: `(N,)` rows with a usable gradient at every checkpoint the method reads.
         relevance, preference: the health check's parts at the last checkpoint (`relevance_and_preference`), which
             the robust ranking reuses; `score_store` computes them once the inputs above are known.
+        dpo_weight: `RoseConfig.dpo_weight`, the DPO side's weight when `objective` has two parts.
     """
 
     checkpoints: list[CheckpointFeatures]
@@ -61,6 +63,11 @@ class ScoringInputs:
     valid: np.ndarray
     relevance: np.ndarray | None = None
     preference: np.ndarray | None = None
+    dpo_weight: float = 0.5
+
+    def part_weights(self) -> list[float]:
+        """The weight of each of the objective's parts (`OBJECTIVE_PARTS`) in the rank average."""
+        return [self.dpo_weight if part == "dpo" else 1.0 - self.dpo_weight for part in OBJECTIVE_PARTS[self.objective]]
 
     @property
     def last(self) -> CheckpointFeatures:
@@ -182,7 +189,7 @@ class PaperScoring(ScoringMethod):
             parts[objective], reports[objective] = self.objective_score(inputs, objective, pairs, progress)
         scores, info = next(iter(parts.values())), next(iter(reports.values()))
         if len(parts) > 1:
-            scores = rank_average(list(parts.values()))
+            scores = rank_average(list(parts.values()), inputs.part_weights())
             info = {**info, "num_invalid": int((scores == INVALID_SCORE).sum()), "objectives": reports}
         return scores, {**info, "scoring": self.name}, parts
 
@@ -204,7 +211,8 @@ class PaperScoring(ScoringMethod):
             return (
                 "Scores are mean normalised ranks: each row's rank among the valid rows, divided by their count, "
                 f"under two rankings, by {cosines.format('DPO (preference-loss)')} and by the same with the SFT "
-                "(LESS) gradients, averaged. They lie in (0, 1]; 1 is a row ranked first by both."
+                "(LESS) gradients, averaged with the weight `dpo_weight` on the DPO side. They lie in (0, 1]; 1 is a "
+                "row ranked first by both."
             )
         name = "DPO (preference-loss)" if objective == "dpo" else "SFT (LESS: cross-entropy on the chosen answers)"
         return f"Scores are {cosines.format(name)}, so they lie in [-1, 1]."
@@ -222,7 +230,7 @@ class PaperScoring(ScoringMethod):
         )
         if objective == "dpo+sft":
             text += (" The figures are the DPO side's; the SFT side aggregates the same way, and the final score is "
-                     "each row's mean rank under the two.")  # fmt: skip
+                     "each row's mean rank under the two, weighted by `dpo_weight`.")  # fmt: skip
         return text
 
 

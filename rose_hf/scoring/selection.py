@@ -84,13 +84,13 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     """Scores of every pool row from a run's cached features, without writing or selecting anything.
 
     The public way to score one cache several ways: both objectives' validation features are cached at every
-    checkpoint, so `validation_objective="sft"` (LESS), `"dpo"` (ROSE) and `"dpo+sft"` (the mean rank of the two,
-    `rose_hf.scoring.similarity.rank_average`) score the same pool features.
+    checkpoint, so `validation_objective="sft"` (LESS), `"dpo"` (ROSE) and `"dpo+sft"` (the mean rank of the two
+    weighted by `dpo_weight`, `rose_hf.scoring.similarity.rank_average`) score the same pool features.
 
     Args:
         store: the run's feature cache (`FeatureStore(output_dir)`).
         subtasks: the subtask of each validation pair, in pair order.
-        config: the scoring settings (`scoring`, `validation_objective`, `subtask_aggregation`).
+        config: the scoring settings (`scoring`, `validation_objective`, `dpo_weight`, `subtask_aggregation`).
         num_rows: the pool size, checked against the cache when given.
 
     Returns:
@@ -120,7 +120,7 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     method = scoring_method(config.scoring)
     weights, valid = method.checkpoint_weights(checkpoints), method.valid_rows(checkpoints)
     inputs = ScoringInputs(checkpoints, list(subtasks), config.validation_objective, config.subtask_aggregation,
-                           weights, valid)  # fmt: skip
+                           weights, valid, dpo_weight=config.dpo_weight)  # fmt: skip
     # Relevance and preference at the last checkpoint: the robust score, and the health check of either method.
     inputs.relevance, inputs.preference = inputs.relevance_and_preference()
     scores, info, parts = method.rank(inputs, progress=True)

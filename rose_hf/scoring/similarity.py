@@ -49,7 +49,6 @@ INVALID_SCORE = float(np.finfo(np.float32).min)
 AGGREGATIONS = ("max", "mean")
 
 
-
 def checkpoint_weights(learning_rates_per_checkpoint: Sequence[Sequence[float]]) -> np.ndarray:
     """Checkpoint weights `w_c`: mean learning rate of the optimizer steps that led to each checkpoint, summing to 1.
 
@@ -353,15 +352,18 @@ def aggregate_subtasks(
     return scores, report
 
 
-def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
-    """Combine rankings: each row's mean normalised rank over the score arrays (`validation_objective="dpo+sft"`).
+def rank_average(scores: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Combine rankings: each row's weighted mean normalised rank over the score arrays
+    (`validation_objective="dpo+sft"`, weighted by `RoseConfig.dpo_weight`).
 
     In each array the rows that are not `INVALID_SCORE` (and finite) get their rank among those rows divided by their
-    count, in (0, 1], ties sharing their average rank; a row's combined score is the mean over the arrays, and a row
-    invalid in any array is `INVALID_SCORE`. Ranks rather than raw values, so that neither score's scale decides.
+    count, in (0, 1], ties sharing their average rank; a row's combined score is the weighted mean over the arrays,
+    and a row invalid in any array is `INVALID_SCORE`. Ranks rather than raw values, so that neither score's scale
+    decides.
 
     Args:
         scores: `(N,)` score arrays over the same rows.
+        weights: one non-negative weight per array, normalised to sum to 1 (default: equal weights).
 
     Returns:
         `(N,)` float32 combined scores.
@@ -370,6 +372,8 @@ def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
     ```python
     >>> rank_average([np.array([0.1, 0.3, 0.2]), np.array([5.0, 4.0, 6.0])]).tolist()  # ranks 1,3,2 and 2,1,3 of 3
     [0.5, 0.6666666865348816, 0.8333333134651184]
+    >>> rank_average([np.array([0.1, 0.3, 0.2]), np.array([5.0, 4.0, 6.0])], weights=[3, 1]).tolist()
+    [0.4166666567325592, 0.8333333134651184, 0.75]
     ```
     """
     arrays = [np.asarray(s, dtype=np.float64) for s in _as_list("scores", scores)]
@@ -377,17 +381,21 @@ def rank_average(scores: Sequence[np.ndarray]) -> np.ndarray:
         raise ValueError(
             f"`scores` must be one or more 1-D arrays of the same length, got {[a.shape for a in arrays]}."
         )
+    share = np.full(len(arrays), 1.0 / len(arrays)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if share.shape != (len(arrays),) or not np.all(np.isfinite(share)) or np.any(share < 0) or share.sum() <= 0:
+        raise ValueError(f"`weights` must be {len(arrays)} non-negative numbers, not all 0, got {weights!r}.")
+    share = share / share.sum()
     valid = np.ones(arrays[0].shape, dtype=bool)
     for a in arrays:
         valid &= np.isfinite(a) & (a != INVALID_SCORE)
     total = np.zeros(int(valid.sum()))
-    for a in arrays:
+    for a, weight in zip(arrays, share):
         values = a[valid]
         order = np.argsort(values, kind="stable")
         _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
         ranks = np.empty(len(values))
         ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based, ties share their mean rank
-        total += ranks / max(1, len(values))
+        total += weight * ranks / max(1, len(values))
     combined = np.full(arrays[0].shape, INVALID_SCORE, dtype=np.float32)
-    combined[valid] = total / len(arrays)
+    combined[valid] = total
     return combined

@@ -64,7 +64,7 @@ class RoseDataSelector(TrainerCallback):
     At each save it computes, from the LIVE model and optimizer, the Adam-preconditioned per-example gradient
     features of the whole pool and the DPO-loss (and SFT-loss) gradients of the preference pairs; the warmup itself
     is left unchanged (model mode, parameter gradients and RNG state are restored). At the end it weights checkpoints
-    by their mean learning rate, scores every pool row (by default its mean rank under the DPO and the SFT gradients;
+    by their mean learning rate, scores every pool row (by default its weighted mean rank under the DPO and the SFT gradients;
     `validation_objective="dpo"` is the paper's ranking) and keeps the top `selection_fraction`, with a health verdict.
     One warmup is all it sees: it cannot compare warmup seeds (run it twice and compare `selected_indices`).
 

@@ -20,6 +20,9 @@ BAD_VALUES = [
     ("final_num_train_epochs", -1.0),
     ("final_num_train_epochs", math.inf),
     ("dpo_loss_type", "not_a_loss"),
+    ("dpo_weight", -0.1),
+    ("dpo_weight", 1.5),
+    ("dpo_weight", math.nan),
     ("beta", 0.0),
     ("beta", -0.1),
     ("beta", math.nan),
@@ -75,6 +78,8 @@ def test_every_field_has_a_bad_value_test_or_is_free():
         {"dpo_loss_type": "ipo", "label_smoothing": 0.0},
         {"validation_objective": "sft", "projection": "none", "preconditioner": "sgd", "feature_dtype": "int8"},
         {"validation_objective": "dpo+sft", "scoring": "paper"},
+        {"dpo_weight": 0.0},
+        {"dpo_weight": 1.0},
         {"validation_objective": "sft", "scoring": "robust"},
         {"prefilter_fraction": 0.05},
         {"prefilter_fraction": 1.0},
@@ -99,7 +104,7 @@ def test_defaults_are_the_papers_but_two_deliberate_choices():
     assert (config.scoring, config.beta, config.dpo_loss_type) == ("paper", 0.1, "sigmoid")
     assert (config.selection_fraction, config.warmup_fraction, config.subtask_aggregation) == (0.05, 0.05, "max")
     # The two deliberate differences: the sparse sketch, and both validation objectives ranked together.
-    assert (config.projection, config.validation_objective) == ("sjlt", "dpo+sft")
+    assert (config.projection, config.validation_objective, config.dpo_weight) == ("sjlt", "dpo+sft", 0.75)
     assert (config.projection, config.projection_dim, config.projection_seed) == ("sjlt", 8192, 0)
     assert (config.preconditioner, config.subtask_aggregation) == ("adam", "max")
     assert (config.selection_fraction, config.warmup_fraction, config.feature_max_length) == (0.05, 0.05, 2048)

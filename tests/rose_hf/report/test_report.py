@@ -512,3 +512,23 @@ def test_the_report_says_what_was_scored_and_the_scores_lie_where_it_says(tmp_pa
     subtasks = _section(text, "## Per-subtask contribution")
     assert ("no per-subtask step" in subtasks) == (scoring == "robust")
     assert ("far to the left" in _section(text, "## Score distribution")) == (kind == "demoted")
+
+
+def test_the_dpo_weight_is_reported_and_a_selection_recorded_before_it_existed_reads_as_half(run):
+    """`dpo_weight` shows in the summary; a `selection.json` written before the field existed was scored with the
+    plain mean rank, and says so."""
+    import json
+
+    config = dataclasses.replace(run.config, validation_objective="dpo+sft", dpo_weight=0.75)
+    select_from_store(run.store, run.pool, SUBTASKS, config)
+    summary = dict(_table(_section(_read(report_from_output_dir(run.output_dir)), "## Summary"))[1])
+    assert summary["Validation objective"].endswith("DPO side weighted 0.75")
+    path = os.path.join(run.output_dir, "selection.json")
+    with open(path) as handle:
+        recorded = json.load(handle)
+    del recorded["config"]["dpo_weight"]
+    with open(path, "w") as handle:
+        json.dump(recorded, handle)
+    summary = dict(_table(_section(_read(report_from_output_dir(run.output_dir)), "## Summary"))[1])
+    assert summary["Validation objective"].endswith("DPO side weighted 0.5")
+    select_from_store(run.store, run.pool, SUBTASKS, run.config)  # leave the module's run as the other tests expect

@@ -76,7 +76,7 @@ def test_half_scores_of_a_cache_are_its_scoring_with_only_those_pairs(tmp_path, 
     for half, scores in zip(pair_halves(subtasks), scored.half_scores):
         parts = [score_pool(pool, [v[name][half] for v in validation], weights, [subtasks[p] for p in half])[0]
                  for name in {"dpo": ["dpo"], "sft": ["sft"], "dpo+sft": ["dpo", "sft"]}[objective]]  # fmt: skip
-        expected = parts[0] if len(parts) == 1 else rank_average(parts)
+        expected = parts[0] if len(parts) == 1 else rank_average(parts, [config.dpo_weight, 1 - config.dpo_weight])
         np.testing.assert_array_equal(scores, expected)
     # The two sides of the objective check: each objective's paper score over every pair, whatever the objective.
     for name, side in zip(("dpo", "sft"), scored.objective_scores):

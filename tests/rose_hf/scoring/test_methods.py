@@ -93,3 +93,24 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     assert scoring_method("first_dot").describe_scores("dpo", "max").startswith("Scores are dot products")
     paper = score_store(store, SUBTASKS, dataclasses.replace(config, scoring="paper"), num_rows=40)
     assert not np.allclose(paper.scores, scored.scores)
+
+
+@pytest.mark.parametrize("dpo_weight", [0.0, 0.25, 0.75, 1.0])
+def test_dpo_sft_is_the_explicitly_weighted_mean_rank_and_the_weight_keys_the_selection(tmp_path, dpo_weight):
+    """`validation_objective="dpo+sft"`: each row's rank under each side (1 = lowest, ties share), divided by the
+    number of rows, weighted `dpo_weight` : `1 - dpo_weight`, written out row by row."""
+    from rose_hf.cache.keys import selection_key
+
+    store, *_ = write_feature_store(tmp_path, SUBTASKS)
+    config = RoseConfig(selection_dir=str(tmp_path), dpo_weight=dpo_weight)
+    scored = score_store(store, SUBTASKS, config, num_rows=40)
+    dpo, sft = scored.objective_scores
+    n = len(dpo)
+    for z in range(n):
+        rank_dpo = (1 + (dpo < dpo[z]).sum() + ((dpo == dpo[z]).sum() - 1) / 2) / n
+        rank_sft = (1 + (sft < sft[z]).sum() + ((sft == sft[z]).sum() - 1) / 2) / n
+        assert scored.scores[z] == pytest.approx(dpo_weight * rank_dpo + (1 - dpo_weight) * rank_sft, rel=1e-6)
+    other = dataclasses.replace(config, dpo_weight=0.5)
+    checkpoints = store.completed_checkpoints()
+    assert selection_key(config, checkpoints)["dpo_weight"] == dpo_weight
+    assert selection_key(other, checkpoints) != selection_key(config, checkpoints)

@@ -228,8 +228,9 @@ def test_int8_round_trip():
 
 
 # --- rank_average (validation_objective="dpo+sft") --------------------------------------------------------------------
-def _brute_force_rank_average(arrays):
-    """Each valid row's rank = 1 + rows strictly below + half of its ties (itself excluded), over the valid rows."""
+def _brute_force_rank_average(arrays, weights=None):
+    """Each valid row's rank = 1 + rows strictly below + half of its ties (itself excluded), over the valid rows;
+    the weighted mean over the arrays."""
     valid = np.all([np.isfinite(a) & (a != INVALID_SCORE) for a in arrays], axis=0)
     out = np.full(len(arrays[0]), INVALID_SCORE, dtype=np.float64)
     for z in np.flatnonzero(valid):
@@ -238,7 +239,7 @@ def _brute_force_rank_average(arrays):
             others = a[valid]
             below, equal = (others < a[z]).sum(), (others == a[z]).sum() - 1
             ranks.append((1 + below + equal / 2) / valid.sum())
-        out[z] = np.mean(ranks)
+        out[z] = np.average(ranks, weights=weights)
     return out
 
 
@@ -252,6 +253,24 @@ def test_rank_average_equals_explicit_ranks_with_ties_and_invalid_rows():
     np.testing.assert_allclose(combined, _brute_force_rank_average([a, b]), rtol=1e-6)
     assert set(np.flatnonzero(combined == INVALID_SCORE)) == {2, 9, 17}
     assert combined.dtype == np.float32
+
+
+def test_weighted_rank_average_equals_explicit_weighted_ranks():
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 8, size=30).astype(np.float32), rng.normal(size=30).astype(np.float32)
+    b[4] = INVALID_SCORE
+    for weights in ([0.75, 0.25], [3.0, 1.0], [1.0, 0.0]):
+        np.testing.assert_allclose(rank_average([a, b], weights), _brute_force_rank_average([a, b], weights), rtol=1e-6)
+    # All the weight on one side: that side's ranking (its ties left as ties).
+    only_a = rank_average([a, b], [1.0, 0.0])
+    valid = np.arange(30) != 4
+    assert np.all(np.sign(np.subtract.outer(only_a[valid], only_a[valid])) == np.sign(np.subtract.outer(a[valid], a[valid])))
+
+
+@pytest.mark.parametrize("weights", [[1.0], [-1.0, 2.0], [0.0, 0.0], [np.nan, 1.0]])
+def test_rank_average_bad_weights(weights):
+    with pytest.raises(ValueError, match="weights"):
+        rank_average([np.zeros(3), np.ones(3)], weights)
 
 
 def test_rank_average_ignores_scale_and_keeps_a_single_ranking():
