@@ -104,15 +104,20 @@ bench-frontier: $(STAMP)
 	cp outputs/bench_frontier/frontier.json outputs/bench_frontier/frontier.md outputs/bench_frontier/frontier.png \
 	  benchmarks/results/frontier/
 
-# Which ranking (issue 23): the HH family's worlds collected like the format families', then every candidate ranking
-# rescored from the frontier's kept caches (seconds per world); results go to benchmarks/results/ranking/.
+# Which ranking, and every method on HH (issue 23): the HH family's worlds collected like the format families' (after
+# `make bench-frontier`), a robust pass and a second warmup per HH world, then every candidate ranking and every
+# method rescored from the kept caches (seconds per world); results go to benchmarks/results/ranking/.
 bench-ranking: $(STAMP)
 	mkdir -p outputs
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.frontier collect --families hh \
 	  > outputs/bench_frontier_collect_hh.log 2>&1
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.hh_family collect \
+	  > outputs/bench_hh_family_collect.log 2>&1
 	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.ranking
+	OMP_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.quality.hh_family analyse
 	mkdir -p benchmarks/results/ranking
 	cp outputs/bench_frontier/ranking.json outputs/bench_frontier/ranking.md outputs/bench_frontier/ranking.png \
+	  outputs/bench_frontier/hh_family.json outputs/bench_frontier/hh_family.md outputs/bench_frontier/hh_family.png \
 	  benchmarks/results/ranking/
 
 lint: $(STAMP)

@@ -17,7 +17,7 @@ reward accuracy is not measured: the family's check (`benchmarks.quality.hh_chec
 so a final model trained on any method's 5% could not rank the methods (docs/benchmarks.md).
 
 Run: `python -m benchmarks.quality.hh_family collect --seeds 0`, then `python -m benchmarks.quality.hh_family analyse`.
-Writes `hh_family.json` and `hh_family.md` into `--output_dir` (the frontier's).
+Writes `hh_family.json`, `hh_family.md` and `hh_family.png` into `--output_dir` (the frontier's).
 """
 
 from __future__ import annotations
@@ -160,6 +160,7 @@ def analyse(seeds: tuple[int, ...], output_dir: str) -> dict[str, Any]:
         with open(os.path.join(world.seed_dir, EXTRAS)) as handle:
             worlds.append(analyse_world(world, json.load(handle)))
     results = {"seeds": [w["seed"] for w in worlds], "worlds": worlds, "summary": summary(worlds)}
+    results["plot"] = plot(results, output_dir)
     with open(os.path.join(output_dir, "hh_family.json"), "w") as handle:
         json.dump(results, handle, indent=2)
     with open(os.path.join(output_dir, "hh_family.md"), "w") as handle:
@@ -178,6 +179,31 @@ def summary(worlds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             out[name][key] = ({"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
                               if values else None)  # fmt: skip
     return out
+
+
+def plot(results: dict[str, Any], output_dir: str) -> str:
+    """Each method's harmful share against its precision, one point per world and the mean marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, name in enumerate(METHODS):
+        points = [(w["methods"][name]["harmful_share"], w["methods"][name]["precision"]) for w in results["worlds"]]
+        color = f"C{i % 10}"
+        ax.scatter(*zip(*points), color=color, alpha=0.35, s=18)
+        ax.scatter(np.mean([p[0] for p in points]), np.mean([p[1] for p in points]), color=color, marker="D",
+                   edgecolor="black", label=name)  # fmt: skip
+    ax.set_xlabel("harmful share of the 5% (rejected replies)")
+    ax.set_ylabel("precision of the 5% (chosen replies)")
+    ax.set_title(f"HH family, {len(results['worlds'])} worlds: each method's 5% (diamond: mean)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path = os.path.join(output_dir, "hh_family.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _cell(stat: dict[str, float] | None) -> str:
