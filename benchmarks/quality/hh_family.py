@@ -39,8 +39,9 @@ EXTRAS = "hh_family.json"  # what `collect` adds to each world, beside the front
 SECOND_WARMUP = 100  # the second warmup's seed is the world's seed + this
 FAMILY = "hh"
 FIRST_STAGE = 0.2  # the library default's prefilter_fraction
-METHODS = ("random", "BM25", "RDS", "LESS (sft)", "ROSE paper (dpo)", "robust", "dpo+sft, every row",
-           "default (dpo+sft, first stage 20%)", "oracle", "full pool")  # fmt: skip
+DEFAULT = "default (dpo+sft, first stage 20%)"
+METHODS = ("random", "BM25", "RDS", "LESS (sft)", "ROSE paper (dpo)", "robust", "dpo+sft, every row", DEFAULT,
+           "oracle", "full pool")  # fmt: skip
 GRADIENT = {"LESS (sft)": "sft", "ROSE paper (dpo)": "dpo", "dpo+sft, every row": "dpo+sft"}
 
 
@@ -79,7 +80,9 @@ def collect_seed(output_dir: str, seed: int, base_path: str) -> dict[str, Any]:
 
 
 def gradient_scores(world, checkpoints, objective: str, kept: np.ndarray | None = None) -> np.ndarray:
-    """The paper scoring of `objective` over every checkpoint of a cache, ranked over `kept` rows only when given."""
+    """The paper scoring of `objective` over every checkpoint of a cache, ranked over `kept` rows only when given;
+    `dpo+sft` weighs its sides as the library's default (`RoseConfig.dpo_weight`)."""
+    from rose_hf import RoseConfig
     from rose_hf.scoring.methods import OBJECTIVE_PARTS
     from rose_hf.scoring.similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
 
@@ -95,7 +98,8 @@ def gradient_scores(world, checkpoints, objective: str, kept: np.ndarray | None 
             outside[kept] = False
             scores[outside] = INVALID_SCORE
         parts.append(scores)
-    return parts[0] if len(parts) == 1 else rank_average(parts)
+    dpo_weight = RoseConfig().dpo_weight
+    return parts[0] if len(parts) == 1 else rank_average(parts, [dpo_weight, 1 - dpo_weight])  # (dpo, sft) order
 
 
 def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +128,7 @@ def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
     for name, objective in GRADIENT.items():
         scores[name] = gradient_scores(world, world.checkpoints, objective)
         again[name] = gradient_scores(world, second, objective)
-    default = "default (dpo+sft, first stage 20%)"
+    default = DEFAULT
     scores[default] = gradient_scores(world, world.checkpoints, "dpo+sft", kept)
     again[default] = gradient_scores(world, second, "dpo+sft", kept)
     scores["robust"] = np.asarray(extras["robust_scores"], dtype=np.float32)
