@@ -381,15 +381,16 @@ def test_other_data_refuses_to_mix_and_another_objective_reuses_the_features(tok
     assert not np.allclose(sft.scores, run.selector.scores)
     expected, _, ok = brute_force_scores(output_dir, pairs["subtask"], objective="sft")
     np.testing.assert_allclose(sft.scores[ok], expected[ok], rtol=1e-5, atol=1e-7)
-    # "dpo+sft" ranks both scores of the same features: each row's mean rank, written out here, again without new
-    # features.
+    # "dpo+sft" ranks both scores of the same features: each row's mean rank, the DPO side weighted `dpo_weight`,
+    # written out here, again without new features.
     both = RoseDataSelector(pool, pairs, rose_config(output_dir, validation_objective="dpo+sft"))
     sft_trainer(tokenizer, run.root / "reused_both", pool, [both]).train()
     assert {f: os.stat(f).st_mtime_ns for f in features} == features, "the cached features were recomputed"
     dpo_scores, sft_scores = run.selector.scores[ok].astype(np.float64), sft.scores[ok].astype(np.float64)
     ranks = [np.array([((s < x).sum() + 1 + ((s == x).sum() - 1) / 2) / ok.sum() for x in s])
              for s in (dpo_scores, sft_scores)]  # fmt: skip
-    np.testing.assert_allclose(both.scores[ok], (ranks[0] + ranks[1]) / 2, rtol=1e-6)
+    weight = rose_config(output_dir).dpo_weight
+    np.testing.assert_allclose(both.scores[ok], weight * ranks[0] + (1 - weight) * ranks[1], rtol=1e-6)
     assert both.selected_indices == top(both.scores.astype(np.float64), ok, len(both.selected_indices))
     assert set(both.result.info["objectives"]) == {"dpo", "sft"}
 
