@@ -30,6 +30,21 @@ def log(message: str) -> None:
     rose_log(f"[+{time.perf_counter() - _START:6.1f}s] {message}")
 
 
+def write_results(output_dir: str, stem: str, results: dict[str, Any], markdown: str) -> str:
+    """`<stem>.json` and `<stem>.md` into `output_dir`, announced; returns the markdown's path."""
+    import json
+    import os
+
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, f"{stem}.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    path = os.path.join(output_dir, f"{stem}.md")
+    with open(path, "w") as handle:
+        handle.write(markdown)
+    log(f"{stem} -> {path}")
+    return path
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: `-` for None, yes/no for booleans, `digits` significant digits (thousands separated, tiny values
     in scientific notation).

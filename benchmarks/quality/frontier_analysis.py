@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import fmt, log, table
+from benchmarks.common import fmt, log, table, write_results
 
 from .frontier_settings import CONFIRMATION_SEEDS, DEV_SEEDS, HELD_OUT_SEEDS, bench_config
 
@@ -349,9 +349,5 @@ def analyse(families: list[str], seeds: tuple[int, ...], output_dir: str, smoke:
     os.makedirs(output_dir, exist_ok=True)
     results["hh_recall"] = hh_recall(output_dir, base_path)
     results["plots"] = plot(results, output_dir)
-    with open(os.path.join(output_dir, "frontier.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    with open(os.path.join(output_dir, "frontier.md"), "w") as handle:
-        handle.write(render(results))
-    log(f"frontier -> {os.path.join(output_dir, 'frontier.md')}")
+    write_results(output_dir, "frontier", results, render(results))
     return results

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import fmt, log, table
+from benchmarks.common import fmt, log, table, write_results
 
 from .frontier_settings import DEFAULT_OUTPUT, bench_config
 
@@ -165,11 +165,7 @@ def analyse(seeds: tuple[int, ...], output_dir: str) -> dict[str, Any]:
             worlds.append(analyse_world(world, json.load(handle)))
     results = {"seeds": [w["seed"] for w in worlds], "worlds": worlds, "summary": summary(worlds)}
     results["plot"] = plot(results, output_dir)
-    with open(os.path.join(output_dir, "hh_family.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    with open(os.path.join(output_dir, "hh_family.md"), "w") as handle:
-        handle.write(render(results))
-    log(f"hh family -> {os.path.join(output_dir, 'hh_family.md')}")
+    write_results(output_dir, "hh_family", results, render(results))
     return results
 
 

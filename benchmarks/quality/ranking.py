@@ -27,7 +27,6 @@ Writes `ranking.json`, `ranking.md` and `ranking.png` into `--output_dir`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import fmt, log, table
+from benchmarks.common import fmt, table, write_results
 
 from .frontier_settings import DEFAULT_OUTPUT
 
@@ -397,11 +396,7 @@ def analyse(families: tuple[str, ...], seeds: tuple[int, ...], output_dir: str) 
     results = {"worlds": worlds, "dev": dev, "held_out": [w for w in worlds if w["seed"] in HELD_OUT_SEEDS],
                "choice": choose_ranking(dev or worlds)}  # fmt: skip
     results["plot"] = plot(results, output_dir)
-    with open(os.path.join(output_dir, "ranking.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    with open(os.path.join(output_dir, "ranking.md"), "w") as handle:
-        handle.write(render(results))
-    log(f"ranking -> {os.path.join(output_dir, 'ranking.md')}")
+    write_results(output_dir, "ranking", results, render(results))
     return results
 
 
