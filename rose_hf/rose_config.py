@@ -73,9 +73,9 @@ class RoseConfig:
         metadata={
             "help": "Loss whose gradient on the validation set defines the target: 'dpo+sft' (default: each row's "
             "mean rank under the two below, weighted by `dpo_weight`, from the same features at no extra cost; a row "
-            "must both move the preference the right way and look like the chosen answers), 'dpo' (the paper's ROSE: preference loss on (prompt, "
-            "chosen, rejected)) or 'sft' (LESS: cross-entropy on (prompt, chosen)). Under scoring='robust', which "
-            "gates SFT relevance by DPO preference, 'dpo+sft' and 'dpo' are the same."
+            "must both move the preference the right way and look like the chosen answers), 'dpo' (the paper's "
+            "ROSE: preference loss on (prompt, chosen, rejected)) or 'sft' (LESS: cross-entropy on (prompt, chosen)). "
+            "Under scoring='robust', which gates SFT relevance by DPO preference, 'dpo+sft' and 'dpo' are the same."
         },
     )
     dpo_weight: float = field(

@@ -50,9 +50,9 @@ class ScoringInputs:
         aggregation: `subtask_aggregation`.
         weights: the method's checkpoint weights.
         valid: `(N,)` rows with a usable gradient at every checkpoint the method reads.
+        dpo_weight: `RoseConfig.dpo_weight`, the DPO side's weight when `objective` has two parts.
         relevance, preference: the health check's parts at the last checkpoint (`relevance_and_preference`), which
             the robust ranking reuses; `score_store` computes them once the inputs above are known.
-        dpo_weight: `RoseConfig.dpo_weight`, the DPO side's weight when `objective` has two parts.
     """
 
     checkpoints: list[CheckpointFeatures]
@@ -61,9 +61,9 @@ class ScoringInputs:
     aggregation: str
     weights: np.ndarray
     valid: np.ndarray
+    dpo_weight: float
     relevance: np.ndarray | None = None
     preference: np.ndarray | None = None
-    dpo_weight: float = 0.5
 
     def part_weights(self) -> list[float]:
         """The weight of each of the objective's parts (`OBJECTIVE_PARTS`) in the rank average."""

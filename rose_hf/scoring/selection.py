@@ -120,7 +120,7 @@ def score_store(store: FeatureStore, subtasks: list[str], config: RoseConfig, nu
     method = scoring_method(config.scoring)
     weights, valid = method.checkpoint_weights(checkpoints), method.valid_rows(checkpoints)
     inputs = ScoringInputs(checkpoints, list(subtasks), config.validation_objective, config.subtask_aggregation,
-                           weights, valid, dpo_weight=config.dpo_weight)  # fmt: skip
+                           weights, valid, config.dpo_weight)  # fmt: skip
     # Relevance and preference at the last checkpoint: the robust score, and the health check of either method.
     inputs.relevance, inputs.preference = inputs.relevance_and_preference()
     scores, info, parts = method.rank(inputs, progress=True)
