@@ -41,7 +41,8 @@ def _point_name(checkpoints: str, share: float | None, objective: str) -> str:
 class World:
     """One collected world: its task, kept feature cache, timings and first-stage scores."""
 
-    def __init__(self, config, family: str, seed: int, seed_dir: str, base_path: str):
+    def __init__(self, config, family: str, seed: int, seed_dir: str, base_path: str, run: str = "run"):
+        """`run`: the folder under `seed_dir` whose warmup's feature cache is read (`collect.json`'s is "run")."""
         from rose_hf import FeatureStore
 
         from .run import make_task
@@ -52,7 +53,7 @@ class World:
         self.task = make_task(config, family, seed)
         self.helpful, self.harmful = self.task.helpful_mask(), self.task.harmful_mask()
         self.subtasks = list(self.task.validation["subtask"])
-        self.checkpoints = FeatureStore(os.path.join(seed_dir, "run", "selection")).completed_checkpoints()
+        self.checkpoints = FeatureStore(os.path.join(seed_dir, run, "selection")).completed_checkpoints()
         if len(self.checkpoints) != 4:
             raise RuntimeError(f"{seed_dir}: expected the 4 checkpoints of a 4-epoch warmup, found {len(self.checkpoints)}.")
         self.valid = np.all([c.pool_status() == 1 for c in self.checkpoints], axis=0)
@@ -85,9 +86,11 @@ class World:
                                                  self.subtasks, valid=self.valid)  # fmt: skip
         return self._objective[key]
 
-    def point_scores(self, checkpoints: tuple[int, ...], kept: np.ndarray | None, objective: str) -> np.ndarray:
+    def point_scores(self, checkpoints: tuple[int, ...], kept: np.ndarray | None, objective: str,
+                     dpo_weight: float = 0.5) -> np.ndarray:  # fmt: skip
         """Scores of a point; rows outside `kept` are `INVALID_SCORE`, and ranks are taken over the kept rows only, as
-        in a cache that holds only them."""
+        in a cache that holds only them. `dpo+sft` weighs its DPO side `dpo_weight` (the frontier's figures were
+        measured with the plain mean rank, 0.5)."""
         from rose_hf.scoring.methods import OBJECTIVE_PARTS
         from rose_hf.scoring.similarity import INVALID_SCORE, rank_average
 
@@ -99,7 +102,7 @@ class World:
                 outside[kept] = False
                 scores[outside] = INVALID_SCORE
             parts.append(scores)
-        return parts[0] if len(parts) == 1 else rank_average(parts)
+        return parts[0] if len(parts) == 1 else rank_average(parts, [dpo_weight, 1 - dpo_weight])  # (dpo, sft)
 
     def figures(self, scores: np.ndarray) -> dict[str, float]:
         from rose_fixtures.evaluation import oracle_scores, selection_metrics
@@ -112,18 +115,23 @@ class World:
                 "relative_precision": metrics["precision"] / best}  # fmt: skip
 
     # --- the first stage ----------------------------------------------------------------------------------------------
+    def base(self):
+        """`(model, tokenizer)` of the base model, loaded once per world: every first-stage share, RDS+ alone and the
+        RDS baseline read the same one."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self._base is None:
+            self._base = AutoModelForCausalLM.from_pretrained(self.base_path), AutoTokenizer.from_pretrained(self.base_path)
+        return self._base
+
     def prefilter(self, share: float, fresh: bool = False):
         """The library's first stage on the base model, keeping `share` of the pool (cached per world; `fresh`
         computes it again, so that its time is measured rather than read from the cache)."""
         import shutil
 
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from rose_hf import RoseConfig, prefilter_pool
 
-        if self._base is None:  # once per world: every share and RDS+ alone read the same base model
-            self._base = AutoModelForCausalLM.from_pretrained(self.base_path), AutoTokenizer.from_pretrained(self.base_path)
-        model, tokenizer = self._base
+        model, tokenizer = self.base()
         config = RoseConfig(selection_dir=os.path.join(self.seed_dir, "prefilter"), prefilter_fraction=share,
                             feature_max_length=self.config.max_length, selection_fraction=self.config.final_budget)  # fmt: skip
         if fresh:
@@ -174,7 +182,7 @@ def hh_recall(output_dir: str, base_path: str, seeds=(0, 1), pool_size: int = 80
     None when the shared HH pairs are absent."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rose_fixtures.hh import HHDataMissing, make_hh_world
+    from rose_fixtures.hh import MAX_TOKENS, HHDataMissing, make_hh_world
     from rose_hf import RoseConfig, prefilter_pool
 
     try:
@@ -189,7 +197,7 @@ def hh_recall(output_dir: str, base_path: str, seeds=(0, 1), pool_size: int = 80
         selection_dir = os.path.join(output_dir, "hh_recall", f"seed_{seed}", "prefilter")
         start = time.perf_counter()
         result = prefilter_pool(model, tokenizer, task.pool, task.validation,
-                                RoseConfig(selection_dir=selection_dir, prefilter_fraction=0.1, feature_max_length=320))  # fmt: skip
+                                RoseConfig(selection_dir=selection_dir, prefilter_fraction=0.1, feature_max_length=MAX_TOKENS))  # fmt: skip
         seconds = time.perf_counter() - start
         for share in [s for s in PREFILTER_SHARES if s is not None]:
             kept = np.asarray(result.kept_at(share))

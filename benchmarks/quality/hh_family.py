@@ -38,7 +38,6 @@ SEEDS = (0, 3, 1, 2)
 EXTRAS = "hh_family.json"  # what `collect` adds to each world, beside the frontier's collect.json
 SECOND_WARMUP = 100  # the second warmup's seed is the world's seed + this
 FAMILY = "hh"
-FIRST_STAGE = 0.2  # the library default's prefilter_fraction
 DEFAULT = "default (dpo+sft, first stage 20%)"
 METHODS = ("random", "BM25", "RDS", "LESS (sft)", "ROSE paper (dpo)", "robust", "dpo+sft, every row", DEFAULT,
            "oracle", "full pool")  # fmt: skip
@@ -79,40 +78,18 @@ def collect_seed(output_dir: str, seed: int, base_path: str) -> dict[str, Any]:
     return out
 
 
-def gradient_scores(world, checkpoints, objective: str, kept: np.ndarray | None = None) -> np.ndarray:
-    """The paper scoring of `objective` over every checkpoint of a cache, ranked over `kept` rows only when given;
-    `dpo+sft` weighs its sides as the library's default (`RoseConfig.dpo_weight`)."""
-    from rose_hf import RoseConfig
-    from rose_hf.scoring.methods import OBJECTIVE_PARTS
-    from rose_hf.scoring.similarity import INVALID_SCORE, checkpoint_weights, rank_average, score_pool
-
-    weights = checkpoint_weights([c.meta["learning_rates"] for c in checkpoints])
-    valid = np.all([c.pool_status() == 1 for c in checkpoints], axis=0)
-    parts = []
-    for part in OBJECTIVE_PARTS[objective]:
-        scores, _ = score_pool([c.pool_features() for c in checkpoints],
-                               [c.validation_features(part) for c in checkpoints], weights, world.subtasks,
-                               valid=valid)  # fmt: skip
-        if kept is not None:
-            outside = np.ones(len(scores), dtype=bool)
-            outside[kept] = False
-            scores[outside] = INVALID_SCORE
-        parts.append(scores)
-    dpo_weight = RoseConfig().dpo_weight
-    return parts[0] if len(parts) == 1 else rank_average(parts, [dpo_weight, 1 - dpo_weight])  # (dpo, sft) order
-
-
 def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
-    """Every method's figures in one HH world (`frontier_analysis.World`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Every method's figures in one HH world (`frontier_analysis.World`); `dpo+sft` weighs its sides as the
+    library's default does (`RoseConfig.dpo_weight`)."""
     from rose_fixtures.evaluation import oracle_scores, random_scores
-    from rose_hf import FeatureStore, select_top
+    from rose_hf import RoseConfig, select_top
 
     from .baselines import bm25_scores, rds_scores
+    from .frontier_analysis import World
 
-    second = FeatureStore(os.path.join(world.seed_dir, "run_b", "selection")).completed_checkpoints()
-    result, first_stage_seconds = world.prefilter(FIRST_STAGE, fresh=True)  # fresh: its time is a cost
+    second = World(world.config, world.family, world.seed, world.seed_dir, world.base_path, run="run_b")
+    every, default = tuple(range(len(world.checkpoints))), RoseConfig()  # the library's default ranking and share
+    result, first_stage_seconds = world.prefilter(default.prefilter_fraction, fresh=True)  # fresh: its time is a cost
     kept = np.asarray(result.kept, dtype=np.int64)
     scores: dict[str, np.ndarray] = {}
     again: dict[str, np.ndarray] = {}  # the same method after the second warmup
@@ -121,16 +98,13 @@ def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     scores["BM25"] = bm25_scores(world.task.pool, world.task.validation)
     seconds["BM25"] = time.perf_counter() - start
-    base, tokenizer = AutoModelForCausalLM.from_pretrained(world.base_path), AutoTokenizer.from_pretrained(world.base_path)
     start = time.perf_counter()
-    scores["RDS"] = rds_scores(base, tokenizer, world.task.pool, world.task.validation)
+    scores["RDS"] = rds_scores(*world.base(), world.task.pool, world.task.validation)
     seconds["RDS"] = time.perf_counter() - start
-    for name, objective in GRADIENT.items():
-        scores[name] = gradient_scores(world, world.checkpoints, objective)
-        again[name] = gradient_scores(world, second, objective)
-    default = DEFAULT
-    scores[default] = gradient_scores(world, world.checkpoints, "dpo+sft", kept)
-    again[default] = gradient_scores(world, second, "dpo+sft", kept)
+    rankings = {name: (objective, None) for name, objective in GRADIENT.items()} | {DEFAULT: ("dpo+sft", kept)}
+    for name, (objective, first_stage) in rankings.items():
+        scores[name] = world.point_scores(every, first_stage, objective, default.dpo_weight)
+        again[name] = second.point_scores(every, first_stage, objective, default.dpo_weight)
     scores["robust"] = np.asarray(extras["robust_scores"], dtype=np.float32)
     scores["oracle"] = oracle_scores(world.helpful, world.harmful)
 
@@ -139,7 +113,7 @@ def analyse_world(world, extras: dict[str, Any]) -> dict[str, Any]:
     warmup = world.warmup_cost()
     cost = {"random": 0.0, "BM25": seconds["BM25"] / epoch, "RDS": seconds["RDS"] / epoch,
             "LESS (sft)": warmup + sum(features) / epoch, "robust": warmup + extras["robust_seconds"] / epoch,
-            default: warmup + (first_stage_seconds + FIRST_STAGE * sum(features)) / epoch, "oracle": None}  # fmt: skip
+            DEFAULT: warmup + (first_stage_seconds + default.prefilter_fraction * sum(features)) / epoch, "oracle": None}  # fmt: skip
     cost["ROSE paper (dpo)"] = cost["dpo+sft, every row"] = cost["LESS (sft)"]
     out: dict[str, Any] = {"seed": world.seed, "k": world.k, "pool_epoch_seconds": epoch, "methods": {}}
     for name in METHODS:

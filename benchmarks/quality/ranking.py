@@ -41,7 +41,6 @@ from .frontier_settings import DEFAULT_OUTPUT
 DEV_SEEDS = (0, 3)
 HELD_OUT_SEEDS = (1, 2)
 FAMILIES = ("hh", "number_format", "number_words", "dates")
-FIRST_STAGE = 0.2  # the default's prefilter_fraction
 TODAY = "dpo+sft (mean rank)"
 LESS = "sft (LESS)"
 PAPER = "dpo (paper)"
@@ -257,9 +256,11 @@ def health(world, x: Cosines) -> dict[str, dict[str, Any]]:
 
 
 def analyse_world(world) -> dict[str, Any]:
+    from rose_hf import RoseConfig
+
     cosines = Cosines(pair_cosines(world.checkpoints, "dpo"), pair_cosines(world.checkpoints, "sft"),
                       np.asarray(world.subtasks), world.valid.copy())  # fmt: skip
-    result, _ = world.prefilter(FIRST_STAGE)
+    result, _ = world.prefilter(RoseConfig().prefilter_fraction)  # the library default's first stage
     kept = np.asarray(result.kept, dtype=np.int64)
     points = {"first_stage": cosines.restricted(kept), "every_row": cosines}
     return {"family": world.family, "seed": world.seed, "k": world.k,
